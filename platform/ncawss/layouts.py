@@ -1,0 +1,141 @@
+"""Readers from raw dataset layouts to a Dataset, and convert() to Parquet."""
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .data import IMAGE_SUFFIXES, DataError, Dataset, read_image, read_mask, write_dataset
+from .synthetic import make_synthetic
+
+ZHENG_CLASSES = ["neutrophil", "lymphocyte", "monocyte", "eosinophil", "basophil"]
+ZHENG_MASK_VALUES = {0, 128, 255}  # background, cytoplasm, nucleus
+FOLDER_MASK_VALUES = {0, 1, 255}
+
+
+def read_csv_rows(path: Path, columns: int = 2) -> list[list[str]]:
+    """Rows of a small CSV file after its header, stripped; each must have `columns` fields."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            rows = [r for r in csv.reader(f) if any(cell.strip() for cell in r)]
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read ({exc.strerror})") from None
+    for line, row in enumerate(rows[1:], start=2):
+        if len(row) != columns:
+            raise DataError(f"{path}, line {line}: expected {columns} columns, got {len(row)}")
+    return [[cell.strip() for cell in row] for row in rows[1:]]
+
+
+def check_unique(keys: list[str], where: Path, what: str) -> None:
+    seen = set()
+    for key in keys:
+        if key in seen:
+            raise DataError(f"{where}: duplicate {what} {key!r}")
+        seen.add(key)
+
+
+def read_zheng2018(source: str | os.PathLike, subset: int = 1) -> Dataset:
+    """Zheng et al. 2018: `Dataset N/NNN.bmp` images, `NNN.png` masks, `Class Labels of Dataset N.csv`."""
+    root = Path(source)
+    folder = root / f"Dataset {subset}"
+    label_file = root / f"Class Labels of Dataset {subset}.csv"
+    if not folder.is_dir():
+        raise DataError(f"{folder}: folder not found (layout zheng2018, subset {subset})")
+    rows = read_csv_rows(label_file)
+    check_unique([r[0] for r in rows], label_file, "image id")
+    labels: dict[str, int] = {}
+    for line, (image_id, label) in enumerate(rows, start=2):
+        if not label.isdigit() or not 1 <= int(label) <= len(ZHENG_CLASSES):
+            raise DataError(f"{label_file}, line {line}: unknown label {label!r} (expected 1..{len(ZHENG_CLASSES)})")
+        if not image_id.isdigit():
+            raise DataError(f"{label_file}, line {line}: image id {image_id!r} is not a number")
+        labels[f"{int(image_id):03d}"] = int(label) - 1
+    image_files = {p.stem: p for p in folder.iterdir() if p.suffix.lower() in (".bmp", ".jpg", ".jpeg")}
+    for image_id in labels:
+        if image_id not in image_files:
+            raise DataError(f"{label_file}: label row for image {image_id}, but {folder / (image_id + '.bmp')} is missing")
+    images, masks, ids, sources = [], [], [], []
+    for image_id in sorted(image_files):
+        path = image_files[image_id]
+        if image_id not in labels:
+            raise DataError(f"{path}: no label row in {label_file}")
+        image = read_image(path)
+        mask_path = path.with_suffix(".png")
+        if not mask_path.exists():
+            raise DataError(f"{mask_path}: mask not found for image {path.name}")
+        masks.append(read_mask(mask_path, ZHENG_MASK_VALUES, image.shape[:2]))
+        images.append(image)
+        ids.append(image_id)
+        sources.append(f"Dataset {subset}/{path.name}")
+    if not images:
+        raise DataError(f"{folder}: no images found, the dataset would be empty")
+    return Dataset(images, masks, np.array([labels[i] for i in ids]), list(ZHENG_CLASSES), ids,
+                   name=f"zheng2018-dataset{subset}", sources=sources,
+                   provenance={"layout": "zheng2018", "subset": subset,
+                               "origin": "Zheng et al. 2018, Micron 107:55-71 (segmentation_WBC)"})
+
+
+def read_folder(source: str | os.PathLike, classes: list[str] | None = None, name: str | None = None) -> Dataset:
+    """Generic layout: images/, optional masks/ (same file stem, 0 and 255 or 0 and 1), optional labels.csv (id,label)."""
+    root = Path(source)
+    image_dir, mask_dir, label_file = root / "images", root / "masks", root / "labels.csv"
+    if not image_dir.is_dir():
+        raise DataError(f"{image_dir}: folder not found (layout folder)")
+    paths = sorted(p for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    check_unique([p.stem for p in paths], image_dir, "image id (file stem)")
+    if not paths:
+        raise DataError(f"{image_dir}: no images found, the dataset would be empty")
+    ids = [p.stem for p in paths]
+    labels = None
+    if label_file.exists():
+        rows = read_csv_rows(label_file)
+        check_unique([r[0] for r in rows], label_file, "id")
+        by_id = dict(rows)
+        for line, (image_id, label) in enumerate(rows, start=2):
+            if image_id not in ids:
+                raise DataError(f"{label_file}, line {line}: label row for {image_id!r}, but no such image in {image_dir}")
+            if classes is not None and label not in classes:
+                raise DataError(f"{label_file}, line {line}: unknown label {label!r} (classes: {classes})")
+        missing = [i for i in ids if i not in by_id]
+        if missing:
+            raise DataError(f"{label_file}: no label for image(s) {missing[:5]}")
+        classes = classes if classes is not None else sorted(set(by_id.values()))
+        labels = np.array([classes.index(by_id[i]) for i in ids])
+    masks = None
+    if mask_dir.is_dir():
+        mask_files = {p.stem: p for p in mask_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
+        masks = []
+    images = []
+    for path in paths:
+        image = read_image(path)
+        images.append(image)
+        if masks is not None:
+            if path.stem not in mask_files:
+                raise DataError(f"{mask_dir}: no mask for image {path.name}")
+            masks.append(read_mask(mask_files[path.stem], FOLDER_MASK_VALUES, image.shape[:2]))
+    return Dataset(images, masks, labels, list(classes or []), ids, name=name or root.resolve().name,
+                   sources=[str(p.relative_to(root)) for p in paths], provenance={"layout": "folder"})
+
+
+LAYOUTS = {"zheng2018": read_zheng2018, "folder": read_folder, "synthetic": None}
+
+
+def load_layout(layout: str, source: str | os.PathLike | None, **options) -> Dataset:
+    if layout == "synthetic":
+        return make_synthetic(**options)
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown layout {layout!r}; choose one of {sorted(LAYOUTS)}")
+    if source is None:
+        raise ValueError(f"layout {layout!r} needs a source folder")
+    return LAYOUTS[layout](source, **options)
+
+
+def convert(layout: str, source: str | os.PathLike | None, destination: str | os.PathLike, **options) -> Path:
+    """Read a raw layout and write it as one Parquet dataset file; returns the file's path.
+
+    Options: zheng2018: subset (1 or 2); folder: classes, name;
+    synthetic (source ignored): n, size, seed, domain.
+    """
+    return write_dataset(load_layout(layout, source, **options), destination)
