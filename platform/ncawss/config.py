@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -26,6 +27,9 @@ class TrainConfig(BaseModel):
     image_size: int = Field(64, ge=8, description="training resolution (square)")
     augment: bool = Field(True, description="random rotation (0..360 degrees) and flips")
     seed: int = 0
+    readout: Literal["stochastic", "mean_field"] = Field(
+        "stochastic", description="evaluation forward pass: one run with random fire masks (paper) "
+        "or mean-field (S <- S + fire_rate * dS, deterministic)")
     eval_every: int = Field(0, ge=0, description="evaluate the test fold every N epochs (0: at the end only)")
 
 

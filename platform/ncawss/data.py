@@ -143,6 +143,9 @@ def write_dataset(dataset: Dataset, destination: str | os.PathLike) -> Path:
     os.close(fd)
     try:
         pq.write_table(table, tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
         os.replace(tmp, destination)
     finally:
         if os.path.exists(tmp):

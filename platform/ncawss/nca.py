@@ -48,8 +48,12 @@ class NCA(nn.Module):
         return kernel, bias, out
 
     def forward(self, rgb: torch.Tensor, steps: int | None = None, fire_rate: float | None = None,
-                generator: torch.Generator | None = None) -> torch.Tensor:
-        """Run the automaton from a (B, 3, H, W) input; returns the (B, channels, H, W) state."""
+                generator: torch.Generator | None = None, mean_field: bool = False) -> torch.Tensor:
+        """Run the automaton from a (B, 3, H, W) input; returns the (B, channels, H, W) state.
+
+        mean_field=True replaces the random fire mask by its expectation
+        (S <- S + fire_rate * dS): a deterministic read-out of the same weights.
+        """
         steps = self.steps if steps is None else steps
         fire_rate = self.fire_rate if fire_rate is None else fire_rate
         kernel, bias, out = self.fused_weights()
@@ -60,7 +64,10 @@ class NCA(nn.Module):
         state = rgb.new_zeros(b, self.channels - N_INPUT, h, w)
         for _ in range(steps):
             z = F.relu(base + F.conv2d(F.pad(state, (1, 1, 1, 1), mode="reflect"), k_hidden))
-            fire = torch.rand(b, 1, h, w, generator=generator, device=rgb.device, dtype=rgb.dtype) < fire_rate
+            if mean_field:
+                fire = fire_rate
+            else:
+                fire = torch.rand(b, 1, h, w, generator=generator, device=rgb.device, dtype=rgb.dtype) < fire_rate
             state = state + F.conv2d(z, out) * fire
         return torch.cat([rgb, state], dim=1)
 
@@ -75,9 +82,9 @@ class NCAClassifier(nn.Module):
         self.head = nn.Sequential(nn.Linear(channels, head_hidden), nn.ReLU(), nn.Linear(head_hidden, n_classes))
 
     def forward(self, x: torch.Tensor, steps: int | None = None, fire_rate: float | None = None,
-                generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                generator: torch.Generator | None = None, mean_field: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """x: normalised (B, 3, H, W) -> (logits (B, classes), state (B, channels, H, W))."""
-        state = self.nca(x, steps, fire_rate, generator)
+        state = self.nca(x, steps, fire_rate, generator, mean_field)
         return self.head(state.mean(dim=(2, 3))), state
 
 

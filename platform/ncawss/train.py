@@ -18,6 +18,8 @@ from .segment import intensity_baseline, iou, pca_otsu
 
 log = logging.getLogger(__name__)
 
+READOUTS = ("stochastic", "mean_field")
+
 
 class FoldHooks:
     """Callbacks of train_fold; subclass and override what you need."""
@@ -49,6 +51,7 @@ class FoldResult:
     accuracy: float
     iou: float
     baseline_iou: float
+    readout_iou: dict[str, float]  # mean IoU of each read-out of the same weights
     evaluation: Evaluation
     test_ids: list[str]
     history: list[dict]
@@ -96,7 +99,7 @@ def resize_images(images: list[np.ndarray], size: int) -> torch.Tensor:
     """uint8 (H, W, 3) images of any size -> float (N, 3, size, size) in [0, 1], antialiased."""
     out = torch.empty(len(images), 3, size, size)
     for i, image in enumerate(images):
-        x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float() / 255.0
+        x = torch.tensor(image).permute(2, 0, 1)[None].float() / 255.0
         out[i] = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)[0]
     return out
 
@@ -165,9 +168,13 @@ def train_fold(config: TrainConfig, train: Dataset, test: Dataset, hooks: FoldHo
             "scheduler": scheduler.state_dict(), "sample_rng": sample_gen.get_state(),
             "fire_rng": fire_gen.get_state(), "history": history}))
 
-    ev = evaluate(model, test, mean, std, config, device)
+    # Both read-outs of the same weights: the configured one is the fold's result.
+    evaluations = {r: evaluate(model, test, mean, std, config.model_copy(update={"readout": r}), device)
+                   for r in READOUTS}
+    ev = evaluations[config.readout]
     return FoldResult(
         accuracy=ev.accuracy, iou=float(ev.iou.mean()), baseline_iou=float(ev.baseline_iou.mean()),
+        readout_iou={r: float(e.iou.mean()) for r, e in evaluations.items()},
         evaluation=ev, test_ids=list(test.ids), history=history,
         state_dict={k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
         norm_mean=mean.tolist(), norm_std=std.tolist(), epochs=config.epochs,
@@ -209,7 +216,8 @@ def evaluate(model: NCAClassifier, dataset: Dataset, mean: torch.Tensor, std: to
     fire_gen = torch.Generator(device).manual_seed(config.seed + 2)
     predictions, responses, thresholds, degenerate = [], [], [], []
     for start in range(0, len(x), config.batch_size):
-        logits, state = model(x[start:start + config.batch_size].to(device), generator=fire_gen)
+        logits, state = model(x[start:start + config.batch_size].to(device), generator=fire_gen,
+                             mean_field=config.readout == "mean_field")
         seg = pca_otsu(state, details=True)
         predictions.append(logits.argmax(1).cpu())
         responses.append(seg.response.cpu())

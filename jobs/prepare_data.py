@@ -1,0 +1,57 @@
+#!/usr/bin/env python3
+"""Convert a raw dataset layout into the Parquet dataset file every job reads.
+
+Examples:
+  python jobs/prepare_data.py zheng2018 --source DIR --output data/zheng2018-d1.parquet
+  python jobs/prepare_data.py zheng2018 --source DIR --subset 2 --output data/zheng2018-d2.parquet
+  python jobs/prepare_data.py folder --source DIR --output data/mine.parquet
+  python jobs/prepare_data.py synthetic --output data/synthetic-b.parquet --domain b --seed 1
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+import ncawss
+from ncawss.data import dataset_metadata
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("layout", choices=["zheng2018", "folder", "synthetic"])
+    p.add_argument("--source", help="folder of the raw layout (not for synthetic)")
+    p.add_argument("--output", required=True, help="Parquet file to write")
+    p.add_argument("--subset", type=int, default=1, help="zheng2018: Dataset 1 or 2 (default 1)")
+    p.add_argument("--classes", nargs="+", help="folder: class names in label order (default: sorted labels)")
+    p.add_argument("--name", help="folder: dataset name (default: the folder's name)")
+    p.add_argument("--n", type=int, default=200, help="synthetic: number of crops (default 200)")
+    p.add_argument("--size", type=int, default=64, help="synthetic: crop side in pixels (default 64)")
+    p.add_argument("--seed", type=int, default=0, help="synthetic: seed (default 0)")
+    p.add_argument("--domain", default="a", help="synthetic: stain domain, a or b (default a)")
+    return p.parse_args()
+
+
+def layout_options(args: argparse.Namespace) -> dict:
+    if args.layout == "zheng2018":
+        return {"subset": args.subset}
+    if args.layout == "folder":
+        return {"classes": args.classes, "name": args.name}
+    return {"n": args.n, "size": args.size, "seed": args.seed, "domain": args.domain}
+
+
+def main() -> int:
+    args = parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        path = ncawss.convert(args.layout, args.source, args.output, **layout_options(args))
+    except (ncawss.DataError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    meta = dataset_metadata(path)
+    print(f"wrote {path}: dataset {meta['name']}, classes {meta['classes']}, fingerprint {meta['fingerprint'][:16]}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

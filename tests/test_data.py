@@ -1,0 +1,226 @@
+import os
+import warnings
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from ncawss import DataError, convert, make_synthetic, read_dataset, stratified_folds, write_dataset
+from ncawss.data import dataset_metadata
+
+
+def save(path, array):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+
+
+def make_folder(root, n=4, labels=True, masks=True, size=(12, 10)):
+    rng = np.random.default_rng(0)
+    rows = ["id,label"]
+    for i in range(n):
+        save(root / "images" / f"cell{i}.png", rng.integers(0, 255, (*size, 3), dtype=np.uint8))
+        if masks:
+            save(root / "masks" / f"cell{i}.png", (rng.random(size) > 0.5).astype(np.uint8) * 255)
+        rows.append(f"cell{i},{'ab'[i % 2]}")
+    if labels:
+        (root / "labels.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+def make_zheng(root, n=4):
+    rng = np.random.default_rng(1)
+    folder = root / "Dataset 1"
+    rows = ["image ID,class label"]
+    for i in range(1, n + 1):
+        h = 120 if i % 2 else 115
+        save(folder / f"{i:03d}.bmp", rng.integers(0, 255, (h, 118, 3), dtype=np.uint8))
+        save(folder / f"{i:03d}.png", rng.choice([0, 128, 255], (h, 118)).astype(np.uint8))
+        rows.append(f"{i},{(i % 5) + 1}")
+    (root / "Class Labels of Dataset 1.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+def assert_same(a, b):
+    assert a.ids == b.ids and a.classes == b.classes and a.name == b.name and a.sources == b.sources
+    assert all(np.array_equal(x, y) and x.dtype == y.dtype for x, y in zip(a.images, b.images))
+    assert (a.masks is None) == (b.masks is None)
+    if a.masks is not None:
+        assert all(np.array_equal(x, y) for x, y in zip(a.masks, b.masks))
+    assert np.array_equal(a.labels, b.labels)
+
+
+def test_parquet_round_trip_is_lossless(tmp_path, small_synthetic):
+    dataset = small_synthetic.subset(range(10))
+    dataset.images[3] = dataset.images[3][:20, :17]  # sizes may differ per sample
+    dataset.masks[3] = dataset.masks[3][:20, :17]
+    path = write_dataset(dataset, tmp_path / "d.parquet")
+    back = read_dataset(path)
+    assert_same(dataset, back)
+    assert back.fingerprint == dataset.fingerprint
+    assert_same(dataset, read_dataset(path.resolve().as_uri()))  # file:// URI through pyarrow's filesystems
+
+
+def test_parquet_file_holds_one_row_per_sample_and_its_metadata(tmp_path, small_synthetic):
+    path = write_dataset(small_synthetic, tmp_path / "d.parquet")
+    table = pq.read_table(path)
+    assert table.column_names == ["id", "image", "mask", "label", "source"]
+    assert table.num_rows == len(small_synthetic)
+    meta = dataset_metadata(path)
+    assert meta["name"] == "synthetic-a" and meta["classes"][0] == "neutrophil"
+    assert meta["fingerprint"] == small_synthetic.fingerprint and meta["provenance"]["seed"] == 3
+    assert oct(os.stat(path).st_mode & 0o777) != oct(0o600)
+
+
+def test_dataset_without_masks_or_labels_round_trips_as_none(tmp_path):
+    path = convert("folder", make_folder(tmp_path / "raw", labels=False, masks=False), tmp_path / "d.parquet")
+    back = read_dataset(path)
+    assert back.masks is None and back.labels is None and len(back) == 4
+
+
+def test_folder_layout_reads_labels_masks_and_class_names(tmp_path):
+    back = read_dataset(convert("folder", make_folder(tmp_path / "raw"), tmp_path / "d.parquet"))
+    assert back.classes == ["a", "b"] and back.labels.tolist() == [0, 1, 0, 1]
+    raw_mask = np.asarray(Image.open(tmp_path / "raw" / "masks" / "cell2.png")) > 0
+    assert np.array_equal(back.masks[2], raw_mask)
+
+
+def test_zheng2018_layout_keeps_sizes_and_maps_labels(tmp_path):
+    back = read_dataset(convert("zheng2018", make_zheng(tmp_path / "z"), tmp_path / "d.parquet"))
+    assert back.ids == ["001", "002", "003", "004"]
+    assert [im.shape[0] for im in back.images] == [120, 115, 120, 115]
+    assert back.labels.tolist() == [1, 2, 3, 4]  # files' labels 2..5 -> indices 1..4
+    raw = np.asarray(Image.open(tmp_path / "z" / "Dataset 1" / "002.png"))
+    assert np.array_equal(back.masks[1], raw > 0)
+
+
+def test_zheng2018_subset_two_is_read_from_its_own_folder(tmp_path):
+    root = make_zheng(tmp_path / "z")
+    os.rename(root / "Dataset 1", root / "Dataset 2")
+    os.rename(root / "Class Labels of Dataset 1.csv", root / "Class Labels of Dataset 2.csv")
+    back = read_dataset(convert("zheng2018", root, tmp_path / "d.parquet", subset=2))
+    assert back.name == "zheng2018-dataset2" and len(back) == 4
+
+
+def expect_error(tmp_path, layout, root, pattern, **options):
+    destination = tmp_path / "out" / "d.parquet"
+    with pytest.raises(DataError, match=pattern):
+        convert(layout, root, destination, **options)
+    assert not destination.parent.exists() or os.listdir(destination.parent) == []
+
+
+def test_corrupt_image_is_named(tmp_path):
+    root = make_folder(tmp_path / "raw")
+    (root / "images" / "cell1.png").write_bytes(b"not a png")
+    expect_error(tmp_path, "folder", root, r"cell1\.png: cannot read image")
+
+
+def test_mask_of_another_size_is_named(tmp_path):
+    root = make_folder(tmp_path / "raw")
+    save(root / "masks" / "cell3.png", np.zeros((5, 5), np.uint8))
+    expect_error(tmp_path, "folder", root, r"cell3\.png: mask is 5x5")
+
+
+def test_mask_value_outside_the_layout_is_named(tmp_path):
+    root = make_zheng(tmp_path / "z")
+    bad = np.asarray(Image.open(root / "Dataset 1" / "003.png")).copy()
+    bad[0, 0] = 77
+    save(root / "Dataset 1" / "003.png", bad)
+    expect_error(tmp_path, "zheng2018", root, r"003\.png: mask has values \[77\]")
+
+
+def test_unknown_label_is_named(tmp_path):
+    root = make_zheng(tmp_path / "z")
+    csv = root / "Class Labels of Dataset 1.csv"
+    csv.write_text(csv.read_text().replace("2,3", "2,9"))
+    expect_error(tmp_path, "zheng2018", root, r"line 3: unknown label '9'")
+    folder = make_folder(tmp_path / "raw")
+    expect_error(tmp_path, "folder", folder, r"unknown label 'b'", classes=["a"])
+
+
+def test_label_row_for_missing_image_is_named(tmp_path):
+    root = make_zheng(tmp_path / "z")
+    csv = root / "Class Labels of Dataset 1.csv"
+    csv.write_text(csv.read_text() + "17,1\n")
+    expect_error(tmp_path, "zheng2018", root, r"label row for image 017")
+    folder = make_folder(tmp_path / "raw")
+    (folder / "labels.csv").write_text((folder / "labels.csv").read_text() + "ghost,a\n")
+    expect_error(tmp_path, "folder", folder, r"label row for 'ghost'")
+
+
+def test_duplicate_ids_are_named(tmp_path):
+    root = make_folder(tmp_path / "raw")
+    save(root / "images" / "cell1.jpg", np.zeros((12, 10, 3), np.uint8))
+    expect_error(tmp_path, "folder", root, r"duplicate image id \(file stem\) 'cell1'")
+    zheng = make_zheng(tmp_path / "z")
+    csv = zheng / "Class Labels of Dataset 1.csv"
+    csv.write_text(csv.read_text() + "2,1\n")
+    expect_error(tmp_path, "zheng2018", zheng, r"duplicate image id '2'")
+
+
+def test_empty_dataset_is_refused(tmp_path):
+    (tmp_path / "raw" / "images").mkdir(parents=True)
+    expect_error(tmp_path, "folder", tmp_path / "raw", r"no images found")
+
+
+def test_failed_conversion_keeps_an_existing_file(tmp_path):
+    destination = tmp_path / "d.parquet"
+    convert("synthetic", None, destination, n=5, size=16)
+    before = destination.read_bytes()
+    root = make_folder(tmp_path / "raw")
+    (root / "images" / "cell0.png").write_bytes(b"broken")
+    with pytest.raises(DataError):
+        convert("folder", root, destination)
+    assert destination.read_bytes() == before and sorted(os.listdir(tmp_path)) == ["d.parquet", "raw"]
+
+
+def test_synthetic_data_is_deterministic_given_its_seed():
+    a, b, c = make_synthetic(10, 32, seed=7), make_synthetic(10, 32, seed=7), make_synthetic(10, 32, seed=8)
+    assert a.fingerprint == b.fingerprint != c.fingerprint
+
+
+def test_synthetic_domains_differ_in_stain():
+    a, b = make_synthetic(50, 32, seed=0, domain="a"), make_synthetic(50, 32, seed=0, domain="b")
+    background = lambda d: np.mean([im[~m].mean(axis=0) for im, m in zip(d.images, d.masks)], axis=0)  # noqa: E731
+    assert np.abs(background(a) - background(b)).max() > 8  # mean plasma colour, 0..255
+
+
+def test_synthetic_masks_are_one_central_cell_and_classes_balanced():
+    from scipy import ndimage
+    d = make_synthetic(25, 32, seed=1)
+    assert np.bincount(d.labels).tolist() == [5] * 5
+    for m in d.masks:
+        _, count = ndimage.label(m)
+        assert count == 1 and m[16, 16] and 0.1 < m.mean() < 0.5
+
+
+def test_folds_are_stratified_disjoint_and_cover_every_sample_once():
+    labels = np.repeat(np.arange(4), [20, 12, 8, 10])
+    folds = stratified_folds(labels, 4, seed=0)
+    tests = np.concatenate([t for _, t in folds])
+    assert sorted(tests.tolist()) == list(range(len(labels)))
+    for train, test in folds:
+        assert not set(train) & set(test) and len(train) + len(test) == len(labels)
+        np.testing.assert_allclose(np.bincount(labels[test], minlength=4), [5, 3, 2, 2.5], atol=1)
+
+
+def test_folds_are_stable_for_a_seed_and_change_with_it():
+    labels = np.arange(30) % 3
+    a, b, c = (stratified_folds(labels, 3, s) for s in (1, 1, 2))
+    assert all(np.array_equal(x[1], y[1]) for x, y in zip(a, b))
+    assert not all(np.array_equal(x[1], y[1]) for x, y in zip(a, c))
+
+
+def test_class_rarer_than_k_warns_and_stays_in_training():
+    labels = np.array([0] * 10 + [1] * 10 + [2])
+    with pytest.warns(UserWarning, match=r"classes \[2\] have fewer than k=5"):
+        folds = stratified_folds(labels, 5, seed=0)
+    for train, test in folds:
+        assert 20 in train and 20 not in test
+    assert sorted(np.concatenate([t for _, t in folds]).tolist()) == list(range(20))
+
+
+def test_folds_without_rare_classes_do_not_warn():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        stratified_folds(np.arange(20) % 2, 2, seed=0)

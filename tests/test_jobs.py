@@ -1,0 +1,42 @@
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+
+
+def run_job(*args, check=True):
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=ROOT, check=check)
+
+
+@pytest.mark.parametrize("job", ["jobs/prepare_data.py", "jobs/cross_validate.py"])
+def test_jobs_have_help(job):
+    assert "usage" in run_job(job, "--help").stdout
+
+
+def test_prepare_then_cross_validate_prints_folds_beside_the_baseline(tmp_path):
+    data = tmp_path / "syn.parquet"
+    out = run_job("jobs/prepare_data.py", "synthetic", "--output", str(data), "--n", "20", "--size", "16")
+    assert "fingerprint" in out.stdout and data.exists()
+    config = tmp_path / "c.yaml"
+    config.write_text("channels: 6\nhidden: 6\nsteps: 2\nimage_size: 16\nepochs: 1\n")
+    out = run_job("jobs/cross_validate.py", "--data", str(data), "--config", str(config), "--json",
+                  str(tmp_path / "r.json"))
+    lines = out.stdout.splitlines()
+    assert any(line.split()[:2] == ["1", "10"] for line in lines)  # fold 1, 10 test images
+    assert any(line.startswith("mean IoU") and "intensity baseline" in line for line in lines)
+    assert (tmp_path / "r.json").exists()
+
+
+def test_bad_config_fails_with_the_key_named(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("fire_rate: 2\n")
+    out = run_job("jobs/cross_validate.py", "--config", str(config), check=False)
+    assert out.returncode == 2 and "c.yaml: key 'fire_rate'" in out.stderr
+
+
+def test_bad_source_fails_with_the_file_named(tmp_path):
+    out = run_job("jobs/prepare_data.py", "zheng2018", "--source", str(tmp_path), "--output",
+                  str(tmp_path / "x.parquet"), check=False)
+    assert out.returncode == 2 and "Dataset 1: folder not found" in out.stderr

@@ -1,0 +1,123 @@
+import numpy as np
+import pytest
+import torch
+
+from ncawss import FoldHooks, TrainConfig, cross_validate, load_config, make_synthetic, stratified_folds, train_fold
+from ncawss.config import ConfigError, make_config
+from ncawss.train import resize_images
+
+TINY = TrainConfig(channels=8, hidden=8, steps=4, image_size=16, epochs=3, batch_size=8, lr=1e-3, seed=5)
+
+
+@pytest.fixture(scope="module")
+def split(small_synthetic):
+    train, test = stratified_folds(small_synthetic.labels, 2, seed=0)[0]
+    return small_synthetic.subset(train), small_synthetic.subset(test)
+
+
+class Recorder(FoldHooks):
+    def __init__(self, resume_from=None):
+        self.epochs, self.checkpoints, self.resume_from = [], [], resume_from
+
+    def on_epoch(self, epoch, metrics):
+        self.epochs.append((epoch, metrics))
+
+    def save_checkpoint(self, checkpoint):
+        self.checkpoints.append(checkpoint)
+
+    def load_checkpoint(self):
+        return self.resume_from
+
+
+def assert_same_weights(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_training_is_deterministic_given_the_seed(split):
+    a, b = train_fold(TINY, *split), train_fold(TINY, *split)
+    assert_same_weights(a.state_dict, b.state_dict)
+    assert a.iou == b.iou and a.history == b.history
+    c = train_fold(TINY.model_copy(update={"seed": 6}), *split)
+    assert not torch.equal(a.state_dict["nca.fc0.weight"], c.state_dict["nca.fc0.weight"])
+
+
+def test_restored_checkpoint_continues_bit_for_bit(split):
+    straight = Recorder()
+    uninterrupted = train_fold(TINY, *split, hooks=straight)
+    assert [e for e, _ in straight.epochs] == [1, 2, 3] and len(straight.checkpoints) == 3
+    first_epoch = Recorder()
+    train_fold(TINY.model_copy(update={"epochs": 1}), *split, hooks=first_epoch)  # "interrupted" after epoch 1
+    resumed_hooks = Recorder(resume_from=first_epoch.checkpoints[-1])
+    resumed = train_fold(TINY, *split, hooks=resumed_hooks)
+    assert [e for e, _ in resumed_hooks.epochs] == [2, 3]
+    assert_same_weights(uninterrupted.state_dict, resumed.state_dict)
+    assert resumed.history == uninterrupted.history and resumed.iou == uninterrupted.iou
+
+
+def test_checkpoint_holds_everything_needed_to_continue(split):
+    hooks = Recorder()
+    train_fold(TINY.model_copy(update={"epochs": 1}), *split, hooks=hooks)
+    checkpoint = hooks.checkpoints[0]
+    assert {"epoch", "model", "optimiser", "scheduler", "sample_rng", "fire_rng", "history"} <= checkpoint.keys()
+    assert checkpoint["epoch"] == 1 and checkpoint["scheduler"]["last_epoch"] == 3  # 20 images / batch 8
+
+
+def test_normalisation_statistics_come_from_the_training_fold_only(split):
+    train, test = split
+    result = train_fold(TINY.model_copy(update={"epochs": 1}), train, test)
+    expected = resize_images(train.images, 16).mean(dim=(0, 2, 3))
+    np.testing.assert_allclose(result.norm_mean, expected.numpy(), rtol=1e-6)
+    everything = resize_images(train.images + test.images, 16).mean(dim=(0, 2, 3))
+    assert not np.allclose(result.norm_mean, everything.numpy(), rtol=1e-6)
+
+
+def test_fold_result_reports_nca_and_baseline_on_the_same_test_images(split):
+    train, test = split
+    result = train_fold(TINY, train, test)
+    ev = result.evaluation
+    assert result.test_ids == test.ids and len(ev.iou) == len(ev.baseline_iou) == len(test)
+    assert [m.shape for m in ev.masks] == [m.shape for m in test.masks]  # ground truth's resolution
+    assert result.iou == pytest.approx(ev.iou.mean()) and 0 <= result.accuracy <= 1
+    assert set(result.readout_iou) == {"stochastic", "mean_field"}
+    assert result.readout_iou["stochastic"] == pytest.approx(result.iou)
+
+
+def test_eval_every_adds_test_metrics_to_the_epoch(split):
+    hooks = Recorder()
+    train_fold(TINY.model_copy(update={"eval_every": 2}), *split, hooks=hooks)
+    assert "test_iou" in hooks.epochs[1][1] and "test_iou" not in hooks.epochs[0][1]
+
+
+def test_cross_validate_runs_every_fold(small_synthetic):
+    result = cross_validate(TINY.model_copy(update={"epochs": 1}), small_synthetic, k=2, seed=0)
+    assert len(result.folds) == 2
+    assert sorted(sum((f.test_ids for f in result.folds), [])) == sorted(small_synthetic.ids)
+    assert result.mean_iou == pytest.approx(np.mean(result.fold_iou))
+    assert result.std_iou == pytest.approx(np.std(result.fold_iou))
+
+
+@pytest.mark.slow
+def test_short_cpu_run_learns_and_beats_the_intensity_baseline():
+    """The quick-start configuration on synthetic data: above chance, and its mean-field
+    read-out above the intensity baseline on the same test images."""
+    config = load_config("configs/quickstart.yaml").model_copy(update={"readout": "mean_field"})
+    data = make_synthetic(n=200, size=config.image_size, seed=0)
+    train, test = stratified_folds(data.labels, 2, seed=0)[0]
+    result = train_fold(config, data.subset(train), data.subset(test))
+    assert result.accuracy > 0.45  # chance: 0.2
+    assert result.iou > result.baseline_iou + 0.08
+
+
+def test_config_errors_name_the_key(tmp_path):
+    with pytest.raises(ConfigError, match=r"key 'fire_rate'"):
+        make_config({"fire_rate": 1.5})
+    with pytest.raises(ConfigError, match=r"key 'chanels'.*Extra inputs"):
+        make_config({"chanels": 8})
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("steps: many\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml: key 'steps'"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match=r"missing\.yaml: file not found"):
+        load_config(tmp_path / "missing.yaml")
