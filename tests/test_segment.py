@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 import torch
+from pca_otsu import reference_pca_otsu  # bench/pca_otsu.py: numpy + scikit-image, per image
 from skimage.filters import threshold_otsu
 
 from ncawss import intensity_baseline, iou, pca_otsu
@@ -55,16 +56,6 @@ def test_constant_features_give_an_empty_mask_and_a_flag():
 def test_all_zero_features_give_an_empty_mask():
     result = pca_otsu(torch.zeros(2, 4, 8, 8), details=True)
     assert result.degenerate.all() and not result.masks.any()
-
-
-def reference_pca_otsu(features: np.ndarray):
-    """Per-image loop: numpy PCA, scikit-image Otsu."""
-    c, h, w = features.shape
-    x = features.reshape(c, -1).T.astype(np.float64)
-    x = x - x.mean(0)
-    _, vectors = np.linalg.eigh(x.T @ x / (h * w - 1))
-    projection = x @ vectors[:, -1]
-    return projection, threshold_otsu(projection)
 
 
 def test_batched_pca_otsu_matches_per_image_scikit_image_reference():

@@ -1,0 +1,72 @@
+#!/usr/bin/env python3
+"""NCA forward+backward throughput: ncawss's fused channels-first NCA vs a reference-style one.
+
+Both run the same weights and draw the same fire masks; their outputs are
+checked equal first. Default: 32 channels, hidden 32, 32 steps, 64x64, batch 32.
+
+    python bench/nca_throughput.py [--batch 32] [--size 64] [--repeats 3]
+"""
+from __future__ import annotations
+
+import argparse
+
+import torch
+from common import best_of, machine, matmul_gflops
+from reference_nca import reference_forward
+
+from ncawss.nca import NCA
+
+
+def paper_flops_per_image(channels: int, hidden: int, steps: int, size: int) -> float:
+    """Forward+backward FLOPs of the published algorithm (not of the fused form): backward ~ 2x forward."""
+    per_pixel_step = 2 * (2 * channels * 9 + 3 * channels * hidden + hidden * channels)
+    return 3 * per_pixel_step * size * size * steps
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--size", type=int, default=64)
+    p.add_argument("--channels", type=int, default=32)
+    p.add_argument("--hidden", type=int, default=32)
+    p.add_argument("--steps", type=int, default=32)
+    p.add_argument("--repeats", type=int, default=3)
+    args = p.parse_args()
+
+    nca = NCA(args.channels, args.hidden, args.steps)
+    with torch.no_grad():  # non-zero output layer, or both would compute the identity
+        nca.fc1.weight.normal_(0, 0.05, generator=torch.Generator().manual_seed(0))
+    x = torch.randn(args.batch, 3, args.size, args.size, generator=torch.Generator().manual_seed(1))
+
+    def ours():
+        out = nca(x, generator=torch.Generator().manual_seed(2))
+        out.square().mean().backward()
+        return out
+
+    def reference():
+        out = reference_forward(nca, x, args.steps, nca.fire_rate, generator=torch.Generator().manual_seed(2))
+        out.square().mean().backward()
+        return out
+
+    with torch.no_grad():
+        a, b = ours(), reference()
+    max_diff = (a - b).abs().max().item()
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+    peak = matmul_gflops()
+    flops = paper_flops_per_image(args.channels, args.hidden, args.steps, args.size) * args.batch
+    rows = [(name, best_of(fn, args.repeats)) for name, fn in (("reference-style", reference), ("ncawss", ours))]
+    print(f"machine: {machine()}; fp32 matmul {peak:.0f} GFLOP/s")
+    print(f"NCA {args.channels} ch, hidden {args.hidden}, {args.steps} steps, {args.size}x{args.size}, "
+          f"batch {args.batch}, forward+backward; outputs equal (max |diff| {max_diff:.1e})\n")
+    print(f"| implementation  | images/s | s/batch | GFLOP/s (paper FLOPs) | % of matmul rate | speed-up |")
+    print(f"|-----------------|---------:|--------:|----------------------:|-----------------:|---------:|")
+    base = rows[0][1]
+    for name, seconds in rows:
+        rate = flops / seconds / 1e9
+        print(f"| {name:<15} | {args.batch / seconds:8.1f} | {seconds:7.2f} | {rate:21.1f} | "
+              f"{100 * rate / peak:15.0f}% | {base / seconds:7.2f}x |")
+
+
+if __name__ == "__main__":
+    main()
