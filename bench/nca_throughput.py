@@ -59,8 +59,8 @@ def main() -> None:
     print(f"machine: {machine()}; fp32 matmul {peak:.0f} GFLOP/s")
     print(f"NCA {args.channels} ch, hidden {args.hidden}, {args.steps} steps, {args.size}x{args.size}, "
           f"batch {args.batch}, forward+backward; outputs equal (max |diff| {max_diff:.1e})\n")
-    print(f"| implementation  | images/s | s/batch | GFLOP/s (paper FLOPs) | % of matmul rate | speed-up |")
-    print(f"|-----------------|---------:|--------:|----------------------:|-----------------:|---------:|")
+    print("| implementation  | images/s | s/batch | GFLOP/s (paper FLOPs) | % of matmul rate | speed-up |")
+    print("|-----------------|---------:|--------:|----------------------:|-----------------:|---------:|")
     base = rows[0][1]
     for name, seconds in rows:
         rate = flops / seconds / 1e9

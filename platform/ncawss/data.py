@@ -8,7 +8,6 @@ b"ncawss".
 """
 from __future__ import annotations
 
-import csv
 import hashlib
 import io
 import json

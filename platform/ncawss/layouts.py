@@ -48,14 +48,16 @@ def read_zheng2018(source: str | os.PathLike, subset: int = 1) -> Dataset:
     labels: dict[str, int] = {}
     for line, (image_id, label) in enumerate(rows, start=2):
         if not label.isdigit() or not 1 <= int(label) <= len(ZHENG_CLASSES):
-            raise DataError(f"{label_file}, line {line}: unknown label {label!r} (expected 1..{len(ZHENG_CLASSES)})")
+            raise DataError(f"{label_file}, line {line}: unknown label {label!r} "
+                            f"(expected 1..{len(ZHENG_CLASSES)})")
         if not image_id.isdigit():
             raise DataError(f"{label_file}, line {line}: image id {image_id!r} is not a number")
         labels[f"{int(image_id):03d}"] = int(label) - 1
     image_files = {p.stem: p for p in folder.iterdir() if p.suffix.lower() in (".bmp", ".jpg", ".jpeg")}
     for image_id in labels:
         if image_id not in image_files:
-            raise DataError(f"{label_file}: label row for image {image_id}, but {folder / (image_id + '.bmp')} is missing")
+            raise DataError(f"{label_file}: label row for image {image_id}, "
+                            f"but {folder / (image_id + '.bmp')} is missing")
     images, masks, ids, sources = [], [], [], []
     for image_id in sorted(image_files):
         path = image_files[image_id]
@@ -78,7 +80,8 @@ def read_zheng2018(source: str | os.PathLike, subset: int = 1) -> Dataset:
 
 
 def read_folder(source: str | os.PathLike, classes: list[str] | None = None, name: str | None = None) -> Dataset:
-    """Generic layout: images/, optional masks/ (same file stem, 0 and 255 or 0 and 1), optional labels.csv (id,label)."""
+    """Generic layout: images/, optional masks/ (same file stem; 0 and 255, or 0 and 1),
+    optional labels.csv (header id,label; label = class name)."""
     root = Path(source)
     image_dir, mask_dir, label_file = root / "images", root / "masks", root / "labels.csv"
     if not image_dir.is_dir():
@@ -90,19 +93,7 @@ def read_folder(source: str | os.PathLike, classes: list[str] | None = None, nam
     ids = [p.stem for p in paths]
     labels = None
     if label_file.exists():
-        rows = read_csv_rows(label_file)
-        check_unique([r[0] for r in rows], label_file, "id")
-        by_id = dict(rows)
-        for line, (image_id, label) in enumerate(rows, start=2):
-            if image_id not in ids:
-                raise DataError(f"{label_file}, line {line}: label row for {image_id!r}, but no such image in {image_dir}")
-            if classes is not None and label not in classes:
-                raise DataError(f"{label_file}, line {line}: unknown label {label!r} (classes: {classes})")
-        missing = [i for i in ids if i not in by_id]
-        if missing:
-            raise DataError(f"{label_file}: no label for image(s) {missing[:5]}")
-        classes = classes if classes is not None else sorted(set(by_id.values()))
-        labels = np.array([classes.index(by_id[i]) for i in ids])
+        labels, classes = read_folder_labels(label_file, ids, classes)
     masks = None
     if mask_dir.is_dir():
         mask_files = {p.stem: p for p in mask_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
@@ -119,15 +110,35 @@ def read_folder(source: str | os.PathLike, classes: list[str] | None = None, nam
                    sources=[str(p.relative_to(root)) for p in paths], provenance={"layout": "folder"})
 
 
-LAYOUTS = {"zheng2018": read_zheng2018, "folder": read_folder, "synthetic": None}
+def read_synthetic(source: None, **options) -> Dataset:
+    return make_synthetic(**options)  # generated, there is no source to read
+
+
+def read_folder_labels(label_file: Path, ids: list[str], classes: list[str] | None) -> tuple[np.ndarray, list[str]]:
+    """Label indices in the order of ids, and the class names they index."""
+    rows = read_csv_rows(label_file)
+    check_unique([r[0] for r in rows], label_file, "id")
+    known = set(ids)
+    for line, (image_id, label) in enumerate(rows, start=2):
+        if image_id not in known:
+            raise DataError(f"{label_file}, line {line}: label row for {image_id!r}, but no such image")
+        if classes is not None and label not in classes:
+            raise DataError(f"{label_file}, line {line}: unknown label {label!r} (classes: {classes})")
+    by_id = dict(rows)
+    missing = [i for i in ids if i not in by_id]
+    if missing:
+        raise DataError(f"{label_file}: no label for image(s) {missing[:5]}")
+    classes = list(classes) if classes is not None else sorted(set(by_id.values()))
+    return np.array([classes.index(by_id[i]) for i in ids]), classes
+
+
+LAYOUTS = {"zheng2018": read_zheng2018, "folder": read_folder, "synthetic": read_synthetic}
 
 
 def load_layout(layout: str, source: str | os.PathLike | None, **options) -> Dataset:
-    if layout == "synthetic":
-        return make_synthetic(**options)
     if layout not in LAYOUTS:
         raise ValueError(f"unknown layout {layout!r}; choose one of {sorted(LAYOUTS)}")
-    if source is None:
+    if source is None and layout != "synthetic":
         raise ValueError(f"layout {layout!r} needs a source folder")
     return LAYOUTS[layout](source, **options)
 

@@ -82,7 +82,8 @@ class NCAClassifier(nn.Module):
         self.head = nn.Sequential(nn.Linear(channels, head_hidden), nn.ReLU(), nn.Linear(head_hidden, n_classes))
 
     def forward(self, x: torch.Tensor, steps: int | None = None, fire_rate: float | None = None,
-                generator: torch.Generator | None = None, mean_field: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+                generator: torch.Generator | None = None,
+                mean_field: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """x: normalised (B, 3, H, W) -> (logits (B, classes), state (B, channels, H, W))."""
         state = self.nca(x, steps, fire_rate, generator, mean_field)
         return self.head(state.mean(dim=(2, 3))), state

@@ -33,7 +33,8 @@ def otsu_thresholds(values: torch.Tensor, bins: int = OTSU_BINS) -> torch.Tensor
     hist = torch.zeros(values.shape[0], bins, dtype=torch.float64, device=values.device)
     hist.scatter_add_(1, idx, torch.ones_like(idx, dtype=torch.float64))
     step = (span / bins).double()
-    centres = lo.double()[:, None] + (torch.arange(bins, device=values.device, dtype=torch.float64) + 0.5) * step[:, None]
+    offsets = torch.arange(bins, device=values.device, dtype=torch.float64) + 0.5
+    centres = lo.double()[:, None] + offsets * step[:, None]
     # Both ends are non-empty (they hold the min and the max), so no division by zero.
     weight1 = hist.cumsum(1)
     weight2 = hist.flip(1).cumsum(1).flip(1)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import numpy as np
 from skimage.filters import gaussian
 
+from .data import Dataset
+
 CLASSES = ["neutrophil", "lymphocyte", "monocyte", "eosinophil", "basophil"]
 
 # RGB in [0, 1] per domain: plasma, red cell, nucleus, and per-class cytoplasm.
@@ -25,10 +27,8 @@ DOMAINS = {
 CELL_RADIUS = [0.30, 0.22, 0.34, 0.30, 0.27]  # fraction of the crop side, before scale jitter
 
 
-def make_synthetic(n: int = 200, size: int = 64, seed: int = 0, domain: str = "a") -> "Dataset":
+def make_synthetic(n: int = 200, size: int = 64, seed: int = 0, domain: str = "a") -> Dataset:
     """n crops of size x size, classes balanced, deterministic given (n, size, seed, domain)."""
-    from .data import Dataset  # late import: data imports nothing from here
-
     if domain not in DOMAINS:
         raise ValueError(f"unknown synthetic domain {domain!r}; choose one of {sorted(DOMAINS)}")
     if n < 1 or size < 16:
