@@ -116,3 +116,11 @@ def test_intensity_baseline_takes_the_dark_side():
 
 def test_intensity_baseline_of_a_constant_image_is_empty():
     assert not intensity_baseline(np.full((8, 8, 3), 128, np.uint8)).any()
+
+
+def test_constant_features_with_a_large_offset_are_degenerate_but_small_structure_is_not():
+    constant = torch.full((1, 6, 16, 16), 1234.5678)
+    assert pca_otsu(constant, details=True).degenerate.all()
+    faint = planted_features(disk(16, 16, 4), channels=6, noise=0.0)[None] * 1e-3
+    result = pca_otsu(faint, details=True)
+    assert not result.degenerate.any() and iou(result.masks[0], disk(16, 16, 4)) == 1.0
