@@ -1,0 +1,109 @@
+#!/usr/bin/env python3
+"""NCA-WSS hyperparameter sweep: Ray Tune + Optuna over configurations, each evaluated by
+k-fold cross-validation with Ray Train; everything tracked in MLflow.
+
+With no arguments: search_spaces/quickstart.yaml on built-in synthetic data, local Ray.
+On a cluster:  ray job submit --working-dir . -- python jobs/cv_sweep.py --data s3://... \\
+                 --space search_spaces/nca_wss.yaml --output /shared/runs/x
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+import ncawss
+from ncawss.space import load_space
+from ncawss.tracking import SweepTracker, TrackingError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", help="dataset file or URI from jobs/prepare_data.py (default: synthetic, 200 crops)")
+    p.add_argument("--space", default=str(ROOT / "search_spaces/quickstart.yaml"), help="search space YAML")
+    p.add_argument("--trials", type=int, help="override the space's number of trials")
+    p.add_argument("--folds", type=int, help="override the space's k")
+    p.add_argument("--name", help="sweep name: MLflow experiment and Tune run (default: the space's name)")
+    p.add_argument("--output", help="directory for results, checkpoints and the default MLflow store "
+                                    "(default: runs/NAME)")
+    p.add_argument("--storage", help="Ray storage path or URI for checkpoints (default: OUTPUT/ray); "
+                                     "must be shared storage on a multi-node cluster")
+    p.add_argument("--mlflow-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, "
+                                        "else sqlite:///OUTPUT/mlflow.db)")
+    p.add_argument("--resume", action="store_true", help="continue the interrupted sweep in OUTPUT")
+    return p.parse_args()
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() or "unknown"
+    except OSError:
+        return "unknown"
+
+
+def main() -> int:
+    args = parse_args()
+    os.environ["RAY_TRAIN_V2_ENABLED"] = "1"
+    try:
+        spec = load_space(args.space)
+        overrides = {k: v for k, v in (("trials", args.trials), ("folds", args.folds), ("name", args.name)) if v}
+        spec = spec.model_validate({**spec.model_dump(), **overrides})
+    except (ncawss.ConfigError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    output = Path(args.output or ROOT / "runs" / spec.name).resolve()
+    state_file = output / "sweep.yaml"
+    if args.resume and not state_file.exists():
+        print(f"error: --resume: {state_file} not found: no sweep to continue in {output}", file=sys.stderr)
+        return 2
+    state = yaml.safe_load(state_file.read_text()) if args.resume else {}
+    uri = state.get("mlflow_uri") or args.mlflow_uri or os.environ.get("MLFLOW_TRACKING_URI") \
+        or f"sqlite:///{output / 'mlflow.db'}"
+    local_store = uri.startswith("sqlite:") or uri.startswith("file:")
+    # A store on this machine keeps artifacts beside it; a server decides for itself.
+    tracker = SweepTracker(uri, spec.name, artifact_root=(output / "mlartifacts").as_uri() if local_store else None,
+                           parent_run_id=state.get("parent_run_id"))
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    output.mkdir(parents=True, exist_ok=True)
+    try:
+        tracker.check()
+        dataset = ncawss.read_dataset(args.data) if args.data else \
+            ncawss.make_synthetic(n=200, size=spec.train_config({}).image_size if "image_size" in spec.train else 64)
+    except (TrackingError, ncawss.DataError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+    from ncawss.sweep import run_sweep, summarise  # imports Ray: only once the inputs are valid
+
+    storage = args.storage or str(output / "ray")
+    parent = tracker.start_sweep(
+        params={**{f"space.{k}": v for k, v in spec.model_dump(exclude={"train", "search", "first"}).items()},
+                **{f"train.{k}": v for k, v in spec.train.items()},
+                **{f"search.{k}": v.model_dump(exclude_none=True) for k, v in spec.search.items()}},
+        tags={"dataset": dataset.name, "dataset.fingerprint": dataset.fingerprint, "git.commit": git_commit(),
+              "space.file": Path(args.space).name},
+        files={"search_space.yaml": Path(args.space).read_text()})
+    state_file.write_text(yaml.safe_dump({"name": spec.name, "mlflow_uri": uri, "parent_run_id": parent,
+                                          "storage": storage, "space": str(args.space),
+                                          "started": datetime.datetime.now().isoformat(timespec="seconds")}))
+    print(f"sweep {spec.name}: {spec.trials} trials x {spec.folds} folds on {dataset.name} ({len(dataset)} images); "
+          f"MLflow parent run {parent}")
+    results = run_sweep(spec, dataset, storage, tracker, resume=args.resume)
+    summary = summarise(spec, results, tracker, output)
+    print(summary)
+    print(f"\nbest configuration: {output / 'best_config.yaml'}")
+    print(f"open MLflow:  mlflow ui --backend-store-uri {uri}" if local_store else f"MLflow: {uri}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

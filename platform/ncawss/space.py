@@ -1,0 +1,130 @@
+"""Sweep specification: what to search, how, and with which resources (search_spaces/*.yaml).
+
+Pure data and validation (pydantic); the Ray layer turns it into Tune objects.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .config import ConfigError, TrainConfig, describe_validation_error
+
+SEARCHABLE = set(TrainConfig.model_fields) - {"seed", "eval_every", "betas"}
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Param(Strict):
+    """One searched option: an int or float range (optionally log-scaled) or a choice."""
+
+    type: Literal["int", "float", "choice"]
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    values: list[Any] | None = None
+
+    @model_validator(mode="after")
+    def check_shape(self) -> Param:
+        if self.type == "choice":
+            if not self.values or self.low is not None or self.high is not None:
+                raise ValueError("a choice needs a non-empty 'values' list and no low/high")
+        else:
+            if self.low is None or self.high is None or self.values is not None:
+                raise ValueError(f"an {self.type} range needs 'low' and 'high' (and no 'values')")
+            if self.low > self.high:
+                raise ValueError(f"low ({self.low}) is greater than high ({self.high})")
+            if self.type == "int" and (self.low != int(self.low) or self.high != int(self.high)):
+                raise ValueError("an int range needs whole-number bounds")
+            if self.log and self.low <= 0:
+                raise ValueError("a log-scaled range needs low > 0")
+        return self
+
+    def candidates(self) -> list[Any]:
+        """Values that stand for the range in validation: its ends, or every choice."""
+        if self.type == "choice":
+            return list(self.values)
+        return [int(self.low), int(self.high)] if self.type == "int" else [self.low, self.high]
+
+
+class Resources(Strict):
+    cpus_per_fold: float = Field(1.0, gt=0, description="CPUs reserved by each fold's worker")
+    gpus_per_fold: float = Field(0.0, ge=0, le=1, description="GPU fraction per fold, e.g. 0.25")
+
+
+class Asha(Strict):
+    grace_period: int = Field(2, ge=1, description="epochs before a trial may be stopped")
+    reduction_factor: float = Field(2.0, gt=1)
+
+
+class SweepSpec(Strict):
+    name: str = Field("nca_wss", min_length=1)
+    trials: int = Field(8, ge=1)
+    folds: int = Field(5, ge=2)
+    seed: int = Field(0, description="seeds the sampler (TPE), the fold split and training")
+    max_concurrent: int = Field(1, ge=1)
+    checkpoint_every: int = Field(2, ge=1, description="epochs between fold checkpoints and evaluations")
+    max_failures: int = Field(2, ge=0, description="fold worker failures tolerated per trial")
+    scheduler: Asha | None = None
+    resources: Resources = Resources()
+    train: dict[str, Any] = Field(default_factory=dict, description="fixed training options")
+    search: dict[str, Param] = Field(default_factory=dict)
+    first: list[dict[str, Any]] = Field(default_factory=list, description="configurations evaluated first")
+
+    @model_validator(mode="after")
+    def check_keys(self) -> SweepSpec:
+        unknown = sorted(set(self.search) - SEARCHABLE)
+        if unknown:
+            raise ValueError(f"search: cannot search {unknown}; searchable: {sorted(SEARCHABLE)}")
+        both = sorted(set(self.search) & set(self.train))
+        if both:
+            raise ValueError(f"{both} are both fixed under 'train' and searched under 'search'")
+        for i, point in enumerate(self.first):
+            extra = sorted(set(point) - set(self.search))
+            if extra:
+                raise ValueError(f"first[{i}]: {extra} are not searched parameters")
+        return self
+
+    def train_config(self, params: dict[str, Any]) -> TrainConfig:
+        """The full training configuration of one trial: fixed options + sampled ones + seed."""
+        return TrainConfig.model_validate({**self.train, **params, "seed": self.seed,
+                                           "eval_every": self.checkpoint_every})
+
+
+def validate_bounds(spec: SweepSpec, source: str) -> None:
+    """Every fixed option, both ends of every range and every first point must be a valid TrainConfig."""
+    def check(values: dict, where: str) -> None:
+        try:
+            spec.train_config(values)
+        except ValidationError as exc:
+            raise ConfigError(describe_validation_error(f"{source}: {where}", exc)) from None
+
+    check({}, "train")
+    for name, param in spec.search.items():
+        for value in param.candidates():
+            check({name: value}, f"search.{name}")
+    for i, point in enumerate(spec.first):
+        check(point, f"first[{i}]")
+
+
+def load_space(path: str | Path) -> SweepSpec:
+    """A SweepSpec from YAML; any fault raises ConfigError naming the file and the key."""
+    path = Path(path)
+    try:
+        values = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    try:
+        spec = SweepSpec.model_validate(values)
+    except ValidationError as exc:
+        raise ConfigError(describe_validation_error(str(path), exc)) from None
+    validate_bounds(spec, str(path))
+    return spec

@@ -1,0 +1,358 @@
+"""Ray orchestration: Tune (Optuna TPE) proposes configurations; each trial runs its
+k folds as one Ray Train run, one worker per fold, so Train's launch cost is paid
+once per trial. Folds checkpoint every `checkpoint_every` epochs; a failed worker
+group restarts from the last checkpoint (FailureConfig).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+import pyarrow.fs as pafs
+import ray
+import ray.train
+import ray.train.torch
+import torch
+import torch.distributed as dist
+from ray import tune
+from ray.train.torch import TorchConfig, TorchTrainer
+from ray.tune.integration.ray_train import TuneReportCallback
+from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search.optuna import OptunaSearch
+
+from .config import TrainConfig
+from .data import Dataset, stratified_folds
+from .gallery import mask_gallery
+from .space import Param, SweepSpec
+from .tracking import SweepTracker, log_history
+from .train import FoldHooks, FoldResult, train_fold
+
+log = logging.getLogger(__name__)
+
+METRIC = "iou_mean"
+TRAIN_STATE = "train_state_fold{}.pt"
+
+
+# --- one fold per Ray Train worker ------------------------------------------
+
+def gather(value: Any) -> list:
+    """Every fold's value, in rank order (gloo process group set up by TorchTrainer)."""
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, value)
+    return out
+
+
+class RayFoldHooks(FoldHooks):
+    """Reports the fold-mean IoU at evaluation epochs, with a checkpoint of every fold."""
+
+    def __init__(self, rank: int, config: TrainConfig, restored: dict | None):
+        self.rank, self.config, self.restored = rank, config, restored
+        self.metrics: dict = {}
+
+    def load_checkpoint(self) -> dict | None:
+        return self.restored
+
+    def on_epoch(self, epoch: int, metrics: dict) -> None:
+        self.metrics = metrics
+
+    def save_checkpoint(self, checkpoint: dict) -> None:
+        epoch = checkpoint["epoch"]
+        if epoch % self.config.eval_every or epoch >= self.config.epochs:
+            return  # the last epoch is reported with the fold's results
+        folds = gather(self.metrics)
+        report = {"epoch": epoch, METRIC: float(np.mean([f["test_iou"] for f in folds])),
+                  "fold_iou": [f["test_iou"] for f in folds],
+                  "train_loss_mean": float(np.mean([f["train_loss"] for f in folds])),
+                  "train_accuracy_mean": float(np.mean([f["train_accuracy"] for f in folds]))}
+        with tempfile.TemporaryDirectory() as tmp:
+            torch.save(checkpoint, Path(tmp) / TRAIN_STATE.format(self.rank))
+            ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+
+
+def restored_state(rank: int) -> dict | None:
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as folder:
+        path = Path(folder) / TRAIN_STATE.format(rank)
+        return torch.load(path, weights_only=False) if path.exists() else None
+
+
+def fold_worker(loop: dict) -> None:
+    """Train fold `world rank` of the trial's k-fold split, then report all folds' results."""
+    started = time.time()
+    context = ray.train.get_context()
+    rank, k = context.get_world_rank(), context.get_world_size()
+    torch.set_num_threads(loop["threads"])
+    config = TrainConfig.model_validate(loop["train"])
+    dataset: Dataset = ray.get(loop["dataset"][0])  # object store: fetched once per node
+    train_idx, test_idx = stratified_folds(dataset.labels, k, loop["split_seed"])[rank]
+    test = dataset.subset(test_idx)
+    restored = restored_state(rank)
+    result = train_fold(config, dataset.subset(train_idx), test, RayFoldHooks(rank, config, restored),
+                        device=ray.train.torch.get_device())
+    summary = {"iou": result.iou, "baseline_iou": result.baseline_iou, "accuracy": result.accuracy,
+               "readout_iou": result.readout_iou, "seconds": result.seconds,
+               "startup_s": started - loop["launched_at"],
+               "resumed_from_epoch": restored["epoch"] if restored else 0}
+    folds = gather(summary)
+    with tempfile.TemporaryDirectory() as tmp:
+        write_fold_files(Path(tmp), rank, result, test)
+        ray.train.report(trial_metrics(folds, config) if rank == 0 else {},
+                         checkpoint=ray.train.Checkpoint.from_directory(tmp), checkpoint_dir_name="final")
+
+
+def write_fold_files(folder: Path, rank: int, result: FoldResult, test: Dataset) -> None:
+    ev = result.evaluation
+    (folder / f"gallery_fold{rank}.png").write_bytes(
+        mask_gallery(test.images, test.masks, ev.responses, ev.masks))
+    torch.save({"state_dict": result.state_dict, "norm_mean": result.norm_mean, "norm_std": result.norm_std},
+               folder / f"weights_fold{rank}.pt")
+    (folder / f"fold{rank}.json").write_text(json.dumps({
+        "test_ids": result.test_ids, "iou": ev.iou.tolist(), "baseline_iou": ev.baseline_iou.tolist(),
+        "history": result.history}))
+
+
+def trial_metrics(folds: list[dict], config: TrainConfig) -> dict:
+    iou = [f["iou"] for f in folds]
+    base = [f["baseline_iou"] for f in folds]
+    metrics = {
+        "epoch": config.epochs, "done": True,
+        METRIC: float(np.mean(iou)), "iou_std": float(np.std(iou)), "fold_iou": iou,
+        "baseline_iou_mean": float(np.mean(base)), "baseline_iou_std": float(np.std(base)), "fold_baseline_iou": base,
+        "lift": float(np.mean(iou) - np.mean(base)),
+        "accuracy_mean": float(np.mean([f["accuracy"] for f in folds])), "fold_accuracy": [f["accuracy"] for f in folds],
+        "fold_seconds": [f["seconds"] for f in folds],
+        "launch_overhead_s": float(max(f["startup_s"] for f in folds)),
+        "resumed_folds": sum(f["resumed_from_epoch"] > 0 for f in folds),
+    }
+    for readout in folds[0]["readout_iou"]:
+        metrics[f"{readout}_iou_mean"] = float(np.mean([f["readout_iou"][readout] for f in folds]))
+    return metrics
+
+
+# --- one Tune trial: one TorchTrainer over k folds ---------------------------
+
+def run_trial(params: dict, *, spec_json: str, dataset: list, storage: str) -> None:
+    spec = SweepSpec.model_validate_json(spec_json)
+    config = spec.train_config(params)
+    trial_id = tune.get_context().get_trial_id()
+    res = spec.resources
+    per_worker = {"CPU": res.cpus_per_fold, **({"GPU": res.gpus_per_fold} if res.gpus_per_fold else {})}
+    trainer = TorchTrainer(
+        fold_worker,
+        train_loop_config={"train": config.model_dump(), "dataset": dataset, "split_seed": spec.seed,
+                           "threads": max(1, int(res.cpus_per_fold)), "launched_at": time.time()},
+        # gloo even on GPUs: folds only exchange small result objects, and NCCL refuses
+        # several workers on one GPU, which fractional GPUs per fold need.
+        torch_config=TorchConfig(backend="gloo"),
+        scaling_config=ray.train.ScalingConfig(num_workers=spec.folds, use_gpu=res.gpus_per_fold > 0,
+                                               resources_per_worker=per_worker),
+        run_config=ray.train.RunConfig(
+            name=f"folds-{trial_id}", storage_path=storage,
+            failure_config=ray.train.FailureConfig(max_failures=spec.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            callbacks=[TuneReportCallback()]),
+    )
+    trainer.fit()
+
+
+def tune_domain(param: Param):
+    if param.type == "choice":
+        return tune.choice(param.values)
+    if param.type == "int":
+        return tune.lograndint(int(param.low), int(param.high) + 1) if param.log else \
+            tune.randint(int(param.low), int(param.high) + 1)
+    return tune.loguniform(param.low, param.high) if param.log else tune.uniform(param.low, param.high)
+
+
+def trainable(spec: SweepSpec, dataset_ref, storage: str):
+    fn = tune.with_parameters(run_trial, spec_json=spec.model_dump_json(), dataset=[dataset_ref], storage=storage)
+    # The trial driver only waits on its folds, which hold the real resources.
+    return tune.with_resources(fn, {"memory": 256 * 1024 ** 2})
+
+
+class TrackingCallback(tune.Callback):
+    """Mirrors Tune's trial events into MLflow from the sweep's driver process."""
+
+    def __init__(self, tracker: SweepTracker, spec: SweepSpec):
+        self.tracker, self.spec = tracker, spec
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        config = self.spec.train_config(trial.config)
+        self.tracker.start_trial(trial.trial_id, {**config.model_dump(), "searched": sorted(trial.config)})
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        run_id = self.tracker.trial_run_id(trial.trial_id)
+        if not result.get("done"):
+            self.tracker.log_metrics(run_id, {k: result[k] for k in (METRIC, "train_loss_mean", "train_accuracy_mean")
+                                              if k in result}, step=int(result["epoch"]))
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        run_id = self.tracker.trial_run_id(trial.trial_id)
+        result = trial.last_result or {}
+        metrics = {k: v for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        for name in ("fold_iou", "fold_baseline_iou", "fold_accuracy", "fold_seconds"):
+            metrics.update({f"{name.replace('fold_', f'fold{i}_')}": v for i, v in enumerate(result.get(name, []))})
+        self.tracker.log_metrics(run_id, metrics, step=int(result.get("epoch", 0)))
+        if result.get("done") and result.get("checkpoint_path"):
+            self.log_fold_files(run_id, result["checkpoint_path"])
+        self.tracker.finish_trial(run_id, "FINISHED")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        run_id = self.tracker.trial_run_id(trial.trial_id)
+        if run_id:
+            self.tracker.finish_trial(run_id, "FAILED")
+
+    def log_fold_files(self, run_id: str, checkpoint_path: str) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            filesystem, path = pafs.FileSystem.from_uri(checkpoint_path) if "://" in checkpoint_path \
+                else (pafs.LocalFileSystem(), checkpoint_path)
+            pafs.copy_files(path, tmp, source_filesystem=filesystem, destination_filesystem=pafs.LocalFileSystem())
+            for fold_json in sorted(Path(tmp).glob("fold*.json")):
+                fold = int(fold_json.stem.removeprefix("fold"))
+                log_history(self.tracker, run_id, fold, json.loads(fold_json.read_text())["history"])
+            self.tracker.log_directory(run_id, tmp, "folds")
+
+
+def max_epochs(spec: SweepSpec) -> int:
+    if "epochs" in spec.search:
+        return int(max(spec.search["epochs"].candidates()))
+    return spec.train_config({}).epochs
+
+
+def build_tuner(spec: SweepSpec, dataset_ref, storage: str, tracker: SweepTracker) -> tune.Tuner:
+    searcher = None
+    if spec.search:
+        searcher = OptunaSearch(points_to_evaluate=spec.first or None,
+                                sampler=optuna.samplers.TPESampler(seed=spec.seed))
+    scheduler = None
+    if spec.scheduler:
+        scheduler = ASHAScheduler(time_attr="epoch", max_t=max_epochs(spec), grace_period=spec.scheduler.grace_period,
+                                  reduction_factor=spec.scheduler.reduction_factor)
+    return tune.Tuner(
+        trainable(spec, dataset_ref, storage),
+        param_space={name: tune_domain(p) for name, p in spec.search.items()},
+        tune_config=tune.TuneConfig(metric=METRIC, mode="max", search_alg=searcher, scheduler=scheduler,
+                                    num_samples=spec.trials, max_concurrent_trials=spec.max_concurrent),
+        run_config=tune.RunConfig(name=spec.name, storage_path=storage,
+                                  callbacks=[TrackingCallback(tracker, spec)]),
+    )
+
+
+def run_sweep(spec: SweepSpec, dataset: Dataset, storage: str, tracker: SweepTracker,
+              resume: bool = False) -> tune.ResultGrid:
+    """Run (or, with resume, continue) the sweep; MLflow runs end FAILED if it crashes."""
+    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+    if not ray.is_initialized():
+        ray.init()  # joins the cluster this runs in (ray job submit), else starts a local Ray
+    dataset_ref = ray.put(dataset)
+    experiment = f"{storage.rstrip('/')}/{spec.name}"
+    try:
+        if resume:
+            tuner = tune.Tuner.restore(experiment, trainable=trainable(spec, dataset_ref, storage),
+                                       resume_errored=True)
+        else:
+            tuner = build_tuner(spec, dataset_ref, storage, tracker)
+        return tuner.fit()
+    except BaseException:
+        tracker.fail_sweep()
+        raise
+
+
+# --- the end of a sweep ------------------------------------------------------
+
+def trial_rows(results: tune.ResultGrid) -> list[dict]:
+    """One row per trial, finished ones first by fold-mean IoU."""
+    rows = []
+    for result in results:
+        metrics = result.metrics or {}
+        status = "error" if result.error else ("done" if metrics.get("done") else "stopped")
+        rows.append({"trial": (result.path or "").rstrip("/").split("/")[-1].split("_")[1] if result.path else "?",
+                     "params": dict(result.config or {}), "status": status, **metrics})
+    return sorted(rows, key=lambda r: (r["status"] != "done", -r.get(METRIC, -1.0)))
+
+
+def optuna_figures(spec: SweepSpec, rows: list[dict]) -> dict[str, bytes]:
+    """Optuna's parameter-importance and parallel-coordinate plots of the finished trials."""
+    import io
+
+    import matplotlib
+    matplotlib.use("Agg")
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    def distribution(p: Param):
+        if p.type == "choice":
+            return CategoricalDistribution(p.values)
+        cls = IntDistribution if p.type == "int" else FloatDistribution
+        return cls(int(p.low) if p.type == "int" else p.low, int(p.high) if p.type == "int" else p.high, log=p.log)
+
+    done = [r for r in rows if r["status"] == "done"]
+    if not spec.search or len(done) < 2:
+        return {}
+    study = optuna.create_study(direction="maximize")
+    dists = {k: distribution(p) for k, p in spec.search.items()}
+    for row in done:
+        study.add_trial(optuna.trial.create_trial(params={k: row["params"][k] for k in dists},
+                                                  distributions=dists, value=row[METRIC]))
+    figures = {}
+    plots = {"param_importances.png": optuna.visualization.matplotlib.plot_param_importances,
+             "parallel_coordinate.png": optuna.visualization.matplotlib.plot_parallel_coordinate}
+    for name, plot in plots.items():
+        try:
+            axes = plot(study)
+            buffer = io.BytesIO()
+            axes.figure.savefig(buffer, format="png", bbox_inches="tight", dpi=100)
+            figures[name] = buffer.getvalue()
+        except Exception as exc:  # e.g. importances of parameters that never varied
+            log.warning("optuna figure %s not made: %s", name, exc)
+    return figures
+
+
+def summarise(spec: SweepSpec, results: tune.ResultGrid, tracker: SweepTracker, output: Path) -> str:
+    """Write best_config.yaml and trials.csv, close the MLflow parent run; return the summary table."""
+    import yaml
+
+    rows = trial_rows(results)
+    done = [r for r in rows if r["status"] == "done"]
+    names = sorted(spec.search)
+    header = ["trial", *names, "IoU", "± std", "intensity", "lift", "accuracy", "launch s", "status"]
+    lines = [header]
+    for r in rows:
+        fmt = lambda key, scale=100.0: f"{scale * r[key]:.1f}" if key in r else "-"  # noqa: E731
+        lines.append([r["trial"], *(f"{r['params'].get(n):.3g}" if isinstance(r["params"].get(n), float)
+                                    else str(r["params"].get(n)) for n in names),
+                      fmt(METRIC), fmt("iou_std"), fmt("baseline_iou_mean"), fmt("lift"),
+                      fmt("accuracy_mean", 1.0) if "accuracy_mean" not in r else f"{r['accuracy_mean']:.3f}",
+                      f"{r['launch_overhead_s']:.0f}" if "launch_overhead_s" in r else "-", r["status"]])
+    widths = [max(len(str(line[i])) for line in lines) for i in range(len(header))]
+    table = "\n".join("  ".join(str(c).rjust(w) for c, w in zip(line, widths)) for line in lines)
+    csv = "\n".join(",".join(str(c) for c in line) for line in lines) + "\n"
+    (output / "trials.csv").write_text(csv)
+    files: dict[str, str | bytes] = {"trials.csv": csv, **optuna_figures(spec, rows)}
+    metrics = {"trials_done": len(done), "trials_total": len(rows)}
+    text = f"\n{len(done)} of {len(rows)} trials finished (IoU in %, at the ground truth's resolution; " \
+           f"intensity = grayscale Otsu baseline on the same test images)\n{table}"
+    if done:
+        best = done[0]
+        config = spec.train_config(best["params"])
+        best_yaml = yaml.safe_dump({**config.model_dump(), "betas": list(config.betas)}, sort_keys=False)
+        (output / "best_config.yaml").write_text(best_yaml)
+        files["best_config.yaml"] = best_yaml
+        overheads = [r["launch_overhead_s"] for r in done]
+        metrics.update({"best_" + k: best[k] for k in (METRIC, "iou_std", "baseline_iou_mean", "lift", "accuracy_mean")},
+                       launch_overhead_mean_s=float(np.mean(overheads)))
+        text += (f"\n\nbest: trial {best['trial']} {best['params']}: IoU {100 * best[METRIC]:.1f} ± "
+                 f"{100 * best['iou_std']:.1f} vs intensity baseline {100 * best['baseline_iou_mean']:.1f} "
+                 f"(lift {100 * best['lift']:+.1f}); chosen on the same folds it is scored on, so optimistic"
+                 f"\nRay Train launch overhead per trial (paid once for all {spec.folds} folds): "
+                 f"mean {np.mean(overheads):.1f} s, max {np.max(overheads):.1f} s")
+    tracker.finish_sweep(metrics, files)
+    return text

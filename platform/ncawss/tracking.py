@@ -1,0 +1,140 @@
+"""MLflow tracking of sweeps: a parent run per sweep, a nested run per trial.
+
+Only MlflowClient (no fluent global state): every call names its run. The
+tracker keeps no client when pickled, so it can travel with Ray Tune's
+experiment state and continue the same parent run after a resume.
+"""
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from mlflow.entities import Metric, Param
+from mlflow.tracking import MlflowClient
+
+log = logging.getLogger(__name__)
+
+TRIAL_TAG = "ncawss.trial_id"
+PARENT_TAG = "mlflow.parentRunId"
+
+
+class TrackingError(RuntimeError):
+    """The tracking store cannot be used; the message names the URI."""
+
+
+class SweepTracker:
+    def __init__(self, uri: str, experiment: str, artifact_root: str | None = None, parent_run_id: str | None = None):
+        self.uri, self.experiment, self.artifact_root = uri, experiment, artifact_root
+        self.parent_run_id = parent_run_id
+        self.experiment_id: str | None = None
+        self._client: MlflowClient | None = None
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_client": None}
+
+    @property
+    def client(self) -> MlflowClient:
+        if self._client is None:
+            self._client = MlflowClient(tracking_uri=self.uri)
+        return self._client
+
+    def check(self) -> None:
+        """Fail fast, before any training, where the store cannot be reached."""
+        try:
+            self.client.search_experiments(max_results=1)
+        except Exception as exc:  # MLflow raises several types for an unreachable store
+            raise TrackingError(f"MLflow tracking store {self.uri} is unreachable: "
+                                f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}") from None
+
+    def ensure_experiment(self) -> str:
+        if self.experiment_id is None:
+            found = self.client.get_experiment_by_name(self.experiment)
+            self.experiment_id = found.experiment_id if found else self.client.create_experiment(
+                self.experiment, artifact_location=self.artifact_root)
+        return self.experiment_id
+
+    # --- sweep --------------------------------------------------------------
+
+    def start_sweep(self, params: dict[str, Any], tags: dict[str, str], files: dict[str, str]) -> str:
+        """Create the parent run, or continue it (status RUNNING again) if one is known."""
+        if self.parent_run_id is not None:
+            self.client.update_run(self.parent_run_id, status="RUNNING")
+            return self.parent_run_id
+        run = self.client.create_run(self.ensure_experiment(), run_name=self.experiment, tags=tags)
+        self.parent_run_id = run.info.run_id
+        self.client.log_batch(self.parent_run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
+        for name, text in files.items():
+            self.client.log_text(self.parent_run_id, text, name)
+        return self.parent_run_id
+
+    def finish_sweep(self, metrics: dict[str, float], files: dict[str, str | bytes]) -> None:
+        self.log_metrics(self.parent_run_id, metrics)
+        for name, content in files.items():
+            self.log_file(self.parent_run_id, name, content)
+        self.client.set_terminated(self.parent_run_id, status="FINISHED")
+
+    def fail_sweep(self) -> None:
+        """Mark the parent run and every trial run still RUNNING as FAILED."""
+        if self.parent_run_id is None:
+            return
+        for run in self.trial_runs():
+            if run.info.status == "RUNNING":
+                self.client.set_terminated(run.info.run_id, status="FAILED")
+        self.client.set_terminated(self.parent_run_id, status="FAILED")
+
+    # --- trials -------------------------------------------------------------
+
+    def trial_runs(self) -> list:
+        return self.client.search_runs([self.ensure_experiment()],
+                                       filter_string=f"tags.`{PARENT_TAG}` = '{self.parent_run_id}'",
+                                       max_results=10000)
+
+    def trial_run_id(self, trial_id: str) -> str | None:
+        runs = self.client.search_runs([self.ensure_experiment()],
+                                       filter_string=f"tags.`{PARENT_TAG}` = '{self.parent_run_id}' "
+                                                     f"and tags.`{TRIAL_TAG}` = '{trial_id}'")
+        return runs[0].info.run_id if runs else None
+
+    def start_trial(self, trial_id: str, params: dict[str, Any]) -> str:
+        """The trial's nested run; a restarted trial continues its run."""
+        run_id = self.trial_run_id(trial_id)
+        if run_id is not None:
+            self.client.update_run(run_id, status="RUNNING")
+            return run_id
+        run = self.client.create_run(self.ensure_experiment(), run_name=f"trial-{trial_id}",
+                                     tags={PARENT_TAG: self.parent_run_id, TRIAL_TAG: trial_id})
+        self.client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()])
+        return run.info.run_id
+
+    def log_metrics(self, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
+        values = [Metric(k, float(v), 0, step) for k, v in metrics.items()
+                  if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        if values:
+            self.client.log_batch(run_id, metrics=values)
+
+    def log_file(self, run_id: str, name: str, content: str | bytes) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(content if isinstance(content, bytes) else content.encode())
+            self.client.log_artifact(run_id, str(path), artifact_path=str(Path(name).parent) if "/" in name else None)
+
+    def log_directory(self, run_id: str, local_dir: str, artifact_path: str) -> None:
+        self.client.log_artifacts(run_id, local_dir, artifact_path=artifact_path)
+
+    def finish_trial(self, run_id: str, status: str = "FINISHED") -> None:
+        self.client.set_terminated(run_id, status=status)
+
+    def run_status(self, run_id: str) -> str:
+        return self.client.get_run(run_id).info.status
+
+
+def log_history(tracker: SweepTracker, run_id: str, fold: int, history: list[dict]) -> None:
+    """Per-epoch curves of one fold, as metrics fold{fold}_{name} with step = epoch."""
+    metrics = [Metric(f"fold{fold}_{k}", float(v), 0, int(row["epoch"]))
+               for row in history for k, v in row.items() if k != "epoch"]
+    for start in range(0, len(metrics), 900):  # MLflow caps a batch at 1000 metrics
+        tracker.client.log_batch(run_id, metrics=metrics[start:start + 900])
+
