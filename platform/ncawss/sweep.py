@@ -37,6 +37,8 @@ from .train import FoldHooks, FoldResult, train_fold
 log = logging.getLogger(__name__)
 
 METRIC = "iou_mean"
+TUNE_BOOKKEEPING = {"pid", "timestamp", "time_this_iter_s", "time_total_s", "time_since_restore",
+                    "iterations_since_restore", "training_iteration", "done", "checkpoint_path"}
 TRAIN_STATE = "train_state_fold{}.pt"
 
 
@@ -198,7 +200,7 @@ class TrackingCallback(tune.Callback):
     def on_trial_complete(self, iteration, trials, trial, **info):
         run_id = self.tracker.trial_run_id(trial.trial_id)
         result = trial.last_result or {}
-        metrics = {k: v for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        metrics = {k: v for k, v in result.items() if k not in TUNE_BOOKKEEPING}
         for name in ("fold_iou", "fold_baseline_iou", "fold_accuracy", "fold_seconds"):
             metrics.update({f"{name.replace('fold_', f'fold{i}_')}": v for i, v in enumerate(result.get(name, []))})
         self.tracker.log_metrics(run_id, metrics, step=int(result.get("epoch", 0)))
@@ -275,8 +277,8 @@ def trial_rows(results: tune.ResultGrid) -> list[dict]:
     for result in results:
         metrics = result.metrics or {}
         status = "error" if result.error else ("done" if metrics.get("done") else "stopped")
-        rows.append({"trial": (result.path or "").rstrip("/").split("/")[-1].split("_")[1] if result.path else "?",
-                     "params": dict(result.config or {}), "status": status, **metrics})
+        rows.append({**metrics, "trial": metrics.get("trial_id", "?"), "params": dict(result.config or {}),
+                     "status": status})
     return sorted(rows, key=lambda r: (r["status"] != "done", -r.get(METRIC, -1.0)))
 
 

@@ -1,0 +1,96 @@
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import ROOT
+from ncawss.config import ConfigError
+from ncawss.space import load_space
+
+GOOD = """
+name: t
+trials: 2
+folds: 2
+train: {epochs: 2, image_size: 16}
+search:
+  channels: {type: int, low: 6, high: 10}
+  fire_rate: {type: float, low: 0.3, high: 1.0}
+first:
+  - {channels: 8, fire_rate: 0.5}
+"""
+
+
+def write(tmp_path, text, name="space.yaml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("name", ["nca_wss", "paper", "smoke", "quickstart"])
+def test_shipped_spaces_load(name):
+    spec = load_space(ROOT / "search_spaces" / f"{name}.yaml")
+    assert spec.name == name
+
+
+def test_default_space_searches_channels_steps_and_fire_rate_and_tries_the_paper_first():
+    spec = load_space(ROOT / "search_spaces" / "nca_wss.yaml")
+    assert (spec.search["channels"].low, spec.search["channels"].high) == (8, 64)
+    assert (spec.search["steps"].low, spec.search["steps"].high) == (8, 64)
+    assert (spec.search["fire_rate"].low, spec.search["fire_rate"].high) == (0.1, 1.0)
+    assert spec.first[0] == {"channels": 32, "steps": 32, "fire_rate": 0.5}
+
+
+def test_paper_space_is_one_fixed_point_with_five_folds():
+    spec = load_space(ROOT / "search_spaces" / "paper.yaml")
+    config = spec.train_config({})
+    assert not spec.search and spec.trials == 1 and spec.folds == 5
+    assert (config.channels, config.steps, config.fire_rate, config.lr, config.epochs) == (32, 32, 0.5, 1e-4, 256)
+
+
+def test_trial_config_merges_fixed_and_sampled_options(tmp_path):
+    spec = load_space(write(tmp_path, GOOD))
+    config = spec.train_config({"channels": 9, "fire_rate": 0.7})
+    assert (config.channels, config.fire_rate, config.epochs, config.image_size) == (9, 0.7, 2, 16)
+
+
+@pytest.mark.parametrize("text, pattern", [
+    (GOOD + "colour: red\n", r"space\.yaml: key 'colour': Extra inputs"),
+    (GOOD.replace("low: 6, high: 10", "low: 10, high: 6"), r"key 'search\.channels': .*low \(10\.0\) is greater"),
+    (GOOD.replace("trials: 2", "trials: many"), r"key 'trials': .*integer"),
+    (GOOD.replace("fire_rate: {type: float, low: 0.3", "fire_rate: {type: float, low: 0.0"),
+     r"space\.yaml: search\.fire_rate: key 'fire_rate'"),
+    (GOOD.replace("channels: {type", "chanels: {type").replace("- {channels: 8, ", "- {"),
+     r"cannot search \['chanels'\]"),
+    (GOOD.replace("epochs: 2", "epochs: two"), r"space\.yaml: train: key 'epochs'"),
+    ("- just a list\n", r"expected a mapping"),
+])
+def test_bad_space_files_name_the_file_and_key(tmp_path, text, pattern):
+    with pytest.raises(ConfigError, match=pattern):
+        load_space(write(tmp_path, text))
+
+
+def test_missing_space_file_is_named(tmp_path):
+    with pytest.raises(ConfigError, match=r"nowhere\.yaml: file not found"):
+        load_space(tmp_path / "nowhere.yaml")
+
+
+def run_sweep_job(*args):
+    started = time.perf_counter()
+    out = subprocess.run([sys.executable, "jobs/cv_sweep.py", *args], capture_output=True, text=True, cwd=ROOT,
+                         timeout=120)
+    return out, time.perf_counter() - started
+
+
+def test_bad_space_fails_before_ray_starts(tmp_path):
+    bad = write(tmp_path, GOOD.replace("low: 6, high: 10", "low: 10, high: 6"))
+    out, _ = run_sweep_job("--space", str(bad), "--output", str(tmp_path / "out"))
+    assert out.returncode == 2 and "key 'search.channels'" in out.stderr
+    assert "Ray" not in out.stdout + out.stderr and not (tmp_path / "out").exists()
+
+
+def test_unreachable_tracking_server_fails_fast_before_training(tmp_path):
+    out, seconds = run_sweep_job("--space", str(ROOT / "search_spaces/smoke.yaml"), "--output", str(tmp_path / "o"),
+                                 "--mlflow-uri", "http://127.0.0.1:9")
+    assert out.returncode == 2 and "MLflow tracking store http://127.0.0.1:9 is unreachable" in out.stderr
+    assert "Started a local Ray" not in out.stdout + out.stderr and seconds < 60

@@ -1,0 +1,180 @@
+"""The distributed sweep on a real local Ray, with a real MLflow store (slow: minutes)."""
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from conftest import ROOT
+from ncawss import convert
+
+pytestmark = pytest.mark.slow
+VENV_BIN = str(Path(sys.executable).parent)
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    return convert("synthetic", None, tmp_path_factory.mktemp("data") / "tiny.parquet", n=24, size=16)
+
+
+@pytest.fixture
+def ray_tmp():
+    """A short, private Ray temp dir; afterwards, stop only the Ray processes this test started."""
+    before = {(p.pid, p.create_time()) for p in psutil.process_iter()}
+    path = tempfile.mkdtemp(prefix="rt", dir="/tmp")
+    yield path
+    for proc in psutil.process_iter(["cmdline", "name"]):
+        try:
+            if (proc.pid, proc.create_time()) in before:
+                continue
+            command = " ".join(proc.info["cmdline"] or []) + " " + (proc.info["name"] or "")
+            if "ray" in command.lower() or path in command:
+                proc.kill()
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def env_with(ray_tmp, **extra):
+    return {**os.environ, "PATH": f"{VENV_BIN}:{os.environ['PATH']}", "RAY_TMPDIR": ray_tmp,
+            "RAY_TRAIN_V2_ENABLED": "1", **extra}
+
+
+def sweep_command(data, output, *extra):
+    return ["python", "jobs/cv_sweep.py", "--data", str(data), "--space", "search_spaces/smoke.yaml",
+            "--output", str(output), "--mlflow-uri", f"sqlite:///{output}/mlflow.db", *extra]
+
+
+def trial_runs(output, name="smoke"):
+    client = MlflowClient(f"sqlite:///{output}/mlflow.db")
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        return client, None, []
+    runs = client.search_runs([experiment.experiment_id])
+    parent = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    return client, parent[0] if parent else None, [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ray_job_submit_runs_the_smoke_sweep_and_mlflow_holds_it(tiny_data, tmp_path, ray_tmp):
+    dashboard = free_port()
+    env = env_with(ray_tmp)
+    ports = {f"--{name}={free_port()}" for name in (
+        "port", "ray-client-server-port", "dashboard-agent-listen-port", "dashboard-agent-grpc-port",
+        "runtime-env-agent-port", "metrics-export-port")}
+    subprocess.run([f"{VENV_BIN}/ray", "start", "--head", "--node-ip-address=127.0.0.1", *ports,
+                    f"--dashboard-port={dashboard}", "--num-cpus=2", f"--temp-dir={ray_tmp}",
+                    "--disable-usage-stats"], check=True, env=env, capture_output=True, timeout=120)
+    output = tmp_path / "out"
+    address = f"http://127.0.0.1:{dashboard}"
+    client_env = {**env, "RAY_AUTH_MODE": "token"}  # the head keeps token authentication on
+    for _ in range(30):  # the head's job agent needs a few seconds after `ray start`
+        submit = subprocess.run([f"{VENV_BIN}/ray", "job", "submit", "--address", address, "--submission-id",
+                                 "smoke-1", "--working-dir", ".", "--", *sweep_command(tiny_data, output)],
+                                cwd=ROOT, env=client_env, capture_output=True, text=True, timeout=900)
+        if "No available agent" not in submit.stderr:
+            break
+        time.sleep(3)
+    status = subprocess.run([sys.executable, "-c", "import sys; from ray.job_submission import JobSubmissionClient; "
+                             "print(JobSubmissionClient(sys.argv[1]).get_job_status('smoke-1'))", address],
+                            env=client_env, capture_output=True, text=True, timeout=60)
+    assert status.stdout.strip().endswith("SUCCEEDED"), submit.stdout[-3000:] + submit.stderr[-3000:]
+    assert "trials finished" in submit.stdout and "mlflow ui --backend-store-uri" in submit.stdout
+
+    client, parent, trials = trial_runs(output)
+    assert parent.info.status == "FINISHED" and len(trials) == 2
+    assert parent.data.tags["dataset.fingerprint"] and "best_iou_mean" in parent.data.metrics
+    parent_files = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"best_config.yaml", "search_space.yaml", "trials.csv"} <= parent_files
+    for run in trials:
+        assert run.info.status == "FINISHED" and run.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        metrics = run.data.metrics
+        assert {"fold0_iou", "fold1_iou", "iou_mean", "iou_std", "baseline_iou_mean", "fold0_accuracy"} <= set(metrics)
+        assert abs(metrics["iou_mean"] - (metrics["fold0_iou"] + metrics["fold1_iou"]) / 2) < 1e-9
+        assert 0 <= metrics["iou_mean"] <= 1 and metrics["launch_overhead_s"] > 0
+        files = {a.path for a in client.list_artifacts(run.info.run_id, "folds")}
+        assert {"folds/gallery_fold0.png", "folds/gallery_fold1.png", "folds/weights_fold0.pt"} <= files
+        assert len(client.get_metric_history(run.info.run_id, "fold0_train_loss")) == 2  # one per epoch
+
+    best = max(trials, key=lambda r: r.data.metrics["iou_mean"])
+    best_config = yaml.safe_load((output / "best_config.yaml").read_text())
+    for key in ("channels", "steps", "fire_rate"):
+        assert str(best_config[key]) == best.data.params[key]
+
+
+def test_resume_continues_an_interrupted_sweep_without_rerunning_finished_trials(tiny_data, tmp_path, ray_tmp):
+    output = tmp_path / "out"
+    env = env_with(ray_tmp)
+    driver = subprocess.Popen(sweep_command(tiny_data, output), cwd=ROOT, env=env, start_new_session=True,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 600
+    first = None
+    while time.time() < deadline and first is None:
+        time.sleep(2)
+        if (output / "mlflow.db").exists():
+            _, _, trials = trial_runs(output)
+            done = [r for r in trials if r.info.status == "FINISHED"]
+            first = done[0] if done else None
+    assert first is not None, "no trial finished in time"
+    history_before = len(MlflowClient(f"sqlite:///{output}/mlflow.db").get_metric_history(first.info.run_id,
+                                                                                          "iou_mean"))
+    assert history_before == 2  # epoch 1 (evaluation) and the final result
+    os.killpg(driver.pid, signal.SIGKILL)
+    driver.wait()
+
+    resumed = subprocess.run(sweep_command(tiny_data, output, "--resume"), cwd=ROOT, env=env,
+                             capture_output=True, text=True, timeout=900)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert "2 of 2 trials finished" in resumed.stdout
+    client, parent, trials = trial_runs(output)
+    assert parent.info.status == "FINISHED" and len(trials) == 2
+    again = client.get_run(first.info.run_id)
+    assert again.info.end_time == first.info.end_time  # not re-run
+    assert len(client.get_metric_history(first.info.run_id, "iou_mean")) == history_before
+    assert all(r.info.status == "FINISHED" for r in trials)
+
+
+def test_a_killed_fold_worker_resumes_from_its_checkpoint(tmp_path, ray_tmp):
+    data = convert("synthetic", None, tmp_path / "d.parquet", n=120, size=32)
+    space = yaml.safe_load((ROOT / "search_spaces/smoke.yaml").read_text())
+    space.update(trials=1, first=[], checkpoint_every=1)
+    space["train"].update(image_size=32, epochs=8)
+    space["search"] = {"channels": {"type": "int", "low": 16, "high": 16},
+                       "steps": {"type": "int", "low": 16, "high": 16}}
+    (tmp_path / "space.yaml").write_text(yaml.safe_dump(space))
+    output = tmp_path / "out"
+    command = sweep_command(data, output)
+    command[command.index("search_spaces/smoke.yaml")] = str(tmp_path / "space.yaml")
+    driver = subprocess.Popen(command, cwd=ROOT, env=env_with(ray_tmp), stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    killed = None
+    deadline = time.time() + 600
+    while time.time() < deadline and killed is None:
+        time.sleep(0.5)
+        if list((output / "ray").glob("folds-*/checkpoint_*")):
+            workers = [p for p in psutil.process_iter(["cmdline"])
+                       if "RayTrainWorker" in " ".join(p.info["cmdline"] or [])]
+            if workers:
+                killed = workers[0].pid
+                workers[0].kill()
+    assert killed is not None, "no checkpoint appeared in time"
+    stdout, _ = driver.communicate(timeout=900)
+    assert driver.returncode == 0, stdout[-4000:]
+    _, _, trials = trial_runs(output)
+    metrics = trials[0].data.metrics
+    assert trials[0].info.status == "FINISHED" and metrics["resumed_folds"] >= 1, metrics
+    assert "fold0_iou" in metrics and "fold1_iou" in metrics
