@@ -125,10 +125,12 @@ def test_resume_continues_an_interrupted_sweep_without_rerunning_finished_trials
     first = None
     while time.time() < deadline and first is None:
         time.sleep(2)
-        if (output / "mlflow.db").exists():
+        if (output / "sweep.yaml").exists():  # written once the driver has set up the MLflow store
             _, _, trials = trial_runs(output)
             done = [r for r in trials if r.info.status == "FINISHED"]
-            first = done[0] if done else None
+            states = list((output / "ray" / "smoke").glob("experiment_state*.json"))
+            if done and states and "TERMINATED" in states[0].read_text():  # finished for Tune too
+                first = done[0]
     assert first is not None, "no trial finished in time"
     history_before = len(MlflowClient(f"sqlite:///{output}/mlflow.db").get_metric_history(first.info.run_id,
                                                                                           "iou_mean"))

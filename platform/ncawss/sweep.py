@@ -5,11 +5,14 @@ group restarts from the last checkpoint (FailureConfig).
 """
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
+import posixpath
 import tempfile
 import time
+from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -78,13 +81,24 @@ class RayFoldHooks(FoldHooks):
             ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
 
-def restored_state(rank: int) -> dict | None:
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is None:
+def restored_state(rank: int, world: int) -> dict | None:
+    """This fold's state from the newest checkpoint that holds every fold's state.
+
+    A worker that dies while the folds report leaves the newest checkpoint with
+    some folds missing; all folds then continue from the one before it.
+    """
+    latest = ray.train.get_checkpoint()
+    if latest is None:
         return None
-    with checkpoint.as_directory() as folder:
-        path = Path(folder) / TRAIN_STATE.format(rank)
-        return torch.load(path, weights_only=False) if path.exists() else None
+    filesystem, run_dir = latest.filesystem, posixpath.dirname(latest.path.rstrip("/"))
+    names = defaultdict(set)
+    for info in filesystem.get_file_info(pafs.FileSelector(run_dir, recursive=True)):
+        names[posixpath.dirname(info.path)].add(posixpath.basename(info.path))
+    complete = sorted(d for d, files in names.items() if all(TRAIN_STATE.format(r) in files for r in range(world)))
+    if not complete:
+        return None
+    with filesystem.open_input_stream(posixpath.join(complete[-1], TRAIN_STATE.format(rank))) as f:
+        return torch.load(io.BytesIO(f.read()), weights_only=False)
 
 
 def fold_worker(loop: dict) -> None:
@@ -97,7 +111,7 @@ def fold_worker(loop: dict) -> None:
     dataset: Dataset = ray.get(loop["dataset"][0])  # object store: fetched once per node
     train_idx, test_idx = stratified_folds(dataset.labels, k, loop["split_seed"])[rank]
     test = dataset.subset(test_idx)
-    restored = restored_state(rank)
+    restored = restored_state(rank, k)
     result = train_fold(config, dataset.subset(train_idx), test, RayFoldHooks(rank, config, restored),
                         device=ray.train.torch.get_device())
     summary = {"iou": result.iou, "baseline_iou": result.baseline_iou, "accuracy": result.accuracy,
@@ -108,7 +122,7 @@ def fold_worker(loop: dict) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         write_fold_files(Path(tmp), rank, result, test)
         ray.train.report(trial_metrics(folds, config) if rank == 0 else {},
-                         checkpoint=ray.train.Checkpoint.from_directory(tmp), checkpoint_dir_name="final")
+                         checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
 
 def write_fold_files(folder: Path, rank: int, result: FoldResult, test: Dataset) -> None:
@@ -160,7 +174,7 @@ def run_trial(params: dict, *, spec_json: str, dataset: list, storage: str) -> N
         run_config=ray.train.RunConfig(
             name=f"folds-{trial_id}", storage_path=storage,
             failure_config=ray.train.FailureConfig(max_failures=spec.max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=3),
             callbacks=[TuneReportCallback()]),
     )
     trainer.fit()
@@ -253,6 +267,9 @@ def run_sweep(spec: SweepSpec, dataset: Dataset, storage: str, tracker: SweepTra
               resume: bool = False) -> tune.ResultGrid:
     """Run (or, with resume, continue) the sweep; MLflow runs end FAILED if it crashes."""
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+    # Save Tune's experiment state at every step, so a finished trial is known as finished
+    # to a resumed sweep even when the driver dies right after it.
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
     if not ray.is_initialized():
         ray.init()  # joins the cluster this runs in (ray job submit), else starts a local Ray
     dataset_ref = ray.put(dataset)
