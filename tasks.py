@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Set up the project's virtual environment (.venv) and run the quick start or the tests.
 
-    python3 tasks.py quickstart   # 2-fold NCA-WSS cross-validation on built-in synthetic data
+    python3 tasks.py quickstart   # a small NCA-WSS sweep (Ray Tune + Train, MLflow) on synthetic data
     python3 tasks.py test         # the test suite
 
 Needs only Python 3.11+. The environment is created on first use and reinstalled
@@ -42,7 +42,7 @@ def ensure_venv() -> None:
 
 def main() -> int:
     tasks = {
-        "quickstart": [PYTHON, "jobs/cross_validate.py"],
+        "quickstart": [PYTHON, "jobs/cv_sweep.py"],
         "test": [PYTHON, "-m", "pytest", "-q", "-p", "no:cacheprovider"],
     }
     if len(sys.argv) < 2 or sys.argv[1] not in tasks:

@@ -167,7 +167,8 @@ def test_a_killed_fold_worker_resumes_from_its_checkpoint(tmp_path, ray_tmp):
     deadline = time.time() + 600
     while time.time() < deadline and killed is None:
         time.sleep(0.5)
-        if list((output / "ray").glob("folds-*/checkpoint_*")):
+        snapshots = list((output / "ray").glob("folds-*/checkpoint_manager_snapshot.json"))
+        if snapshots and '"epoch":' in snapshots[0].read_text():  # a checkpoint Ray Train registered
             workers = [p for p in psutil.process_iter(["cmdline"])
                        if "RayTrainWorker" in " ".join(p.info["cmdline"] or [])]
             if workers:

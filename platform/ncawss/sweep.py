@@ -112,6 +112,8 @@ def fold_worker(loop: dict) -> None:
     train_idx, test_idx = stratified_folds(dataset.labels, k, loop["split_seed"])[rank]
     test = dataset.subset(test_idx)
     restored = restored_state(rank, k)
+    if restored is not None:
+        log.warning("fold %d of %d resumes from its checkpoint at epoch %d", rank, k, restored["epoch"])
     result = train_fold(config, dataset.subset(train_idx), test, RayFoldHooks(rank, config, restored),
                         device=ray.train.torch.get_device())
     summary = {"iou": result.iou, "baseline_iou": result.baseline_iou, "accuracy": result.accuracy,
