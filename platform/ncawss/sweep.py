@@ -144,9 +144,10 @@ def trial_metrics(folds: list[dict], config: TrainConfig) -> dict:
     metrics = {
         "epoch": config.epochs, "done": True,
         METRIC: float(np.mean(iou)), "iou_std": float(np.std(iou)), "fold_iou": iou,
-        "baseline_iou_mean": float(np.mean(base)), "baseline_iou_std": float(np.std(base)), "fold_baseline_iou": base,
-        "lift": float(np.mean(iou) - np.mean(base)),
-        "accuracy_mean": float(np.mean([f["accuracy"] for f in folds])), "fold_accuracy": [f["accuracy"] for f in folds],
+        "baseline_iou_mean": float(np.mean(base)), "baseline_iou_std": float(np.std(base)),
+        "fold_baseline_iou": base, "lift": float(np.mean(iou) - np.mean(base)),
+        "accuracy_mean": float(np.mean([f["accuracy"] for f in folds])),
+        "fold_accuracy": [f["accuracy"] for f in folds],
         "fold_seconds": [f["seconds"] for f in folds],
         "launch_overhead_s": float(max(f["startup_s"] for f in folds)),
         "resumed_folds": sum(f["resumed_from_epoch"] > 0 for f in folds),
@@ -337,30 +338,38 @@ def optuna_figures(spec: SweepSpec, rows: list[dict]) -> dict[str, bytes]:
     return figures
 
 
+def table_lines(rows: list[dict], names: list[str]) -> list[list[str]]:
+    """Header and one line per trial: searched parameters, IoU in %, baseline, lift, accuracy, overhead."""
+    def cell(row: dict, key: str, pattern: str, scale: float = 1.0) -> str:
+        return pattern.format(scale * row[key]) if key in row else "-"
+
+    def param(value) -> str:
+        return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+    lines = [["trial", *names, "IoU", "± std", "intensity", "lift", "accuracy", "launch s", "status"]]
+    for r in rows:
+        lines.append([r["trial"], *(param(r["params"].get(n)) for n in names),
+                      cell(r, METRIC, "{:.1f}", 100), cell(r, "iou_std", "{:.1f}", 100),
+                      cell(r, "baseline_iou_mean", "{:.1f}", 100), cell(r, "lift", "{:+.1f}", 100),
+                      cell(r, "accuracy_mean", "{:.3f}"), cell(r, "launch_overhead_s", "{:.0f}"), r["status"]])
+    return lines
+
+
 def summarise(spec: SweepSpec, results: tune.ResultGrid, tracker: SweepTracker, output: Path) -> str:
     """Write best_config.yaml and trials.csv, close the MLflow parent run; return the summary table."""
     import yaml
 
     rows = trial_rows(results)
     done = [r for r in rows if r["status"] == "done"]
-    names = sorted(spec.search)
-    header = ["trial", *names, "IoU", "± std", "intensity", "lift", "accuracy", "launch s", "status"]
-    lines = [header]
-    for r in rows:
-        fmt = lambda key, scale=100.0: f"{scale * r[key]:.1f}" if key in r else "-"  # noqa: E731
-        lines.append([r["trial"], *(f"{r['params'].get(n):.3g}" if isinstance(r["params"].get(n), float)
-                                    else str(r["params"].get(n)) for n in names),
-                      fmt(METRIC), fmt("iou_std"), fmt("baseline_iou_mean"), fmt("lift"),
-                      fmt("accuracy_mean", 1.0) if "accuracy_mean" not in r else f"{r['accuracy_mean']:.3f}",
-                      f"{r['launch_overhead_s']:.0f}" if "launch_overhead_s" in r else "-", r["status"]])
-    widths = [max(len(str(line[i])) for line in lines) for i in range(len(header))]
-    table = "\n".join("  ".join(str(c).rjust(w) for c, w in zip(line, widths)) for line in lines)
-    csv = "\n".join(",".join(str(c) for c in line) for line in lines) + "\n"
+    lines = table_lines(rows, sorted(spec.search))
+    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
+    table = "\n".join("  ".join(c.rjust(w) for c, w in zip(line, widths)) for line in lines)
+    csv = "\n".join(",".join(line) for line in lines) + "\n"
     (output / "trials.csv").write_text(csv)
     files: dict[str, str | bytes] = {"trials.csv": csv, **optuna_figures(spec, rows)}
     metrics = {"trials_done": len(done), "trials_total": len(rows)}
-    text = f"\n{len(done)} of {len(rows)} trials finished (IoU in %, at the ground truth's resolution; " \
-           f"intensity = grayscale Otsu baseline on the same test images)\n{table}"
+    text = (f"\n{len(done)} of {len(rows)} trials finished (IoU in %, at the ground truth's resolution; "
+            f"intensity = grayscale Otsu baseline on the same test images)\n{table}")
     if done:
         best = done[0]
         config = spec.train_config(best["params"])
@@ -368,8 +377,9 @@ def summarise(spec: SweepSpec, results: tune.ResultGrid, tracker: SweepTracker, 
         (output / "best_config.yaml").write_text(best_yaml)
         files["best_config.yaml"] = best_yaml
         overheads = [r["launch_overhead_s"] for r in done]
-        metrics.update({"best_" + k: best[k] for k in (METRIC, "iou_std", "baseline_iou_mean", "lift", "accuracy_mean")},
-                       launch_overhead_mean_s=float(np.mean(overheads)))
+        best_keys = (METRIC, "iou_std", "baseline_iou_mean", "lift", "accuracy_mean")
+        metrics.update({f"best_{k}": best[k] for k in best_keys})
+        metrics["launch_overhead_mean_s"] = float(np.mean(overheads))
         text += (f"\n\nbest: trial {best['trial']} {best['params']}: IoU {100 * best[METRIC]:.1f} ± "
                  f"{100 * best['iou_std']:.1f} vs intensity baseline {100 * best['baseline_iou_mean']:.1f} "
                  f"(lift {100 * best['lift']:+.1f}); chosen on the same folds it is scored on, so optimistic"
