@@ -77,7 +77,7 @@ def main() -> int:
     try:
         tracker.check()
         dataset = ncawss.read_dataset(args.data) if args.data else \
-            ncawss.make_synthetic(n=200, size=spec.train_config({}).image_size if "image_size" in spec.train else 64)
+            ncawss.make_synthetic(n=200, size=spec.train.get("image_size", 64))
     except (TrackingError, ncawss.DataError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -52,9 +52,8 @@ def make_config(values: dict, source: str = "config") -> TrainConfig:
         raise ConfigError(describe_validation_error(source, exc)) from None
 
 
-def load_config(path: str | Path) -> TrainConfig:
-    """TrainConfig from a YAML mapping; errors name the file and the key."""
-    path = Path(path)
+def read_yaml_mapping(path: Path) -> dict:
+    """The top-level mapping of a YAML file; ConfigError names the file otherwise."""
     try:
         values = yaml.safe_load(path.read_text())
     except FileNotFoundError:
@@ -62,5 +61,10 @@ def load_config(path: str | Path) -> TrainConfig:
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML ({exc})") from None
     if not isinstance(values, dict):
-        raise ConfigError(f"{path}: expected a mapping of training options at the top level")
-    return make_config(values, str(path))
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return values
+
+
+def load_config(path: str | Path) -> TrainConfig:
+    """TrainConfig from a YAML mapping; errors name the file and the key."""
+    return make_config(read_yaml_mapping(Path(path)), str(path))

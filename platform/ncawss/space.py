@@ -7,10 +7,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from .config import ConfigError, TrainConfig, describe_validation_error
+from .config import ConfigError, TrainConfig, describe_validation_error, read_yaml_mapping
 
 SEARCHABLE = set(TrainConfig.model_fields) - {"seed", "eval_every", "betas"}
 
@@ -115,15 +114,7 @@ def load_space(path: str | Path) -> SweepSpec:
     """A SweepSpec from YAML; any fault raises ConfigError naming the file and the key."""
     path = Path(path)
     try:
-        values = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: file not found") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
-    if not isinstance(values, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level")
-    try:
-        spec = SweepSpec.model_validate(values)
+        spec = SweepSpec.model_validate(read_yaml_mapping(path))
     except ValidationError as exc:
         raise ConfigError(describe_validation_error(str(path), exc)) from None
     validate_bounds(spec, str(path))
