@@ -135,6 +135,7 @@ def train_fold(config: TrainConfig, train: Dataset, test: Dataset, hooks: FoldHo
     mean, std = raw.mean(dim=(0, 2, 3)), raw.std(dim=(0, 2, 3)).clamp_min(1e-6)  # training fold only
     x_train = ((raw - mean[:, None, None]) / std[:, None, None]).to(device)
     y_train = torch.as_tensor(train.labels, dtype=torch.long, device=device)
+    test_set = TestSet.prepare(test, mean, std, config.image_size)
 
     model = build_model(config, len(train.classes)).to(device)
     optimiser = torch.optim.Adam(model.parameters(), lr=config.lr, betas=config.betas)
@@ -157,7 +158,7 @@ def train_fold(config: TrainConfig, train: Dataset, test: Dataset, hooks: FoldHo
         metrics = train_epoch(model, optimiser, scheduler, x_train, y_train, config, sample_gen, fire_gen)
         metrics["epoch"] = epoch
         if config.eval_every and epoch % config.eval_every == 0 and epoch < config.epochs:
-            ev = evaluate(model, test, mean, std, config, device)
+            ev = evaluate(model, test_set, config, device)
             metrics.update(test_accuracy=ev.accuracy, test_iou=float(ev.iou.mean()))
         history.append(metrics)
         log.info("epoch %d/%d %s", epoch, config.epochs,
@@ -169,7 +170,7 @@ def train_fold(config: TrainConfig, train: Dataset, test: Dataset, hooks: FoldHo
             "fire_rng": fire_gen.get_state(), "history": history}))
 
     # Both read-outs of the same weights: the configured one is the fold's result.
-    evaluations = {r: evaluate(model, test, mean, std, config.model_copy(update={"readout": r}), device)
+    evaluations = {r: evaluate(model, test_set, config.model_copy(update={"readout": r}), device)
                    for r in READOUTS}
     ev = evaluations[config.readout]
     return FoldResult(
@@ -200,19 +201,33 @@ def train_epoch(model, optimiser, scheduler, x, y, config: TrainConfig, sample_g
             "lr": scheduler.get_last_lr()[0]}
 
 
+@dataclass
+class TestSet:
+    """A fold's test images prepared once: normalised at the training resolution, baseline scored."""
+    dataset: Dataset
+    x: torch.Tensor               # (N, 3, S, S), normalised with the training fold's statistics
+    baseline_iou: np.ndarray      # intensity baseline per image, at the ground truth's resolution
+
+    @classmethod
+    def prepare(cls, dataset: Dataset, mean: torch.Tensor, std: torch.Tensor, size: int) -> TestSet:
+        if dataset.masks is None:
+            raise ValueError(f"{dataset.name}: evaluation needs ground-truth masks")
+        x = (resize_images(dataset.images, size) - mean[:, None, None]) / std[:, None, None]
+        baseline = np.array([iou(intensity_baseline(im), gt) for im, gt in zip(dataset.images, dataset.masks)])
+        return cls(dataset, x, baseline)
+
+
 @torch.inference_mode()
-def evaluate(model: NCAClassifier, dataset: Dataset, mean: torch.Tensor, std: torch.Tensor,
-             config: TrainConfig, device: str | torch.device = "cpu") -> Evaluation:
+def evaluate(model: NCAClassifier, test: TestSet, config: TrainConfig,
+             device: str | torch.device = "cpu") -> Evaluation:
     """Accuracy, NCA-WSS masks and IoU, and the intensity baseline's IoU on the same images.
 
     Masks are compared at the ground truth's resolution: the PC1 response is
     upsampled bilinearly from the training resolution and cut at the threshold
     Otsu chose at the training resolution.
     """
-    if dataset.masks is None:
-        raise ValueError(f"{dataset.name}: evaluation needs ground-truth masks")
     model.eval()
-    x = ((resize_images(dataset.images, config.image_size) - mean[:, None, None]) / std[:, None, None])
+    dataset, x = test.dataset, test.x
     fire_gen = torch.Generator(device).manual_seed(config.seed + 2)
     predictions, responses, thresholds, degenerate = [], [], [], []
     for start in range(0, len(x), config.batch_size):
@@ -231,7 +246,7 @@ def evaluate(model: NCAClassifier, dataset: Dataset, mean: torch.Tensor, std: to
     return Evaluation(
         accuracy=float((predictions[known] == labels[known]).mean()) if known.any() else float("nan"),
         iou=np.array([iou(m, gt) for m, gt in zip(masks, dataset.masks)]),
-        baseline_iou=np.array([iou(intensity_baseline(im), gt) for im, gt in zip(dataset.images, dataset.masks)]),
+        baseline_iou=test.baseline_iou,
         predictions=predictions, masks=masks, responses=responses.numpy(), degenerate=int(degenerate.sum()))
 
 
