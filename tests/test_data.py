@@ -47,6 +47,9 @@ def assert_same(a, b):
     assert (a.masks is None) == (b.masks is None)
     if a.masks is not None:
         assert all(np.array_equal(x, y) for x, y in zip(a.masks, b.masks))
+    assert (a.nucleus is None) == (b.nucleus is None)
+    if a.nucleus is not None:
+        assert all(np.array_equal(x, y) for x, y in zip(a.nucleus, b.nucleus))
     assert np.array_equal(a.labels, b.labels)
 
 
@@ -54,6 +57,7 @@ def test_parquet_round_trip_is_lossless(tmp_path, small_synthetic):
     dataset = small_synthetic.subset(range(10))
     dataset.images[3] = dataset.images[3][:20, :17]  # sizes may differ per sample
     dataset.masks[3] = dataset.masks[3][:20, :17]
+    dataset.nucleus[3] = dataset.nucleus[3][:20, :17]
     path = write_dataset(dataset, tmp_path / "d.parquet")
     back = read_dataset(path)
     assert_same(dataset, back)
@@ -92,6 +96,40 @@ def test_zheng2018_layout_keeps_sizes_and_maps_labels(tmp_path):
     assert back.labels.tolist() == [1, 2, 3, 4]  # files' labels 2..5 -> indices 1..4
     raw = np.asarray(Image.open(tmp_path / "z" / "Dataset 1" / "002.png"))
     assert np.array_equal(back.masks[1], raw > 0)
+
+
+def test_zheng2018_nucleus_target_is_exactly_the_pixels_equal_to_255(tmp_path):
+    back = read_dataset(convert("zheng2018", make_zheng(tmp_path / "z"), tmp_path / "d.parquet"))
+    for i, image_id in enumerate(back.ids):
+        raw = np.asarray(Image.open(tmp_path / "z" / "Dataset 1" / f"{image_id}.png"))
+        assert np.array_equal(back.target_masks("nucleus")[i], raw == 255)
+        assert np.array_equal(back.target_masks("cell")[i], raw > 0)
+    assert dataset_metadata(tmp_path / "d.parquet")["mask_levels"] == 2
+
+
+def test_single_level_masks_refuse_the_nucleus_target(tmp_path):
+    back = read_dataset(convert("folder", make_folder(tmp_path / "raw"), tmp_path / "d.parquet"))
+    assert back.nucleus is None
+    with pytest.raises(DataError, match=r"target 'nucleus' .* single-level masks"):
+        back.target_masks("nucleus")
+
+
+@pytest.mark.parametrize("suffix", [".png", ".bmp", ".tif", ".jpg"])
+def test_folder_layout_reads_common_image_formats_and_any_nonzero_mask(tmp_path, suffix):
+    rng = np.random.default_rng(5)
+    image = rng.integers(0, 255, (9, 11, 3), dtype=np.uint8)
+    save(tmp_path / "raw" / "images" / f"a{suffix}", image)
+    save(tmp_path / "raw" / "images" / f"b{suffix}", image)
+    save(tmp_path / "raw" / "masks" / "a.png", (rng.random((9, 11)) > 0.5).astype(np.uint8))   # 0/1
+    save(tmp_path / "raw" / "masks" / f"b{suffix if suffix != '.jpg' else '.png'}",
+         rng.choice([0, 7, 200], (9, 11)).astype(np.uint8))                                        # any nonzero
+    back = read_dataset(convert("folder", tmp_path / "raw", tmp_path / "d.parquet"))
+    assert back.ids == ["a", "b"] and back.images[0].shape == (9, 11, 3)
+    if suffix != ".jpg":  # lossy
+        assert np.array_equal(back.images[0], image)
+    for i, name in enumerate("ab"):
+        raw = np.asarray(Image.open(next((tmp_path / "raw" / "masks").glob(f"{name}.*"))))
+        assert np.array_equal(back.masks[i], raw > 0)
 
 
 def test_zheng2018_subset_two_is_read_from_its_own_folder(tmp_path):

@@ -1,10 +1,11 @@
 """Datasets: the in-memory Dataset, its Parquet format, layout readers, folds.
 
 Parquet format, one row per sample: id (string), image (PNG bytes, RGB),
-mask (PNG bytes, 0/255 white-blood-cell mask, null where none), label (int16,
-null where none), source (string). Dataset metadata (name, classes, mask
-encoding, provenance, fingerprint) is JSON under the schema metadata key
-b"ncawss".
+mask (PNG bytes, null where none), label (int16, null where none), source
+(string). Masks keep two levels where the source has them: 255 = nucleus,
+128 = cytoplasm, 0 = background; single-level masks are 255 = cell. Dataset
+metadata (name, classes, mask levels and encoding, provenance, fingerprint) is
+JSON under the schema metadata key b"ncawss".
 """
 from __future__ import annotations
 
@@ -27,9 +28,11 @@ from sklearn.model_selection import StratifiedKFold
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 METADATA_KEY = b"ncawss"
-MASK_ENCODING = "binary PNG: 255 = white blood cell (nucleus and cytoplasm), 0 = background"
+MASK_ENCODINGS = {1: "PNG: 255 = white blood cell, 0 = background",
+                  2: "PNG: 255 = nucleus, 128 = cytoplasm, 0 = background"}
+TARGETS = ("cell", "nucleus")
 IMAGE_SUFFIXES = (".png", ".bmp", ".jpg", ".jpeg", ".tif", ".tiff")
 
 
@@ -47,6 +50,7 @@ class Dataset:
     name: str = "dataset"
     sources: list[str] = field(default_factory=list)
     provenance: dict = field(default_factory=dict)
+    nucleus: list[np.ndarray] | None = None  # bool (H, W) nucleus masks where the source has two levels
 
     def __len__(self) -> int:
         return len(self.images)
@@ -57,6 +61,7 @@ class Dataset:
             self,
             images=[self.images[i] for i in idx],
             masks=None if self.masks is None else [self.masks[i] for i in idx],
+            nucleus=None if self.nucleus is None else [self.nucleus[i] for i in idx],
             labels=None if self.labels is None else self.labels[idx],
             ids=[self.ids[i] for i in idx],
             sources=[self.sources[i] for i in idx] if self.sources else [],
@@ -71,9 +76,27 @@ class Dataset:
             digest.update(np.ascontiguousarray(image).tobytes())
             if self.masks is not None:
                 digest.update(np.packbits(self.masks[i]).tobytes())
+            if self.nucleus is not None:
+                digest.update(np.packbits(self.nucleus[i]).tobytes())
             if self.labels is not None:
                 digest.update(int(self.labels[i]).to_bytes(4, "little", signed=True))
         return digest.hexdigest()
+
+    def target_masks(self, target: str = "cell") -> list[np.ndarray]:
+        """Ground truth for a segmentation target: the whole cell, or the nucleus where recorded."""
+        if target not in TARGETS:
+            raise ValueError(f"unknown target {target!r}; choose one of {list(TARGETS)}")
+        masks = self.masks if target == "cell" else self.nucleus
+        if masks is None:
+            have = "no masks" if self.masks is None else "single-level masks (no nucleus level)"
+            raise DataError(f"{self.name}: target {target!r} needs {target} masks, but the dataset has {have}")
+        return masks
+
+    def mask_levels(self) -> list[np.ndarray]:
+        """uint8 masks as stored: 255 nucleus / 128 cytoplasm, or 255 cell."""
+        if self.nucleus is None:
+            return [m.astype(np.uint8) * 255 for m in self.masks]
+        return [np.where(n, 255, np.where(m, 128, 0)).astype(np.uint8) for m, n in zip(self.masks, self.nucleus)]
 
 
 # --- images --------------------------------------------------------------
@@ -86,8 +109,8 @@ def read_image(path: Path) -> np.ndarray:
         raise DataError(f"{path}: cannot read image ({exc})") from None
 
 
-def read_mask(path: Path, allowed: set[int], image_shape: tuple[int, int]) -> np.ndarray:
-    """Read a label-image mask, check its values and size; True where the value is nonzero."""
+def read_mask(path: Path, allowed: set[int] | None, image_shape: tuple[int, int]) -> np.ndarray:
+    """Read a label-image mask, check its values (None: any) and size; returns its uint8 values."""
     try:
         with Image.open(path) as img:
             values = np.asarray(img.convert("L") if img.mode in ("1", "P", "RGB", "RGBA", "LA") else img)
@@ -98,11 +121,12 @@ def read_mask(path: Path, allowed: set[int], image_shape: tuple[int, int]) -> np
     if values.shape != image_shape:
         raise DataError(f"{path}: mask is {values.shape[1]}x{values.shape[0]} (WxH) "
                         f"but its image is {image_shape[1]}x{image_shape[0]}")
-    bad = sorted(set(np.unique(values).tolist()) - allowed)
-    if bad:
-        raise DataError(f"{path}: mask has values {bad[:8]} not allowed by this layout "
-                        f"(allowed: {sorted(allowed)})")
-    return values > 0
+    if allowed is not None:
+        bad = sorted(set(np.unique(values).tolist()) - allowed)
+        if bad:
+            raise DataError(f"{path}: mask has values {bad[:8]} not allowed by this layout "
+                            f"(allowed: {sorted(allowed)})")
+    return values
 
 
 def encode_png(array: np.ndarray) -> bytes:
@@ -126,14 +150,15 @@ def write_dataset(dataset: Dataset, destination: str | os.PathLike) -> Path:
     destination.parent.mkdir(parents=True, exist_ok=True)
     meta = {
         "format_version": FORMAT_VERSION, "name": dataset.name, "classes": dataset.classes,
-        "mask_encoding": MASK_ENCODING if dataset.masks is not None else None,
+        "mask_levels": None if dataset.masks is None else 1 if dataset.nucleus is None else 2,
+        "mask_encoding": None if dataset.masks is None else MASK_ENCODINGS[1 if dataset.nucleus is None else 2],
         "provenance": dataset.provenance, "fingerprint": dataset.fingerprint,
     }
     table = pa.table({
         "id": pa.array(dataset.ids, pa.string()),
         "image": pa.array([encode_png(im) for im in dataset.images], pa.binary()),
         "mask": pa.array([None] * len(dataset) if dataset.masks is None
-                         else [encode_png(m.astype(np.uint8) * 255) for m in dataset.masks], pa.binary()),
+                         else [encode_png(m) for m in dataset.mask_levels()], pa.binary()),
         "label": pa.array([None] * len(dataset) if dataset.labels is None
                           else [int(v) if v >= 0 else None for v in dataset.labels], pa.int16()),
         "source": pa.array(dataset.sources or [""] * len(dataset), pa.string()),
@@ -169,11 +194,13 @@ def read_dataset(path_or_uri: str | os.PathLike) -> Dataset:
         raise DataError(f"{location}: not an ncawss dataset (no {METADATA_KEY.decode()!r} schema metadata)")
     meta = json.loads(raw_meta)
     columns = table.to_pydict()
-    masks = columns["mask"]
     labels = columns["label"]
+    levels = None if all(m is None for m in columns["mask"]) else [decode_png(m, "L") for m in columns["mask"]]
+    two_levels = levels is not None and meta.get("mask_levels") == 2
     return Dataset(
         images=[decode_png(b, "RGB") for b in columns["image"]],
-        masks=None if all(m is None for m in masks) else [decode_png(m, "L") > 0 for m in masks],
+        masks=None if levels is None else [m > 0 for m in levels],
+        nucleus=[m == 255 for m in levels] if two_levels else None,
         labels=None if all(v is None for v in labels) else np.array([-1 if v is None else v for v in labels]),
         classes=list(meta["classes"]), ids=list(columns["id"]), name=meta["name"],
         sources=list(columns["source"]), provenance=meta.get("provenance", {}),

@@ -12,7 +12,6 @@ from .synthetic import make_synthetic
 
 ZHENG_CLASSES = ["neutrophil", "lymphocyte", "monocyte", "eosinophil", "basophil"]
 ZHENG_MASK_VALUES = {0, 128, 255}  # background, cytoplasm, nucleus
-FOLDER_MASK_VALUES = {0, 1, 255}
 
 
 def read_csv_rows(path: Path, columns: int = 2) -> list[list[str]]:
@@ -58,7 +57,7 @@ def read_zheng2018(source: str | os.PathLike, subset: int = 1) -> Dataset:
         if image_id not in image_files:
             raise DataError(f"{label_file}: label row for image {image_id}, "
                             f"but {folder / (image_id + '.bmp')} is missing")
-    images, masks, ids, sources = [], [], [], []
+    images, masks, nucleus, ids, sources = [], [], [], [], []
     for image_id in sorted(image_files):
         path = image_files[image_id]
         if image_id not in labels:
@@ -67,7 +66,9 @@ def read_zheng2018(source: str | os.PathLike, subset: int = 1) -> Dataset:
         mask_path = path.with_suffix(".png")
         if not mask_path.exists():
             raise DataError(f"{mask_path}: mask not found for image {path.name}")
-        masks.append(read_mask(mask_path, ZHENG_MASK_VALUES, image.shape[:2]))
+        levels = read_mask(mask_path, ZHENG_MASK_VALUES, image.shape[:2])
+        masks.append(levels > 0)
+        nucleus.append(levels == 255)
         images.append(image)
         ids.append(image_id)
         sources.append(f"Dataset {subset}/{path.name}")
@@ -76,12 +77,14 @@ def read_zheng2018(source: str | os.PathLike, subset: int = 1) -> Dataset:
     return Dataset(images, masks, np.array([labels[i] for i in ids]), list(ZHENG_CLASSES), ids,
                    name=f"zheng2018-dataset{subset}", sources=sources,
                    provenance={"layout": "zheng2018", "subset": subset,
-                               "origin": "Zheng et al. 2018, Micron 107:55-71 (segmentation_WBC)"})
+                               "origin": "Zheng et al. 2018, Micron 107:55-71 (segmentation_WBC)"},
+                   nucleus=nucleus)
 
 
 def read_folder(source: str | os.PathLike, classes: list[str] | None = None, name: str | None = None) -> Dataset:
-    """Generic layout: images/, optional masks/ (same file stem; 0 and 255, or 0 and 1),
-    optional labels.csv (header id,label; label = class name)."""
+    """Generic layout: images/ (PNG, BMP, TIFF, JPEG), optional masks/ (same file stem; any
+    nonzero value = cell, so 0/255 and 0/1 both work), optional labels.csv (header id,label;
+    label = class name)."""
     root = Path(source)
     image_dir, mask_dir, label_file = root / "images", root / "masks", root / "labels.csv"
     if not image_dir.is_dir():
@@ -105,7 +108,7 @@ def read_folder(source: str | os.PathLike, classes: list[str] | None = None, nam
         if masks is not None:
             if path.stem not in mask_files:
                 raise DataError(f"{mask_dir}: no mask for image {path.name}")
-            masks.append(read_mask(mask_files[path.stem], FOLDER_MASK_VALUES, image.shape[:2]))
+            masks.append(read_mask(mask_files[path.stem], None, image.shape[:2]) > 0)
     return Dataset(images, masks, labels, list(classes or []), ids, name=name or root.resolve().name,
                    sources=[str(p.relative_to(root)) for p in paths], provenance={"layout": "folder"})
 

@@ -36,13 +36,15 @@ def make_synthetic(n: int = 200, size: int = 64, seed: int = 0, domain: str = "a
     rng = np.random.default_rng(seed)
     labels = np.arange(n) % len(CLASSES)
     rng.shuffle(labels)
-    images, masks = zip(*(draw_crop(int(c), size, DOMAINS[domain], rng) for c in labels))
+    images, masks, nuclei = zip(*(draw_crop(int(c), size, DOMAINS[domain], rng) for c in labels))
     return Dataset(list(images), list(masks), labels, list(CLASSES), [f"syn{i:05d}" for i in range(n)],
                    name=f"synthetic-{domain}", sources=[f"synthetic:{domain}:{seed}:{i}" for i in range(n)],
-                   provenance={"layout": "synthetic", "domain": domain, "seed": seed, "size": size, "n": n})
+                   provenance={"layout": "synthetic", "domain": domain, "seed": seed, "size": size, "n": n},
+                   nucleus=list(nuclei))
 
 
-def draw_crop(label: int, size: int, stain: dict, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def draw_crop(label: int, size: int, stain: dict, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(image, white-cell mask, nucleus mask)."""
     yy, xx = np.mgrid[0:size, 0:size].astype(float)
     jitter = lambda colour, s=0.04: np.clip(np.asarray(colour) + rng.normal(0, s, 3), 0, 1)  # noqa: E731
     image = np.ones((size, size, 3)) * jitter(stain["plasma"], 0.03)
@@ -78,7 +80,7 @@ def draw_crop(label: int, size: int, stain: dict, rng: np.random.Generator) -> t
     ramp = ((xx * np.cos(direction) + yy * np.sin(direction)) / size - 0.5) * rng.uniform(0.15, 0.35)
     image = gaussian(image, sigma=0.7, channel_axis=-1) * (1 + ramp[..., None]) * rng.uniform(0.88, 1.08)
     image += rng.normal(0, 0.02, image.shape)
-    return (np.clip(image, 0, 1) * 255).round().astype(np.uint8), cell
+    return (np.clip(image, 0, 1) * 255).round().astype(np.uint8), cell, nucleus
 
 
 def add_granules(image, cell, label, stain, rng, size) -> None:
