@@ -2,7 +2,10 @@
 """k-fold cross-validation of NCA-WSS on one dataset, sequential, no Ray.
 
 With no arguments: 2 folds on built-in synthetic data with configs/quickstart.yaml.
-Prints per-fold and mean IoU beside the intensity baseline's on the same images.
+A stratified holdout (--holdout, default 0.2) is set aside before the folds are
+built; after cross-validation the k fold models segment it (majority vote).
+Every IoU is printed beside each baseline's on the same images: intensity
+always, gradcam and eigencam (a CNN trained per fold) with --baselines.
 """
 from __future__ import annotations
 
@@ -18,7 +21,7 @@ import numpy as np
 import torch
 
 import ncawss
-from ncawss.train import READOUTS
+from ncawss.baselines import BASELINES, CAM_BASELINES
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -28,7 +31,10 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--data", help="dataset file or URI written by jobs/prepare_data.py (default: synthetic)")
     p.add_argument("--config", default=str(ROOT / "configs/quickstart.yaml"), help="training options (YAML)")
     p.add_argument("--folds", type=int, default=2, help="k of k-fold (default 2)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the fold split (default 0)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the holdout and fold split (default 0)")
+    p.add_argument("--holdout", type=float, default=0.2, help="stratified share set aside (default 0.2; 0: none)")
+    p.add_argument("--baselines", nargs="+", default=["intensity"], choices=BASELINES,
+                   help="baselines beside NCA-WSS (intensity is always on)")
     p.add_argument("--epochs", type=int, help="override the config's epochs")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0 (default cpu)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
@@ -44,45 +50,74 @@ def main() -> int:
         if args.epochs is not None:
             config = config.model_copy(update={"epochs": args.epochs})
         dataset = ncawss.read_dataset(args.data) if args.data else ncawss.make_synthetic(n=200, size=config.image_size)
-    except (ncawss.ConfigError, ncawss.DataError) as exc:
+        kept, held = ncawss.holdout_split(dataset.labels, args.holdout, args.seed)
+    except (ncawss.ConfigError, ncawss.DataError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f"NCA-WSS {args.folds}-fold cross-validation on {dataset.name} ({len(dataset)} images)")
+    cam_kinds = tuple(b for b in CAM_BASELINES if b in args.baselines)
+    print(f"NCA-WSS {args.folds}-fold cross-validation on {dataset.name}: {len(kept)} images in the folds, "
+          f"{len(held)} held out")
     print("config:", config.model_dump_json())
-    result = ncawss.cross_validate(config, dataset, k=args.folds, seed=args.seed, device=args.device)
-
-    other = [r for r in READOUTS if r != config.readout]
-    print(f"\nIoU in %, at the ground truth's resolution; NCA-WSS read-out: {config.readout} "
-          f"(also shown: {', '.join(other)} of the same weights)")
-    print(f"{'fold':>4} {'test':>5} {'accuracy':>9} {'NCA-WSS':>8} {'intensity':>10} {'lift':>6}"
-          + "".join(f" {r:>11}" for r in other))
-    for i, fold in enumerate(result.folds, start=1):
-        print(f"{i:>4} {len(fold.test_ids):>5} {fold.accuracy:>9.3f} {100 * fold.iou:>8.1f} "
-              f"{100 * fold.baseline_iou:>10.1f} {100 * (fold.iou - fold.baseline_iou):>+6.1f}"
-              + "".join(f" {100 * fold.readout_iou[r]:>11.1f}" for r in other))
-    print(f"mean IoU {100 * result.mean_iou:.1f} ± {100 * result.std_iou:.1f} (NCA-WSS) vs "
-          f"{100 * result.mean_baseline_iou:.1f} ± {100 * result.std_baseline_iou:.1f} (intensity baseline); "
-          f"accuracy {result.mean_accuracy:.3f}; {config.epochs} epochs per fold")
+    result = ncawss.cross_validate(config, dataset.subset(kept), k=args.folds, seed=args.seed,
+                                   device=args.device, cam_kinds=cam_kinds)
+    holdout = None
+    if len(held):
+        models = [ncawss.FoldModel.of(f, len(dataset.classes)) for f in result.folds]
+        holdout = ncawss.score_dataset(config, models, dataset.subset(held), args.device, cam_kinds)
+    print_report(config, result, holdout)
     if args.json:
-        write_json(args, config, dataset, result)
+        write_json(args, config, dataset, result, holdout)
     return 0
 
 
-def write_json(args, config, dataset, result) -> None:
+def print_report(config, result, holdout) -> None:
+    baselines = list(result.folds[0].baseline_iou)
+    print(f"\nIoU in %, at the ground truth's resolution; NCA-WSS read-out: {config.readout.name}; "
+          f"{config.epochs} epochs per fold; lift = NCA-WSS minus the best baseline")
+    print(f"{'fold':>4} {'test':>5} {'accuracy':>9} {'NCA-WSS':>8}" + "".join(f" {b:>14}" for b in baselines)
+          + f" {'lift':>6}")
+    for i, fold in enumerate(result.folds, start=1):
+        print(f"{i:>4} {len(fold.test_ids):>5} {fold.accuracy:>9.3f} {100 * fold.iou:>8.1f}"
+              + "".join(f" {100 * fold.baseline_iou[b]:>14.1f}" for b in baselines) + f" {100 * fold.lift:>+6.1f}")
+    print(f"mean {100 * result.mean_iou:.1f} ± {100 * result.std_iou:.1f} (NCA-WSS); "
+          + "; ".join("{} {:.1f} ± {:.1f}".format(b, *(100 * v for v in result.baseline(b))) for b in baselines)
+          + f"; accuracy {result.mean_accuracy:.3f}")
+    print("\nRead-out variants (same weights; mean over folds; baselines under the same smoothing, "
+          "orientation, post-processing and target):")
+    print(f"{'variant':<40} {'NCA-WSS':>8}" + "".join(f" {b:>14}" for b in baselines))
+    for name, row in variant_table(config, result).items():
+        print(f"{name:<40} {100 * row['iou']:>8.1f}" + "".join(f" {100 * row.get(b + '_iou', np.nan):>14.1f}"
+                                                        for b in baselines))
+    if holdout is not None:
+        score = holdout["readout"]
+        print(f"\nHeld-out images, majority vote of the {len(score['fold_iou'])} fold models: NCA-WSS "
+              f"{100 * score['iou']:.1f} (folds alone: {', '.join(f'{100 * v:.1f}' for v in score['fold_iou'])}); "
+              + "; ".join(f"{b} {100 * score[b + '_iou']:.1f}" for b in baselines) + f"; lift {100 * score['lift']:+.1f}")
+    else:
+        print("\nNo holdout: the cross-validation number is the only one.")
+
+
+def variant_table(config, result) -> dict[str, dict[str, float]]:
+    """Per read-out, the mean over folds of NCA-WSS's and each baseline's IoU and the lift."""
+    rows, readouts = {}, config.readouts()
+    for name in result.folds[0].evaluations:
+        summaries = [f.evaluations[name].summary() for f in result.folds]
+        rows[f"{name} ({readouts[name].name})"] = {k: float(np.mean([s[k] for s in summaries])) for k in summaries[0]}
+    return rows
+
+
+def write_json(args, config, dataset, result, holdout) -> None:
     record = {
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, {args.device}",
         "dataset": dataset.name, "fingerprint": dataset.fingerprint, "folds": args.folds, "seed": args.seed,
-        "config": config.model_dump(),
-        "fold_iou": result.fold_iou, "fold_baseline_iou": result.fold_baseline_iou,
-        "readout": config.readout,
-        "fold_readout_iou": [f.readout_iou for f in result.folds],
+        "holdout": args.holdout, "config": config.model_dump(), "epochs": config.epochs,
+        "fold_iou": result.fold_iou, "fold_baseline_iou": [f.baseline_iou for f in result.folds],
         "fold_accuracy": [f.accuracy for f in result.folds], "fold_seconds": [f.seconds for f in result.folds],
-        "mean_iou": result.mean_iou, "std_iou": result.std_iou,
-        "mean_baseline_iou": result.mean_baseline_iou, "std_baseline_iou": result.std_baseline_iou,
-        "mean_accuracy": result.mean_accuracy,
+        "mean_iou": result.mean_iou, "std_iou": result.std_iou, "mean_accuracy": result.mean_accuracy,
+        "variants": variant_table(config, result), "holdout_scores": holdout,
         "history": [f.history for f in result.folds],
     }
     Path(args.json).write_text(json.dumps(record, indent=1, default=lambda v: np.asarray(v).tolist()))

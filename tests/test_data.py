@@ -6,7 +6,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from ncawss import DataError, convert, make_synthetic, read_dataset, stratified_folds, write_dataset
+from ncawss import DataError, convert, holdout_split, make_synthetic, read_dataset, stratified_folds, write_dataset
 from ncawss.data import dataset_metadata
 
 
@@ -262,3 +262,15 @@ def test_folds_without_rare_classes_do_not_warn():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         stratified_folds(np.arange(20) % 2, 2, seed=0)
+
+
+def test_holdout_is_stratified_disjoint_and_fixed_by_the_seed():
+    labels = np.array([0] * 50 + [1] * 30 + [2] * 19 + [3])
+    kept, held = holdout_split(labels, 0.2, seed=4)
+    assert len(held) == 20 and not set(kept) & set(held) and len(kept) + len(held) == len(labels)
+    assert np.bincount(labels[held]).tolist() == [10, 6, 4]  # stratified; the single class 3 stays kept
+    assert 99 in kept
+    assert np.array_equal(holdout_split(labels, 0.2, seed=4)[1], held)
+    assert not np.array_equal(holdout_split(labels, 0.2, seed=5)[1], held)
+    kept, held = holdout_split(labels, 0.0, seed=4)
+    assert len(kept) == 100 and len(held) == 0

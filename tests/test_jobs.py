@@ -1,3 +1,4 @@
+import json
 import subprocess
 import sys
 
@@ -17,16 +18,28 @@ def test_jobs_have_help(job):
 
 def test_prepare_then_cross_validate_prints_folds_beside_the_baseline(tmp_path):
     data = tmp_path / "syn.parquet"
-    out = run_job("jobs/prepare_data.py", "synthetic", "--output", str(data), "--n", "20", "--size", "16")
+    out = run_job("jobs/prepare_data.py", "synthetic", "--output", str(data), "--n", "30", "--size", "16")
     assert "fingerprint" in out.stdout and data.exists()
     config = tmp_path / "c.yaml"
-    config.write_text("channels: 6\nhidden: 6\nsteps: 2\nimage_size: 16\nepochs: 1\n")
+    config.write_text("channels: 6\nhidden: 6\nsteps: 2\nimage_size: 16\nepochs: 1\n"
+                      "variants: {smooth: {smooth: 1.0}, nucleus: {target: nucleus}}\n")
     out = run_job("jobs/cross_validate.py", "--data", str(data), "--config", str(config), "--json",
-                  str(tmp_path / "r.json"))
+                  str(tmp_path / "r.json"), "--holdout", "0.2", "--baselines", "gradcam")
     lines = out.stdout.splitlines()
-    assert any(line.split()[:2] == ["1", "10"] for line in lines)  # fold 1, 10 test images
-    assert any(line.startswith("mean IoU") and "intensity baseline" in line for line in lines)
-    assert (tmp_path / "r.json").exists()
+    assert "24 images in the folds, 6 held out" in out.stdout
+    assert any(line.split()[:2] == ["1", "12"] for line in lines)  # fold 1, 12 test images
+    header = next(line for line in lines if line.split()[:2] == ["fold", "test"]).split()
+    assert header[3:] == ["NCA-WSS", "intensity", "gradcam", "gradcam_large", "lift"]
+    assert any(line.startswith("smooth (smooth1)") for line in lines)
+    assert any(line.startswith("nucleus (nucleus)") for line in lines)
+    assert any(line.startswith("Held-out images, majority vote of the 2 fold models") for line in lines)
+    record = json.loads((tmp_path / "r.json").read_text())
+    assert len(record["holdout_scores"]["readout"]["fold_iou"]) == 2
+
+
+def test_holdout_too_small_for_the_classes_is_refused(tmp_path):
+    out = run_job("jobs/cross_validate.py", "--holdout", "0.01", check=False)
+    assert out.returncode == 2 and "holdout" in out.stderr
 
 
 def test_bad_config_fails_with_the_key_named(tmp_path):

@@ -4,6 +4,7 @@ import torch
 
 from ncawss import FoldHooks, TrainConfig, cross_validate, load_config, make_synthetic, stratified_folds, train_fold
 from ncawss.config import ConfigError, make_config
+from ncawss.segment import intensity_baseline, iou
 from ncawss.train import resize_images
 
 TINY = TrainConfig(channels=8, hidden=8, steps=4, image_size=16, epochs=3, batch_size=8, lr=1e-3, seed=5)
@@ -77,11 +78,14 @@ def test_fold_result_reports_nca_and_baseline_on_the_same_test_images(split):
     train, test = split
     result = train_fold(TINY, train, test)
     ev = result.evaluation
-    assert result.test_ids == test.ids and len(ev.iou) == len(ev.baseline_iou) == len(test)
+    assert result.test_ids == test.ids and len(ev.iou) == len(ev.baseline_iou["intensity"]) == len(test)
     assert [m.shape for m in ev.masks] == [m.shape for m in test.masks]  # ground truth's resolution
     assert result.iou == pytest.approx(ev.iou.mean()) and 0 <= result.accuracy <= 1
     assert set(result.readout_iou) == {"stochastic", "mean_field"}
     assert result.readout_iou["stochastic"] == pytest.approx(result.iou)
+    expected = np.mean([iou(intensity_baseline(im), gt) for im, gt in zip(test.images, test.masks)])
+    assert result.baseline_iou["intensity"] == pytest.approx(expected)
+    assert result.lift == pytest.approx(result.iou - expected)
 
 
 def test_eval_every_adds_test_metrics_to_the_epoch(split):
@@ -102,12 +106,13 @@ def test_cross_validate_runs_every_fold(small_synthetic):
 def test_short_cpu_run_learns_and_beats_the_intensity_baseline():
     """The quick-start configuration on synthetic data: above chance, and its mean-field
     read-out above the intensity baseline on the same test images."""
-    config = load_config("configs/quickstart.yaml").model_copy(update={"readout": "mean_field"})
+    config = load_config("configs/quickstart.yaml")
+    assert config.readout.inference == "mean_field"
     data = make_synthetic(n=200, size=config.image_size, seed=0)
     train, test = stratified_folds(data.labels, 2, seed=0)[0]
     result = train_fold(config, data.subset(train), data.subset(test))
     assert result.accuracy > 0.45  # chance: 0.2
-    assert result.iou > result.baseline_iou + 0.08
+    assert result.iou > result.baseline_iou["intensity"] + 0.08
 
 
 def test_config_errors_name_the_key(tmp_path):

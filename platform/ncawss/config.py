@@ -2,10 +2,47 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class Readout(BaseModel):
+    """How a trained model's final state becomes a mask; needs no retraining. Defaults: the paper's."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    inference: Literal["stochastic", "mean_field"] = Field(
+        "stochastic", description="random fire masks as in training (paper), or mean_field: every step adds "
+        "fire_rate times the update to every cell, deterministically")
+    runs: int = Field(1, ge=1, description="stochastic runs whose states are averaged before PCA")
+    channels: Literal["all", "hidden"] = Field("all", description="hidden: PCA without the fixed RGB channels")
+    smooth: float = Field(0.0, ge=0.0, description="Gaussian sigma (pixels at training resolution) on the response")
+    orient: Literal["signed", "deviation"] = Field(
+        "signed", description="Otsu on the response + sign rule, or on |response - border median|")
+    post: Literal["none", "largest", "centre"] = Field(
+        "none", description="keep the largest or the central component, holes filled")
+    target: Literal["cell", "nucleus"] = Field("cell", description="ground truth: whole cell or nucleus")
+
+    @field_validator("inference", mode="before")
+    @classmethod
+    def accept_hyphen(cls, value: Any) -> Any:
+        return value.replace("-", "_") if isinstance(value, str) else value
+
+    @property
+    def name(self) -> str:
+        """A short label of the non-default choices, e.g. 'mean_field+smooth1+largest'."""
+        parts = [f"{k}{v:g}" if isinstance(v, float) else f"{k}{v}" if isinstance(v, int) else str(v)
+                 for k, v in self.model_dump().items() if v != Readout.model_fields[k].default]
+        return "+".join(parts) or "paper"
+
+
+# Read-outs every fold reports beside its configured one (extra metrics, never the objective).
+DEFAULT_VARIANTS = {
+    "stochastic": {"inference": "stochastic"},
+    "mean_field": {"inference": "mean_field"},
+}
 
 
 class TrainConfig(BaseModel):
@@ -27,10 +64,33 @@ class TrainConfig(BaseModel):
     image_size: int = Field(64, ge=8, description="training resolution (square)")
     augment: bool = Field(True, description="random rotation (0..360 degrees) and flips")
     seed: int = 0
-    readout: Literal["stochastic", "mean_field"] = Field(
-        "stochastic", description="evaluation forward pass: one run with random fire masks (paper) "
-        "or mean-field (S <- S + fire_rate * dS, deterministic)")
+    readout: Readout = Field(Readout(), description="the read-out the fold's IoU (the objective) uses; "
+                             "a string sets only its inference")
+    variants: dict[str, dict[str, Any]] = Field(
+        default_factory=lambda: dict(DEFAULT_VARIANTS),
+        description="extra read-outs reported per fold: name -> changes to `readout`")
     eval_every: int = Field(0, ge=0, description="evaluate the test fold every N epochs (0: at the end only)")
+
+    @field_validator("readout", mode="before")
+    @classmethod
+    def inference_shorthand(cls, value: Any) -> Any:
+        return {"inference": value} if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def check_variants(self) -> TrainConfig:
+        for name, changes in self.variants.items():
+            try:
+                Readout.model_validate({**self.readout.model_dump(), **changes})
+            except ValidationError as exc:
+                raise ValueError(f"variants.{name}: {describe_validation_error('readout', exc)}") from None
+        return self
+
+    def readouts(self) -> dict[str, Readout]:
+        """The configured read-out (as 'readout') and every variant, resolved against it."""
+        resolved = {"readout": self.readout}
+        for name, changes in self.variants.items():
+            resolved[name] = Readout.model_validate({**self.readout.model_dump(), **changes})
+        return resolved
 
 
 class ConfigError(ValueError):

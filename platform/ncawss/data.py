@@ -13,6 +13,7 @@ import hashlib
 import io
 import json
 import logging
+import math
 import os
 import tempfile
 import warnings
@@ -24,7 +25,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from PIL import Image
-from sklearn.model_selection import StratifiedKFold
+from sklearn.model_selection import StratifiedKFold, train_test_split
 
 log = logging.getLogger(__name__)
 
@@ -244,3 +245,26 @@ def stratified_folds(labels, k: int, seed: int) -> list[tuple[np.ndarray, np.nda
     for train, test in splitter.split(common_idx, labels[common_idx]):
         folds.append((np.sort(np.concatenate([common_idx[train], rare_idx])), common_idx[test]))
     return folds
+
+
+def holdout_split(labels, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(kept_idx, holdout_idx): a stratified share `fraction` of the samples set aside, fixed by seed.
+
+    Classes with fewer than two members cannot be split: they stay in the kept part.
+    fraction 0 keeps everything.
+    """
+    labels = np.asarray(labels)
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"holdout fraction must lie in [0, 1), got {fraction}")
+    everything = np.arange(len(labels))
+    if fraction == 0.0:
+        return everything, everything[:0]
+    values, counts = np.unique(labels, return_counts=True)
+    single = np.isin(labels, values[counts < 2])
+    classes = len(np.unique(labels[~single]))
+    if math.floor(fraction * (~single).sum()) < classes:
+        raise ValueError(f"holdout fraction {fraction} of {(~single).sum()} samples leaves fewer than one "
+                         f"sample for each of the {classes} classes; raise it or use 0 (no holdout)")
+    kept, held = train_test_split(everything[~single], test_size=fraction, random_state=seed,
+                                  stratify=labels[~single])
+    return np.sort(np.concatenate([kept, everything[single]])), np.sort(held)

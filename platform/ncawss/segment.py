@@ -1,22 +1,41 @@
-"""Masks from features: batched PCA + Otsu, the intensity baseline, and IoU.
+"""Masks from features: batched PCA + Otsu with its read-out options, the intensity
+baseline, and IoU.
+
+Read-out of a response map (PC1 projection, or any other map such as a CAM):
+- smooth: Gaussian blur (sigma in pixels of the response) before thresholding;
+- orient "signed": Otsu on the response, then the sign rule below;
+  orient "deviation": Otsu on |response - median response of the image border|,
+  so that a cell part darker and one brighter than the background both count;
+- post "largest": the largest connected component, holes filled; "centre": the
+  component at (or nearest to) the image centre, holes filled (crops are centred
+  on their cell; red cells elsewhere may be larger).
 
 Sign rule (PCA's first component is defined up to sign): after thresholding, the
 side that holds more of the image's outer one-pixel frame is background. Single
 cell crops are centred on their cell, so the cell touches the frame less than the
 background does. On a tie, the smaller side is the foreground. The response is
 returned oriented the same way: the foreground lies on its high side.
+
+Masks are compared at the ground truth's resolution (`masks_at`): the oriented
+response is upsampled bilinearly and cut at the threshold Otsu chose at the
+response's own resolution; post-processing runs on the upsampled mask.
 """
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from scipy import ndimage
 from skimage.color import rgb2gray
 from skimage.filters import threshold_otsu
 
 OTSU_BINS = 256  # as scikit-image's threshold_otsu
 CPU_CHUNK_BYTES = 8 << 20
+ORIENTS = ("signed", "deviation")
+POSTS = ("none", "largest", "centre")
 
 
 class PCAOtsu(NamedTuple):
@@ -78,8 +97,9 @@ def pc1_projection(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.cat(out), torch.cat(offsets)
 
 
-def pca_otsu(features: torch.Tensor, *, details: bool = False):
-    """Cell masks from (B, C, H, W) features: per image PC1 projection, Otsu, sign rule.
+def pca_otsu(features: torch.Tensor, *, smooth: float = 0.0, orient: str = "signed", post: str = "none",
+             details: bool = False):
+    """Cell masks from (B, C, H, W) features: per image PC1 projection, then `read_response`.
 
     Returns (masks, response); with details=True a PCAOtsu that adds the
     threshold and the degenerate flag. Runs on the features' device.
@@ -89,20 +109,85 @@ def pca_otsu(features: torch.Tensor, *, details: bool = False):
     span = projection.amax(dim=1) - projection.amin(dim=1)
     # Constant features leave only centring's rounding error: no structure to threshold.
     degenerate = span <= 1e-5 * offset + torch.finfo(projection.dtype).tiny
-    tau = otsu_thresholds(projection)
-    fg = projection > tau[:, None]
-
-    frame = border_frame(h, w, features.device).flatten()
-    fg_on_frame = fg[:, frame].sum(dim=1)
-    bg_on_frame = int(frame.sum()) - fg_on_frame
-    fg_area = fg.sum(dim=1)
-    flip = (fg_on_frame > bg_on_frame) | ((fg_on_frame == bg_on_frame) & (2 * fg_area > h * w))
-    sign = 1.0 - 2.0 * flip.to(projection.dtype)
-    masks = torch.where(flip[:, None], ~fg, fg) & ~degenerate[:, None]
-    response = torch.where(degenerate[:, None], torch.zeros_like(projection), projection * sign[:, None])
-    threshold = torch.where(degenerate, torch.zeros_like(tau), tau * sign)
-    result = PCAOtsu(masks.view(b, h, w), response.view(b, h, w), threshold, degenerate)
+    result = read_response(projection.view(b, h, w), smooth=smooth, orient=orient, post=post,
+                           degenerate=degenerate)
     return result if details else (result.masks, result.response)
+
+
+def read_response(response: torch.Tensor, *, smooth: float = 0.0, orient: str = "signed", post: str = "none",
+                  degenerate: torch.Tensor | None = None) -> PCAOtsu:
+    """Threshold (B, H, W) response maps with Otsu after the read-out options (module doc)."""
+    if orient not in ORIENTS:
+        raise ValueError(f"unknown orient {orient!r}; choose one of {list(ORIENTS)}")
+    b, h, w = response.shape
+    r = gaussian_blur(response, smooth).flatten(1)
+    if degenerate is None:
+        degenerate = r.amax(dim=1) - r.amin(dim=1) <= torch.finfo(r.dtype).eps * r.abs().amax(dim=1)
+    frame = border_frame(h, w, response.device).flatten()
+    if orient == "deviation":
+        r = (r - r[:, frame].median(dim=1).values[:, None]).abs()
+        tau = otsu_thresholds(r)
+        fg = r > tau[:, None]
+        sign = torch.ones_like(tau)
+    else:
+        tau = otsu_thresholds(r)
+        fg = r > tau[:, None]
+        fg_on_frame = fg[:, frame].sum(dim=1)
+        bg_on_frame = int(frame.sum()) - fg_on_frame
+        flip = (fg_on_frame > bg_on_frame) | ((fg_on_frame == bg_on_frame) & (2 * fg.sum(dim=1) > h * w))
+        sign = 1.0 - 2.0 * flip.to(r.dtype)
+        fg = torch.where(flip[:, None], ~fg, fg)
+    masks = (fg & ~degenerate[:, None]).view(b, h, w)
+    if post != "none":
+        masks = torch.stack([torch.from_numpy(post_process(m, post)) for m in masks.cpu().numpy()]).to(masks.device) \
+            if b else masks
+    oriented = torch.where(degenerate[:, None], torch.zeros_like(r), r * sign[:, None])
+    threshold = torch.where(degenerate, torch.zeros_like(tau), tau * sign)
+    return PCAOtsu(masks, oriented.view(b, h, w), threshold, degenerate)
+
+
+def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of (B, H, W) maps, reflect padding; sigma 0 returns the input."""
+    if sigma <= 0:
+        return maps
+    radius = min(math.ceil(3 * sigma), maps.shape[-1] - 1, maps.shape[-2] - 1)
+    offsets = torch.arange(-radius, radius + 1, device=maps.device, dtype=maps.dtype)
+    kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
+    kernel = kernel / kernel.sum()
+    x = F.pad(maps[:, None], (radius, radius, radius, radius), mode="reflect")
+    x = F.conv2d(x, kernel.view(1, 1, 1, -1))
+    return F.conv2d(x, kernel.view(1, 1, -1, 1))[:, 0]
+
+
+def post_process(mask: np.ndarray, post: str) -> np.ndarray:
+    """Keep one connected component of a bool (H, W) mask, holes filled: 'largest' or 'centre'."""
+    if post not in POSTS:
+        raise ValueError(f"unknown post {post!r}; choose one of {list(POSTS)}")
+    if post == "none" or not mask.any():
+        return mask
+    labels, count = ndimage.label(mask)
+    if post == "largest":
+        keep = 1 + int(np.argmax(np.bincount(labels.ravel())[1:]))
+    else:
+        h, w = mask.shape
+        ys, xs = np.nonzero(labels)
+        distance = (ys - (h - 1) / 2) ** 2 + (xs - (w - 1) / 2) ** 2
+        keep = int(labels[ys[np.argmin(distance)], xs[np.argmin(distance)]])
+    return ndimage.binary_fill_holes(labels == keep)
+
+
+def masks_at(result: PCAOtsu, shapes: list[tuple[int, int]], post: str = "none") -> list[np.ndarray]:
+    """Masks at other resolutions (e.g. each ground truth's): bilinear upsampling of the oriented
+    response, cut at the same threshold, then post-processing."""
+    out = []
+    for response, threshold, degenerate, shape in zip(result.response, result.threshold, result.degenerate, shapes):
+        if degenerate:
+            out.append(np.zeros(shape, dtype=bool))
+            continue
+        up = F.interpolate(response[None, None].float().cpu(), size=tuple(shape), mode="bilinear",
+                           align_corners=False)[0, 0]
+        out.append(post_process((up > threshold.cpu()).numpy(), post))
+    return out
 
 
 def iou(pred, target):

@@ -1,0 +1,88 @@
+"""CAM baselines: a small plain-torch CNN classifier, read out by Grad-CAM or EigenCAM.
+
+The CNN is trained like the NCA (same folds, labels, focal loss, augmentation,
+optimiser and epoch budget), from scratch: no pretrained weights.
+- gradcam: captum's LayerGradCam for the predicted class on the last conv block
+  (ReLU applied, as in the original Grad-CAM), upsampled to the training
+  resolution, then the same read-out (smoothing, orientation, Otsu,
+  post-processing) as NCA-WSS;
+- eigencam: EigenCAM is the first principal component of the last conv block's
+  activations, so it is `pca_otsu` itself on those activations, upsampled to
+  the training resolution: the NCA-WSS read-out on another backbone.
+Two sizes: "small" has about the parameter count of the paper's NCA classifier
+(~10k), "large" about ten times more.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from captum.attr import LayerGradCam
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+CAM_BASELINES = ("gradcam", "eigencam")
+BASELINES = ("intensity",) + CAM_BASELINES
+CNN_WIDTHS = {"small": 6, "large": 16}
+
+
+class CNNClassifier(nn.Module):
+    """Three conv blocks (3x3 conv + ReLU, 2x2 max-pool between blocks), average pool, linear head."""
+
+    def __init__(self, width: int, n_classes: int):
+        super().__init__()
+        chans = [3, width, 2 * width, 4 * width]
+        blocks = []
+        for i in range(3):
+            layers = [nn.Conv2d(chans[i], chans[i + 1], 3, padding=1), nn.ReLU(),
+                      nn.Conv2d(chans[i + 1], chans[i + 1], 3, padding=1), nn.ReLU()]
+            if i < 2:
+                layers.append(nn.MaxPool2d(2))
+            blocks.append(nn.Sequential(*layers))
+        self.blocks = nn.Sequential(*blocks)
+        self.head = nn.Linear(chans[-1], n_classes)
+
+    @property
+    def last_block(self) -> nn.Module:
+        return self.blocks[-1]
+
+    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """x: normalised (B, 3, H, W) -> (logits, last block's activations); `generator` unused (no noise)."""
+        features = self.blocks(x)
+        return self.head(features.mean(dim=(2, 3))), features
+
+
+@dataclass
+class CAMMaps:
+    """One CNN's maps of a set of images, at the training resolution."""
+    gradcam: torch.Tensor     # (N, S, S), Grad-CAM of the predicted class, ReLU applied
+    eigencam: torch.Tensor    # (N, C, S, S), last-block activations, for pca_otsu
+    predictions: torch.Tensor  # (N,)
+
+
+def cam_maps(model: CNNClassifier, x: torch.Tensor, batch_size: int = 32) -> CAMMaps:
+    """Grad-CAM and EigenCAM inputs of normalised images x (N, 3, S, S); runs on x's device."""
+    model.eval()
+    size = x.shape[-2:]
+    gradcam = LayerGradCam(lambda inputs: model(inputs)[0], model.last_block)
+    grads, acts, preds = [], [], []
+    for start in range(0, len(x), batch_size):
+        batch = x[start:start + batch_size]
+        with torch.no_grad():
+            logits, features = model(batch)
+        pred = logits.argmax(1)
+        with torch.enable_grad():
+            cam = gradcam.attribute(batch, target=pred, relu_attributions=True)
+        grads.append(F.interpolate(cam.detach(), size=size, mode="bilinear", align_corners=False)[:, 0].cpu())
+        acts.append(F.interpolate(features, size=size, mode="bilinear", align_corners=False).cpu())
+        preds.append(pred.cpu())
+    if not grads:
+        return CAMMaps(x.new_zeros(0, *size), x.new_zeros(0, 1, *size), torch.zeros(0, dtype=torch.long))
+    return CAMMaps(torch.cat(grads), torch.cat(acts), torch.cat(preds))
+
+
+def parameter_count(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
