@@ -37,6 +37,10 @@ def parse_args() -> argparse.Namespace:
                                      "must be shared storage on a multi-node cluster")
     p.add_argument("--mlflow-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, "
                                         "else sqlite:///OUTPUT/mlflow.db)")
+    p.add_argument("--holdout", type=float, help="override the space's holdout share (0: none)")
+    p.add_argument("--eval-data", nargs="+", default=[], metavar="PATH",
+                   help="datasets (masks needed, labels not) every trial's fold models also segment: "
+                        "cross-domain IoU beside each baseline, logged as extra metrics, never the objective")
     p.add_argument("--resume", action="store_true", help="continue the interrupted sweep in OUTPUT")
     return p.parse_args()
 
@@ -49,12 +53,20 @@ def git_commit() -> str:
         return "unknown"
 
 
+def read_eval_data(path: str) -> ncawss.Dataset:
+    dataset = ncawss.read_dataset(path)
+    if dataset.masks is None:
+        raise ncawss.DataError(f"{path}: --eval-data needs ground-truth masks, the dataset has none")
+    return dataset
+
+
 def main() -> int:
     args = parse_args()
     os.environ["RAY_TRAIN_V2_ENABLED"] = "1"
     try:
         spec = load_space(args.space)
-        overrides = {k: v for k, v in (("trials", args.trials), ("folds", args.folds), ("name", args.name)) if v}
+        overrides = {k: v for k, v in (("trials", args.trials), ("folds", args.folds), ("name", args.name),
+                                       ("holdout", args.holdout)) if v is not None}
         spec = spec.model_validate({**spec.model_dump(), **overrides})
     except (ncawss.ConfigError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -78,9 +90,18 @@ def main() -> int:
         tracker.check()
         dataset = ncawss.read_dataset(args.data) if args.data else \
             ncawss.make_synthetic(n=200, size=spec.train.get("image_size", 64))
-    except (TrackingError, ncawss.DataError) as exc:
+        eval_sets = [read_eval_data(path) for path in args.eval_data]
+        names = [d.name for d in eval_sets]
+        if len(set(names)) < len(names):
+            raise ValueError(f"--eval-data: datasets {args.eval_data} share a name ({names}); metrics are "
+                             "named after datasets, so give each its own name (prepare_data.py --name)")
+        kept, held = ncawss.holdout_split(dataset.labels, spec.holdout, spec.seed)
+    except (TrackingError, ncawss.DataError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    # The holdout leaves here: trials only ever receive the cross-validation part.
+    cv_data, holdout = dataset.subset(kept), dataset.subset(held)
+    (output / "holdout_ids.txt").write_text("".join(f"{i}\n" for i in holdout.ids))
 
     from ncawss.sweep import run_sweep, summarise  # imports Ray: only once the inputs are valid
 
@@ -90,15 +111,16 @@ def main() -> int:
                 **{f"train.{k}": v for k, v in spec.train.items()},
                 **{f"search.{k}": v.model_dump(exclude_none=True) for k, v in spec.search.items()}},
         tags={"dataset": dataset.name, "dataset.fingerprint": dataset.fingerprint, "git.commit": git_commit(),
-              "space.file": Path(args.space).name},
-        files={"search_space.yaml": Path(args.space).read_text()})
+              "space.file": Path(args.space).name, "eval_data": ",".join(d.name for d in eval_sets)},
+        files={"search_space.yaml": Path(args.space).read_text(), "holdout_ids.txt": "\n".join(holdout.ids)})
     state_file.write_text(yaml.safe_dump({"name": spec.name, "mlflow_uri": uri, "parent_run_id": parent,
                                           "storage": storage, "space": str(args.space),
                                           "started": datetime.datetime.now().isoformat(timespec="seconds")}))
-    print(f"sweep {spec.name}: {spec.trials} trials x {spec.folds} folds on {dataset.name} ({len(dataset)} images); "
-          f"MLflow parent run {parent}")
-    results = run_sweep(spec, dataset, storage, tracker, resume=args.resume)
-    summary = summarise(spec, results, tracker, output)
+    print(f"sweep {spec.name}: {spec.trials} trials x {spec.folds} folds on {dataset.name}: {len(cv_data)} images "
+          f"in the folds, {len(holdout)} held out; baselines {', '.join(spec.baselines)}; MLflow parent run {parent}")
+    results = run_sweep(spec, cv_data, storage, tracker, output, eval_sets,
+                        {"name": dataset.name, "fingerprint": dataset.fingerprint}, resume=args.resume)
+    summary = summarise(spec, results, tracker, output, holdout)
     print(summary)
     print(f"\nbest configuration: {output / 'best_config.yaml'}")
     print(f"open MLflow:  mlflow ui --backend-store-uri {uri}" if local_store else f"MLflow: {uri}")

@@ -38,7 +38,11 @@ def test_default_space_searches_channels_steps_and_fire_rate_and_tries_the_paper
     assert (spec.search["channels"].low, spec.search["channels"].high) == (8, 64)
     assert (spec.search["steps"].low, spec.search["steps"].high) == (8, 64)
     assert (spec.search["fire_rate"].low, spec.search["fire_rate"].high) == (0.1, 1.0)
-    assert spec.first[0] == {"channels": 32, "steps": 32, "fire_rate": 0.5}
+    assert {k: spec.first[0][k] for k in ("channels", "steps", "fire_rate")} == {"channels": 32, "steps": 32,
+                                                                                "fire_rate": 0.5}
+    paper = spec.train_config(spec.first[0])
+    assert paper.readout.name == "paper" and spec.holdout == 0.2
+    assert spec.cam_kinds == ("gradcam", "eigencam")
 
 
 def test_paper_space_is_one_fixed_point_with_five_folds():
@@ -54,8 +58,20 @@ def test_trial_config_merges_fixed_and_sampled_options(tmp_path):
     assert (config.channels, config.fire_rate, config.epochs, config.image_size) == (9, 0.7, 2, 16)
 
 
+def test_read_out_options_are_searched_as_dotted_keys(tmp_path):
+    spec = load_space(write(tmp_path, GOOD.replace("search:\n", "search:\n"
+                                                   "  readout.smooth: {type: float, low: 0.0, high: 2.0}\n"
+                                                   "  readout.post: {type: choice, values: [none, largest]}\n")))
+    config = spec.train_config({"channels": 8, "readout.smooth": 1.5, "readout.post": "largest"})
+    assert (config.readout.smooth, config.readout.post, config.readout.inference) == (1.5, "largest", "stochastic")
+
+
 @pytest.mark.parametrize("text, pattern", [
     (GOOD + "colour: red\n", r"space\.yaml: key 'colour': Extra inputs"),
+    (GOOD + "holdout: 1.0\n", r"space\.yaml: key 'holdout': .*less than 1"),
+    (GOOD + "baselines: [intensity, gradcan]\n", r"space\.yaml: key 'baselines\.1'"),
+    (GOOD.replace("search:\n", "search:\n  readout.post: {type: choice, values: [none, biggest]}\n"),
+     r"search\.readout\.post: .*key 'readout\.post'"),
     (GOOD.replace("low: 6, high: 10", "low: 10, high: 6"), r"key 'search\.channels': .*low \(10\.0\) is greater"),
     (GOOD.replace("trials: 2", "trials: many"), r"key 'trials': .*integer"),
     (GOOD.replace("fire_rate: {type: float, low: 0.3", "fire_rate: {type: float, low: 0.0"),

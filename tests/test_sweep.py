@@ -1,4 +1,5 @@
 """The distributed sweep on a real local Ray, with a real MLflow store (slow: minutes)."""
+import json
 import os
 import shutil
 import signal
@@ -23,7 +24,7 @@ VENV_BIN = str(Path(sys.executable).parent)
 
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory):
-    return convert("synthetic", None, tmp_path_factory.mktemp("data") / "tiny.parquet", n=24, size=16)
+    return convert("synthetic", None, tmp_path_factory.mktemp("data") / "tiny.parquet", n=30, size=16)
 
 
 @pytest.fixture
@@ -103,7 +104,8 @@ def test_ray_job_submit_runs_the_smoke_sweep_and_mlflow_holds_it(tiny_data, tmp_
     for run in trials:
         assert run.info.status == "FINISHED" and run.data.tags["mlflow.parentRunId"] == parent.info.run_id
         metrics = run.data.metrics
-        assert {"fold0_iou", "fold1_iou", "iou_mean", "iou_std", "baseline_iou_mean", "fold0_accuracy"} <= set(metrics)
+        assert {"fold0_iou", "fold1_iou", "iou_mean", "iou_std", "intensity_iou_mean", "fold0_accuracy"} <= set(metrics)
+        assert metrics["lift"] == pytest.approx(metrics["iou_mean"] - metrics["intensity_iou_mean"])
         assert abs(metrics["iou_mean"] - (metrics["fold0_iou"] + metrics["fold1_iou"]) / 2) < 1e-9
         assert 0 <= metrics["iou_mean"] <= 1 and metrics["launch_overhead_s"] > 0
         files = {a.path for a in client.list_artifacts(run.info.run_id, "folds")}
@@ -181,3 +183,60 @@ def test_a_killed_fold_worker_resumes_from_its_checkpoint(tmp_path, ray_tmp):
     metrics = trials[0].data.metrics
     assert trials[0].info.status == "FINISHED" and metrics["resumed_folds"] >= 1, metrics
     assert "fold0_iou" in metrics and "fold1_iou" in metrics
+
+
+def test_holdout_baselines_eval_data_and_cross_domain_evaluation(tiny_data, tmp_path, ray_tmp):
+    """3 trials with CAM baselines and --eval-data; then jobs/evaluate.py on the output and on a trial run."""
+    other = convert("synthetic", None, tmp_path / "other.parquet", n=10, size=20, domain="b")
+    space = yaml.safe_load((ROOT / "search_spaces/smoke.yaml").read_text())
+    space.update(trials=3, first=[], holdout=0.2, baselines=["intensity", "gradcam", "eigencam"])
+    space["train"]["variants"] = {"largest": {"post": "largest"}}
+    (tmp_path / "space.yaml").write_text(yaml.safe_dump(space))
+    output = tmp_path / "out"
+    command = sweep_command(tiny_data, output, "--eval-data", str(other))
+    command[command.index("search_spaces/smoke.yaml")] = str(tmp_path / "space.yaml")
+    run = subprocess.run(command, cwd=ROOT, env=env_with(ray_tmp), capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert "24 images in the folds, 6 held out" in run.stdout and "held-out test (6 images" in run.stdout
+
+    # The CAM baselines were trained once per fold and size, not once per trial.
+    trainings = [json.loads(line) for f in (output / "baselines").glob("*/trainings.jsonl")
+                 for line in f.read_text().splitlines()]
+    assert sorted((t["fold"], t["size"]) for t in trainings) == [(0, "large"), (0, "small"), (1, "large"), (1, "small")]
+
+    holdout = set((output / "holdout_ids.txt").read_text().split())
+    client, parent, trials = trial_runs(output)
+    assert len(holdout) == 6 and len(trials) == 3
+    assert {"holdout_iou", "holdout_intensity_iou", "holdout_gradcam_iou", "holdout_lift"} <= set(parent.data.metrics)
+    for trial in trials:
+        metrics = trial.data.metrics
+        assert {"gradcam_iou_mean", "eigencam_large_iou_mean", "largest_iou_mean", "eval.synthetic-b.iou",
+                "eval.synthetic-b.intensity_iou"} <= set(metrics)
+        assert metrics["lift"] == pytest.approx(metrics["iou_mean"] - max(
+            metrics[f"{b}_iou_mean"] for b in ("intensity", "gradcam", "eigencam", "gradcam_large", "eigencam_large")))
+        received = set()
+        for fold in (0, 1):  # what the trial's folds were actually given
+            path = client.download_artifacts(trial.info.run_id, f"folds/fold{fold}.json", str(tmp_path))
+            ids = json.loads(Path(path).read_text())
+            assert not holdout & set(ids["train_ids"]) and not holdout & set(ids["test_ids"])
+            received |= set(ids["train_ids"]) | set(ids["test_ids"])
+        assert len(received) == 24
+
+    # evaluate.py reproduces the logged fold IoU on the training data and fills a dataset x dataset table.
+    best = max(trials, key=lambda r: r.data.metrics["iou_mean"])
+    for model in (str(output), best.info.run_id):
+        result = tmp_path / "cross.json"
+        out = subprocess.run([sys.executable, "jobs/evaluate.py", "--model", model, "--data", str(tiny_data),
+                              str(other), "--mlflow-uri", f"sqlite:///{output}/mlflow.db", "--json", str(result)],
+                             cwd=ROOT, capture_output=True, text=True, timeout=600)
+        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+        table = json.loads(result.read_text())
+        assert len(table) == 1 and list(next(iter(table.values()))) == ["synthetic-a", "synthetic-b"]
+        own = next(iter(table.values()))["synthetic-a"]
+        candidates = [best] if model == best.info.run_id else trials  # the output's best_model: one of them
+        assert any(own["fold_iou"] == pytest.approx([t.data.metrics["fold0_iou"], t.data.metrics["fold1_iou"]],
+                                                    abs=1e-9) for t in candidates)
+    cross = client.get_experiment_by_name("cross_domain")
+    runs = client.search_runs([cross.experiment_id])
+    assert len(runs) == 2 and {"cross_domain.png", "cross_domain.txt", "cross_domain.json"} <= {
+        a.path for a in client.list_artifacts(runs[0].info.run_id)}

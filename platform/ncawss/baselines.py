@@ -22,10 +22,11 @@ import torch.nn.functional as F
 from captum.attr import LayerGradCam
 from torch import nn
 
+from .config import BASELINES
+
 log = logging.getLogger(__name__)
 
-CAM_BASELINES = ("gradcam", "eigencam")
-BASELINES = ("intensity",) + CAM_BASELINES
+CAM_BASELINES = tuple(b for b in BASELINES if b != "intensity")
 CNN_WIDTHS = {"small": 6, "large": 16}
 
 

@@ -8,6 +8,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
+BASELINES = ("intensity", "gradcam", "eigencam")  # intensity: grayscale Otsu; the others: CAMs of a CNN
+
+
 class Readout(BaseModel):
     """How a trained model's final state becomes a mask; needs no retraining. Defaults: the paper's."""
 

@@ -9,9 +9,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from .config import ConfigError, TrainConfig, describe_validation_error, read_yaml_mapping
+from .config import BASELINES, ConfigError, Readout, TrainConfig, describe_validation_error, read_yaml_mapping
 
-SEARCHABLE = set(TrainConfig.model_fields) - {"seed", "eval_every", "betas"}
+# Read-out options are searched as "readout.<option>", e.g. readout.smooth.
+SEARCHABLE = (set(TrainConfig.model_fields) - {"seed", "eval_every", "betas", "variants"}) \
+    | {f"readout.{name}" for name in Readout.model_fields}
 
 
 class Strict(BaseModel):
@@ -70,6 +72,10 @@ class SweepSpec(Strict):
     max_failures: int = Field(2, ge=0, description="fold worker failures tolerated per trial")
     scheduler: Asha | None = None
     resources: Resources = Resources()
+    holdout: float = Field(0.2, ge=0.0, lt=1.0, description="stratified share set aside before the folds, "
+                           "never seen by a trial; the best configuration is scored on it at the end (0: none)")
+    baselines: list[Literal[BASELINES]] = Field(  # type: ignore[valid-type]
+        default_factory=lambda: ["intensity"], description="baselines beside every number; intensity always on")
     train: dict[str, Any] = Field(default_factory=dict, description="fixed training options")
     search: dict[str, Param] = Field(default_factory=dict)
     first: list[dict[str, Any]] = Field(default_factory=list, description="configurations evaluated first")
@@ -88,10 +94,24 @@ class SweepSpec(Strict):
                 raise ValueError(f"first[{i}]: {extra} are not searched parameters")
         return self
 
+    @property
+    def cam_kinds(self) -> tuple[str, ...]:
+        """The CAM baselines asked for (each needs a CNN trained per fold)."""
+        return tuple(b for b in BASELINES if b != "intensity" and b in self.baselines)
+
     def train_config(self, params: dict[str, Any]) -> TrainConfig:
         """The full training configuration of one trial: fixed options + sampled ones + seed."""
-        return TrainConfig.model_validate({**self.train, **params, "seed": self.seed,
-                                           "eval_every": self.checkpoint_every})
+        values = {**self.train, "seed": self.seed, "eval_every": self.checkpoint_every}
+        readout = values.get("readout", {})
+        readout = {"inference": readout} if isinstance(readout, str) else dict(readout)
+        for key, value in params.items():
+            if key.startswith("readout."):
+                readout[key.removeprefix("readout.")] = value
+            else:
+                values[key] = value
+        if readout:
+            values["readout"] = readout
+        return TrainConfig.model_validate(values)
 
 
 def validate_bounds(spec: SweepSpec, source: str) -> None:

@@ -130,6 +130,26 @@ class SweepTracker:
     def run_status(self, run_id: str) -> str:
         return self.client.get_run(run_id).info.status
 
+    # --- other runs -----------------------------------------------------------
+
+    def log_run(self, name: str, tags: dict[str, str], metrics: dict[str, float],
+                files: dict[str, str | bytes]) -> str:
+        """One finished run in the experiment, e.g. a cross-domain evaluation; returns its id."""
+        run_id = self.client.create_run(self.ensure_experiment(), run_name=name, tags=tags).info.run_id
+        self.log_metrics(run_id, metrics)
+        for file_name, content in files.items():
+            self.log_file(run_id, file_name, content)
+        self.client.set_terminated(run_id, status="FINISHED")
+        return run_id
+
+    def download_fold_files(self, run_id: str, destination: str) -> Path:
+        """A trial run's logged fold files (weights, per-image results) in a local folder."""
+        try:
+            return Path(self.client.download_artifacts(run_id, "folds", destination))
+        except Exception as exc:  # unknown run id, missing artifacts, unreachable store
+            raise TrackingError(f"run {run_id} in {self.uri}: cannot fetch its fold weights "
+                                f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
+
 
 def log_history(tracker: SweepTracker, run_id: str, fold: int, history: list[dict]) -> None:
     """Per-epoch curves of one fold, as metrics fold{fold}_{name} with step = epoch."""

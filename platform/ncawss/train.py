@@ -417,6 +417,12 @@ class FoldModel:
     def of(cls, fold: FoldResult, n_classes: int) -> FoldModel:
         return cls(fold.state_dict, fold.norm_mean, fold.norm_std, n_classes, fold.cnns)
 
+    @classmethod
+    def from_record(cls, record: dict) -> FoldModel:
+        """From the dict a sweep saves as weights_fold<r>.pt."""
+        cnns = {size: CNNBaseline(**values) for size, values in record.get("cnns", {}).items()} or None
+        return cls(record["state_dict"], record["norm_mean"], record["norm_std"], record["n_classes"], cnns)
+
 
 def score_dataset(config: TrainConfig, folds: list[FoldModel], dataset: Dataset, device: str | torch.device = "cpu",
                   cam_kinds: tuple[str, ...] = ()) -> dict[str, dict]:

@@ -1,0 +1,169 @@
+#!/usr/bin/env python3
+"""Cross-domain evaluation: trained fold models segment other datasets.
+
+--model takes sweep output directories (their best configuration's fold models,
+OUTPUT/best_model) or MLflow run ids of trials (their logged fold weights). Each
+model's k fold models segment each --data dataset (masks needed, labels not):
+on the dataset a model was trained on, every fold scores its own test fold (the
+sweep's cross-validation numbers); on any other, the folds' masks are combined
+by majority vote. Prints a table (rows: trained on, columns: tested on; cells:
+NCA-WSS IoU / best baseline IoU) and logs it to MLflow with a heat map.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+import ncawss
+from ncawss.train import FoldModel, TestSet, build_model, evaluate
+from ncawss.tracking import SweepTracker, TrackingError
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", nargs="+", required=True, metavar="RUN",
+                   help="sweep output directory, or MLflow run id of a trial")
+    p.add_argument("--data", nargs="+", required=True, metavar="PATH", help="datasets to segment")
+    p.add_argument("--mlflow-uri", help="MLflow tracking URI for run ids and for logging the table "
+                                        "(default: the sweep directory's store, else $MLFLOW_TRACKING_URI)")
+    p.add_argument("--experiment", default="cross_domain", help="MLflow experiment of the table (default cross_domain)")
+    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument("--json", help="also write the results to this JSON file")
+    return p.parse_args()
+
+
+def load_model(spec: str, uri: str | None, scratch: str) -> tuple[list[dict], str | None]:
+    """The fold weight records of a sweep directory or a trial run, and the store they came from."""
+    folder = Path(spec)
+    if folder.is_dir():
+        state = folder / "sweep.yaml"
+        uri = uri or (yaml.safe_load(state.read_text()).get("mlflow_uri") if state.exists() else None)
+        folder = folder / "best_model" if (folder / "best_model").is_dir() else folder
+    else:
+        uri = uri or os.environ.get("MLFLOW_TRACKING_URI")
+        if not uri:
+            raise ncawss.DataError(f"{spec}: not a directory; as an MLflow run id it needs --mlflow-uri")
+        folder = SweepTracker(uri, "unused").download_fold_files(spec, tempfile.mkdtemp(dir=scratch))
+    paths = sorted(folder.glob("weights_fold*.pt"))
+    if not paths:
+        raise ncawss.DataError(f"{folder}: no weights_fold*.pt files (not a sweep output or trial run?)")
+    return [torch.load(p, weights_only=False) for p in paths], uri
+
+
+def score(records: list[dict], dataset: ncawss.Dataset, device: str) -> dict:
+    """NCA-WSS and baseline IoU of one model on one dataset (see the module doc)."""
+    config = ncawss.TrainConfig.model_validate(records[0]["config"])
+    kinds = tuple(records[0].get("cam_kinds", ()))
+    folds = [FoldModel.from_record(r) for r in records]
+    if dataset.fingerprint != records[0]["source"]["fingerprint"]:
+        result = ncawss.score_dataset(config, folds, dataset, device, kinds)["readout"]
+        return {"mode": "majority vote", **result}
+    position = {image_id: i for i, image_id in enumerate(dataset.ids)}
+    per_fold = []
+    for fold, record in zip(folds, records):
+        test = dataset.subset([position[i] for i in record["test_ids"]])
+        model = build_model(config, fold.n_classes)
+        model.load_state_dict(fold.state_dict)
+        prepared = TestSet.prepare(test, fold.norm_mean, fold.norm_std, config.image_size, fold.cnns, kinds, device)
+        per_fold.append(evaluate(model.to(device), prepared, config, device, {"readout": config.readout})["readout"])
+    summaries = [ev.summary() for ev in per_fold]
+    result = {k: float(np.mean([s[k] for s in summaries])) for k in summaries[0]}
+    return {"mode": "own test folds", **result, "fold_iou": [s["iou"] for s in summaries]}
+
+
+def heat_map(table: dict, rows: list[str], columns: list[str]) -> bytes:
+    import io
+
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    values = np.array([[100 * table[r][c]["iou"] for c in columns] for r in rows])
+    fig, ax = plt.subplots(figsize=(1.8 + 1.6 * len(columns), 1.2 + 0.8 * len(rows)))
+    ax.imshow(values, cmap="viridis", vmin=0, vmax=100)
+    ax.set_xticks(range(len(columns)), columns, rotation=20)
+    ax.set_yticks(range(len(rows)), rows)
+    ax.set_xlabel("tested on")
+    ax.set_ylabel("trained on")
+    for i, r in enumerate(rows):
+        for j, c in enumerate(columns):
+            cell = table[r][c]
+            ax.text(j, i, f"{values[i, j]:.1f}\n({100 * cell['best_baseline']:.1f})", ha="center", va="center",
+                    color="white" if values[i, j] < 60 else "black", fontsize=9)
+    ax.set_title("NCA-WSS IoU (best baseline)")
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", bbox_inches="tight", dpi=100)
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def main() -> int:
+    args = parse_args()
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    table: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory() as scratch:
+        try:
+            datasets = [ncawss.read_dataset(path) for path in args.data]
+            models = [load_model(spec, args.mlflow_uri, scratch) for spec in args.model]
+        except (ncawss.DataError, TrackingError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+    for path, dataset in zip(args.data, datasets):
+        if dataset.masks is None:
+            print(f"error: {path}: evaluation needs ground-truth masks, the dataset has none", file=sys.stderr)
+            return 2
+    rows, columns = [], [d.name for d in datasets]
+    for spec, (records, _) in zip(args.model, models):
+        row = f"{records[0]['source']['name']} [{Path(spec).name}]"
+        rows.append(row)
+        table[row] = {}
+        for dataset in datasets:
+            result = score(records, dataset, args.device)
+            baselines = {k.removesuffix("_iou"): v for k, v in result.items()
+                         if k.endswith("_iou") and k not in ("fold_iou",)}
+            best = max(baselines, key=baselines.get)
+            table[row][dataset.name] = {**result, "best_baseline": baselines[best], "best_baseline_name": best}
+    lines = print_table(table, rows, columns)
+    if args.json:
+        Path(args.json).write_text(json.dumps(table, indent=1))
+    uri = args.mlflow_uri or next((u for _, u in models if u), None)
+    if uri:
+        tracker = SweepTracker(uri, args.experiment)
+        metrics = {f"{r.split(' [')[0]}.{c}.{k}": v for r in rows for c in columns
+                   for k, v in table[r][c].items() if isinstance(v, float)}
+        run_id = tracker.log_run("cross-domain", {"models": " ".join(args.model), "data": " ".join(columns)}, metrics,
+                                 {"cross_domain.txt": "\n".join(lines) + "\n",
+                                  "cross_domain.json": json.dumps(table, indent=1),
+                                  "cross_domain.png": heat_map(table, rows, columns)})
+        print(f"\nlogged to MLflow {uri}: experiment {args.experiment}, run {run_id}")
+    return 0
+
+
+def print_table(table: dict, rows: list[str], columns: list[str]) -> list[str]:
+    width = max(len(c) for c in columns + ["NCA-WSS / best baseline"]) + 2
+    corner = "trained on \\ tested on"
+    lines = ["IoU in % at the ground truth's resolution: NCA-WSS / best baseline (which); on a model's own "
+             "training data each fold scores its own test fold, elsewhere the folds vote",
+             f"{corner:<40}" + "".join(f"{c:>{width}}" for c in columns)]
+    for r in rows:
+        cells = [f"{100 * table[r][c]['iou']:.1f} / {100 * table[r][c]['best_baseline']:.1f} "
+                 f"({table[r][c]['best_baseline_name']})" for c in columns]
+        lines.append(f"{r:<40}" + "".join(f"{cell:>{width}}" for cell in cells))
+        for c in columns:
+            if "fold_iou" in table[r][c]:
+                lines.append(f"  {c}: per fold " + ", ".join(f"{100 * v:.2f}" for v in table[r][c]["fold_iou"]))
+    print("\n".join(lines))
+    return lines
+
+
+if __name__ == "__main__":
+    sys.exit(main())
