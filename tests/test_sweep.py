@@ -112,10 +112,10 @@ def test_ray_job_submit_runs_the_smoke_sweep_and_mlflow_holds_it(tiny_data, tmp_
         assert {"folds/gallery_fold0.png", "folds/gallery_fold1.png", "folds/weights_fold0.pt"} <= files
         assert len(client.get_metric_history(run.info.run_id, "fold0_train_loss")) == 2  # one per epoch
 
-    best = max(trials, key=lambda r: r.data.metrics["iou_mean"])
+    top = max(r.data.metrics["iou_mean"] for r in trials)
     best_config = yaml.safe_load((output / "best_config.yaml").read_text())
-    for key in ("channels", "steps", "fire_rate"):
-        assert str(best_config[key]) == best.data.params[key]
+    assert any(all(str(best_config[key]) == r.data.params[key] for key in ("channels", "steps", "fire_rate"))
+               for r in trials if r.data.metrics["iou_mean"] == top)  # one of the best (ties happen)
 
 
 def test_resume_continues_an_interrupted_sweep_without_rerunning_finished_trials(tiny_data, tmp_path, ray_tmp):
