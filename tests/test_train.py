@@ -115,6 +115,35 @@ def test_short_cpu_run_learns_and_beats_the_intensity_baseline():
     assert result.iou > result.baseline_iou["intensity"] + 0.08
 
 
+def test_read_out_variants_are_changes_to_the_configured_read_out():
+    config = make_config({"readout": "mean-field", "variants": {"paper": {"inference": "stochastic"},
+                                                                "smooth": {"smooth": 1.0, "post": "largest"}}})
+    readouts = config.readouts()
+    assert readouts["readout"].inference == "mean_field" and readouts["paper"].name == "paper"
+    assert (readouts["smooth"].inference, readouts["smooth"].smooth, readouts["smooth"].post) == \
+        ("mean_field", 1.0, "largest")
+    with pytest.raises(ConfigError, match=r"variants\.bad: readout: key 'post'"):
+        make_config({"variants": {"bad": {"post": "biggest"}}})
+
+
+def test_every_read_out_variant_is_scored_beside_the_baselines_of_the_same_target(split):
+    train, test = split
+    config = TINY.model_copy(update={"variants": {"nucleus": {"target": "nucleus"}, "largest": {"post": "largest"}}})
+    result = train_fold(config, train, test)
+    nucleus = result.evaluations["nucleus"]
+    expected = [iou(intensity_baseline(im), gt) for im, gt in zip(test.images, test.nucleus)]
+    np.testing.assert_allclose(nucleus.baseline_iou["intensity"], expected)
+    assert all(m.shape == gt.shape for m, gt in zip(nucleus.masks, test.nucleus))
+    largest = result.evaluations["largest"]
+    assert all(label_count(m) <= 1 for m in largest.masks)
+    assert set(result.readout_iou) == {"nucleus", "largest"}
+
+
+def label_count(mask):
+    from scipy import ndimage
+    return ndimage.label(mask)[1]
+
+
 def test_config_errors_name_the_key(tmp_path):
     with pytest.raises(ConfigError, match=r"key 'fire_rate'"):
         make_config({"fire_rate": 1.5})

@@ -82,6 +82,8 @@ class TrainConfig(BaseModel):
     @model_validator(mode="after")
     def check_variants(self) -> TrainConfig:
         for name, changes in self.variants.items():
+            if name == "readout":
+                raise ValueError("variants: the name 'readout' is taken by the configured read-out")
             try:
                 Readout.model_validate({**self.readout.model_dump(), **changes})
             except ValidationError as exc:
