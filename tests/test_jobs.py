@@ -11,7 +11,7 @@ def run_job(*args, check=True):
     return subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=ROOT, check=check)
 
 
-@pytest.mark.parametrize("job", ["jobs/prepare_data.py", "jobs/cross_validate.py"])
+@pytest.mark.parametrize("job", ["jobs/prepare_data.py", "jobs/cross_validate.py", "jobs/evaluate.py"])
 def test_jobs_have_help(job):
     assert "usage" in run_job(job, "--help").stdout
 
@@ -53,3 +53,13 @@ def test_bad_source_fails_with_the_file_named(tmp_path):
     out = run_job("jobs/prepare_data.py", "zheng2018", "--source", str(tmp_path), "--output",
                   str(tmp_path / "x.parquet"), check=False)
     assert out.returncode == 2 and "Dataset 1: folder not found" in out.stderr
+
+
+def test_evaluate_names_a_model_folder_without_weights(tmp_path):
+    data = tmp_path / "syn.parquet"
+    run_job("jobs/prepare_data.py", "synthetic", "--output", str(data), "--n", "5", "--size", "16")
+    (tmp_path / "empty").mkdir()
+    out = run_job("jobs/evaluate.py", "--model", str(tmp_path / "empty"), "--data", str(data), check=False)
+    assert out.returncode == 2 and "empty: no weights_fold*.pt files" in out.stderr
+    out = run_job("jobs/evaluate.py", "--model", "0123abcd", "--data", str(data), check=False)
+    assert out.returncode == 2 and "0123abcd: not a directory" in out.stderr
