@@ -22,10 +22,11 @@ def test_dataset1_has_300_samples_with_the_published_class_counts(dataset1):
     assert sizes.count((120, 120)) == 224
 
 
-def test_dataset1_masks_are_the_pngs_nonzero_pixels(dataset1):
-    for i in (0, 57, 299):
+def test_dataset1_cell_and_nucleus_targets_are_the_pngs_levels(dataset1):
+    for i in range(len(dataset1)):
         raw = np.asarray(Image.open(REAL_DATA / "Dataset 1" / f"{dataset1.ids[i]}.png"))
-        assert np.array_equal(dataset1.masks[i], raw > 0)
+        assert np.array_equal(dataset1.target_masks("cell")[i], raw > 0)
+        assert np.array_equal(dataset1.target_masks("nucleus")[i], raw == 255)
 
 
 def test_intensity_baseline_scores_81_on_dataset1(dataset1):
