@@ -286,6 +286,8 @@ class TestSet:
     x: torch.Tensor                     # (N, 3, S, S), normalised with the training fold's statistics
     intensity: list[np.ndarray]         # intensity baseline masks at the images' resolution
     cams: dict[str, torch.Tensor]       # baseline name (gradcam, eigencam_large, ...) -> its maps
+    # Baseline masks per (smooth, orient, post): they never change while the NCA trains.
+    baseline_cache: dict[tuple, dict[str, list[np.ndarray]]] = field(default_factory=dict)
 
     @classmethod
     def prepare(cls, dataset: Dataset, mean, std, size: int, cnns: dict[str, CNNBaseline] | None = None,
@@ -356,7 +358,6 @@ def evaluate(model: NCAClassifier, test: TestSet, config: TrainConfig, device: s
             predictions[name] = torch.cat(preds).numpy()
     labels = test.dataset.labels if test.dataset.labels is not None else np.full(len(test.dataset), -1)
     known = labels >= 0
-    cache: dict[tuple, dict] = {}
     out = {}
     for name, r in readouts.items():
         if r.target == "nucleus" and test.dataset.nucleus is None and name != "readout":
@@ -366,14 +367,15 @@ def evaluate(model: NCAClassifier, test: TestSet, config: TrainConfig, device: s
         result = concat(segments[name])
         masks = masks_at(result, [t.shape for t in truth], r.post)
         key = (r.smooth, r.orient, r.post)
-        if key not in cache:
-            cache[key] = baseline_masks(test, r)
+        if key not in test.baseline_cache:
+            test.baseline_cache[key] = baseline_masks(test, r)
+        baselines = test.baseline_cache[key]
         pred = predictions[name]
         out[name] = Evaluation(
             accuracy=float((pred[known] == labels[known]).mean()) if known.any() else float("nan"),
             iou=iou_each(masks, truth),
-            baseline_iou={b: iou_each(m, truth) for b, m in cache[key].items()},
-            predictions=pred, masks=masks, baseline_masks=cache[key],
+            baseline_iou={b: iou_each(m, truth) for b, m in baselines.items()},
+            predictions=pred, masks=masks, baseline_masks=baselines,
             responses=result.response.numpy(), degenerate=int(result.degenerate.sum()))
     return out
 
