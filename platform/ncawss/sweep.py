@@ -484,7 +484,7 @@ def summarise(spec: SweepSpec, results: tune.ResultGrid, tracker: SweepTracker, 
         (output / "best_config.yaml").write_text(best_yaml)
         files["best_config.yaml"] = best_yaml
         overheads = [r["launch_overhead_s"] for r in done]
-        best_keys = (METRIC, "iou_std", "best_baseline_iou_mean", "lift", "accuracy_mean")
+        best_keys = (METRIC, "iou_std", "lift", "accuracy_mean")
         metrics.update({f"best_{k}": best[k] for k in best_keys})
         metrics.update({f"best_{b}_iou_mean": best[f"{b}_iou_mean"] for b in baselines})
         metrics["launch_overhead_mean_s"] = float(np.mean(overheads))
