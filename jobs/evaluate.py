@@ -149,15 +149,15 @@ def main() -> int:
 
 
 def print_table(table: dict, rows: list[str], columns: list[str]) -> list[str]:
-    width = max(len(c) for c in columns + ["NCA-WSS / best baseline"]) + 2
+    cells = {(r, c): f"{100 * table[r][c]['iou']:.1f} / {100 * table[r][c]['best_baseline']:.1f} "
+                     f"({table[r][c]['best_baseline_name']})" for r in rows for c in columns}
+    width = max(len(text) for text in [*columns, *cells.values()]) + 2
     corner = "trained on \\ tested on"
     lines = ["IoU in % at the ground truth's resolution: NCA-WSS / best baseline (which); on a model's own "
              "training data each fold scores its own test fold, elsewhere the folds vote",
              f"{corner:<40}" + "".join(f"{c:>{width}}" for c in columns)]
     for r in rows:
-        cells = [f"{100 * table[r][c]['iou']:.1f} / {100 * table[r][c]['best_baseline']:.1f} "
-                 f"({table[r][c]['best_baseline_name']})" for c in columns]
-        lines.append(f"{r:<40}" + "".join(f"{cell:>{width}}" for cell in cells))
+        lines.append(f"{r:<40}" + "".join(f"{cells[r, c]:>{width}}" for c in columns))
         for c in columns:
             if "fold_iou" in table[r][c]:
                 lines.append(f"  {c}: per fold " + ", ".join(f"{100 * v:.2f}" for v in table[r][c]["fold_iou"]))
