@@ -338,24 +338,7 @@ def evaluate(model: NCAClassifier, test: TestSet, config: TrainConfig, device: s
     resolution (segment.masks_at). Read-outs sharing a forward pass share its states."""
     model.eval()
     readouts = readouts or config.readouts()
-    groups: dict[tuple, list[str]] = {}
-    for name, readout in readouts.items():
-        runs = 1 if readout.inference == "mean_field" else readout.runs
-        groups.setdefault((readout.inference, runs), []).append(name)
-    segments: dict[str, list[PCAOtsu]] = {name: [] for name in readouts}
-    predictions: dict[str, np.ndarray] = {}
-    for (_, runs), names in groups.items():
-        fire_gen = torch.Generator(device).manual_seed(config.seed + 2)  # same noise whatever else is asked
-        step, preds = max(1, config.batch_size // runs), []
-        for start in range(0, len(test.x), step):
-            logits, state = read_state(model, test.x[start:start + step].to(device), readouts[names[0]], fire_gen)
-            preds.append(logits.argmax(1).cpu())
-            for name in names:
-                r = readouts[name]
-                features = state if r.channels == "all" else state[:, 3:]
-                segments[name].append(pca_otsu(features, smooth=r.smooth, orient=r.orient, details=True))
-        for name in names:
-            predictions[name] = torch.cat(preds).numpy()
+    segments, predictions = read_out(model, test.x, readouts, config, device)
     labels = test.dataset.labels if test.dataset.labels is not None else np.full(len(test.dataset), -1)
     known = labels >= 0
     out = {}
@@ -364,7 +347,7 @@ def evaluate(model: NCAClassifier, test: TestSet, config: TrainConfig, device: s
             log.warning("%s: read-out %r skipped: no nucleus masks", test.dataset.name, name)
             continue
         truth = test.dataset.target_masks(r.target)
-        result = concat(segments[name])
+        result = segments[name]
         masks = masks_at(result, [t.shape for t in truth], r.post)
         key = (r.smooth, r.orient, r.post)
         if key not in test.baseline_cache:
@@ -378,6 +361,30 @@ def evaluate(model: NCAClassifier, test: TestSet, config: TrainConfig, device: s
             predictions=pred, masks=masks, baseline_masks=baselines,
             responses=result.response.numpy(), degenerate=int(result.degenerate.sum()))
     return out
+
+
+def read_out(model: NCAClassifier, x: torch.Tensor, readouts: dict[str, Readout], config: TrainConfig,
+             device) -> tuple[dict[str, PCAOtsu], dict[str, np.ndarray]]:
+    """Per read-out, the PCA-Otsu result (on CPU) and the class predictions of normalised images x.
+    Read-outs with the same inference and runs share one forward pass."""
+    groups: dict[tuple, list[str]] = {}
+    for name, readout in readouts.items():
+        runs = 1 if readout.inference == "mean_field" else readout.runs
+        groups.setdefault((readout.inference, runs), []).append(name)
+    segments: dict[str, list[PCAOtsu]] = {name: [] for name in readouts}
+    predictions: dict[str, np.ndarray] = {}
+    for (_, runs), names in groups.items():
+        fire_gen = torch.Generator(device).manual_seed(config.seed + 2)  # same noise whatever else is asked
+        step, preds = max(1, config.batch_size // runs), []
+        for start in range(0, len(x), step):
+            logits, state = read_state(model, x[start:start + step].to(device), readouts[names[0]], fire_gen)
+            preds.append(logits.argmax(1).cpu())
+            for name in names:
+                r = readouts[name]
+                features = state if r.channels == "all" else state[:, 3:]
+                segments[name].append(pca_otsu(features, smooth=r.smooth, orient=r.orient, details=True))
+        predictions.update({name: torch.cat(preds).numpy() for name in names})
+    return {name: concat(parts) for name, parts in segments.items()}, predictions
 
 
 def iou_each(masks: list[np.ndarray], truth: list[np.ndarray]) -> np.ndarray:
