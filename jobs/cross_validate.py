@@ -86,10 +86,12 @@ def print_report(config, result, holdout) -> None:
           + f"; accuracy {result.mean_accuracy:.3f}")
     print("\nRead-out variants (same weights; mean over folds; baselines under the same smoothing, "
           "orientation, post-processing and target):")
-    print(f"{'variant':<40} {'NCA-WSS':>8}" + "".join(f" {b:>14}" for b in baselines))
-    for name, row in variant_table(config, result).items():
-        print(f"{name:<40} {100 * row['iou']:>8.1f}" + "".join(f" {100 * row.get(b + '_iou', np.nan):>14.1f}"
-                                                        for b in baselines))
+    rows = variant_table(config, result)
+    width = max(len(name) for name in [*rows, "variant"])
+    print(f"{'variant':<{width}} {'NCA-WSS':>8}" + "".join(f" {b:>14}" for b in baselines))
+    for name, row in rows.items():
+        print(f"{name:<{width}} {100 * row['iou']:>8.1f}" + "".join(f" {100 * row.get(b + '_iou', np.nan):>14.1f}"
+                                                            for b in baselines))
     if holdout is not None:
         score = holdout["readout"]
         print(f"\nHeld-out images, majority vote of the {len(score['fold_iou'])} fold models: NCA-WSS "
