@@ -32,14 +32,14 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
-from .baselines import CNN_WIDTHS
+from .baselines import CAM_BASELINES, CNN_WIDTHS
 from .config import TrainConfig
 from .data import Dataset, stratified_folds
 from .gallery import mask_gallery
 from .space import Param, SweepSpec
 from .tracking import SweepTracker, log_history
-from .train import (CNNBaseline, FoldHooks, FoldModel, FoldResult, TestSet, build_model, cnn_settings, evaluate,
-                    score_dataset, train_cnn, train_fold)
+from .train import (CNNBaseline, FoldHooks, FoldModel, FoldResult, TestSet, baseline_name, build_model,
+                    cnn_settings, evaluate, score_dataset, train_cnn, train_fold)
 
 log = logging.getLogger(__name__)
 
@@ -466,8 +466,8 @@ def summarise(spec: SweepSpec, results: tune.ResultGrid, tracker: SweepTracker, 
 
     rows = trial_rows(results)
     done = [r for r in rows if r["status"] == "done"]
-    baselines = [b for b in ("intensity", "gradcam", "eigencam", "gradcam_large", "eigencam_large")
-                 if any(f"{b}_iou_mean" in r for r in rows)]
+    names = ["intensity"] + [baseline_name(kind, size) for kind in CAM_BASELINES for size in CNN_WIDTHS]
+    baselines = [b for b in names if any(f"{b}_iou_mean" in r for r in rows)]
     lines = table_lines(rows, sorted(spec.search), baselines)
     widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
     table = "\n".join("  ".join(c.rjust(w) for c, w in zip(line, widths)) for line in lines)
