@@ -253,6 +253,8 @@ def holdout_split(labels, fraction: float, seed: int) -> tuple[np.ndarray, np.nd
     Classes with fewer than two members cannot be split: they stay in the kept part.
     fraction 0 keeps everything.
     """
+    if labels is None:
+        raise DataError("the dataset has no class labels: training and a stratified holdout need them")
     labels = np.asarray(labels)
     if not 0.0 <= fraction < 1.0:
         raise ValueError(f"holdout fraction must lie in [0, 1), got {fraction}")
