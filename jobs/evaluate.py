@@ -24,7 +24,7 @@ import torch
 import yaml
 
 import ncawss
-from ncawss.train import FoldModel, TestSet, build_model, evaluate
+from ncawss.train import FoldModel, TestSet, evaluate
 from ncawss.tracking import SweepTracker, TrackingError
 
 
@@ -71,10 +71,9 @@ def score(records: list[dict], dataset: ncawss.Dataset, device: str) -> dict:
     per_fold = []
     for fold, record in zip(folds, records):
         test = dataset.subset([position[i] for i in record["test_ids"]])
-        model = build_model(config, fold.n_classes)
-        model.load_state_dict(fold.state_dict)
         prepared = TestSet.prepare(test, fold.norm_mean, fold.norm_std, config.image_size, fold.cnns, kinds, device)
-        per_fold.append(evaluate(model.to(device), prepared, config, device, {"readout": config.readout})["readout"])
+        model = fold.nca(config).to(device)
+        per_fold.append(evaluate(model, prepared, config, device, {"readout": config.readout})["readout"])
     summaries = [ev.summary() for ev in per_fold]
     result = {k: float(np.mean([s[k] for s in summaries])) for k in summaries[0]}
     return {"mode": "own test folds", **result, "fold_iou": [s["iou"] for s in summaries]}

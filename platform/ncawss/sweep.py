@@ -38,8 +38,8 @@ from .data import Dataset, stratified_folds
 from .gallery import mask_gallery
 from .space import Param, SweepSpec
 from .tracking import SweepTracker, log_history
-from .train import (CNNBaseline, FoldHooks, FoldModel, FoldResult, TestSet, baseline_name, build_model,
-                    cnn_settings, evaluate, score_dataset, train_cnn, train_fold)
+from .train import (CNNBaseline, FoldHooks, FoldModel, FoldResult, TestSet, baseline_name, cnn_settings,
+                    evaluate, score_dataset, train_cnn, train_fold)
 
 log = logging.getLogger(__name__)
 
@@ -123,13 +123,12 @@ def fold_worker(loop: dict) -> None:
     result = train_fold(config, train, test, RayFoldHooks(rank, config, restored), device=device,
                         cnns=cnns, cam_kinds=tuple(loop["cam_kinds"]))
     eval_scores = {}
+    model = FoldModel.of(result, len(dataset.classes)).nca(config).to(device) if loop["eval"] else None
     for ref in loop["eval"]:
         other: Dataset = ray.get(ref)
-        model = build_model(config, len(dataset.classes))
-        model.load_state_dict(result.state_dict)
         prepared = TestSet.prepare(other, result.norm_mean, result.norm_std, config.image_size, cnns,
                                    tuple(loop["cam_kinds"]), device)
-        ev = evaluate(model.to(device), prepared, config, device, {"readout": config.readout})["readout"]
+        ev = evaluate(model, prepared, config, device, {"readout": config.readout})["readout"]
         eval_scores[other.name] = ev.summary()
     summary = {"iou": result.iou, "baseline_iou": result.baseline_iou, "accuracy": result.accuracy,
                "readout_iou": result.readout_iou, "seconds": result.seconds, "eval": eval_scores,

@@ -426,6 +426,12 @@ class FoldModel:
     def of(cls, fold: FoldResult, n_classes: int) -> FoldModel:
         return cls(fold.state_dict, fold.norm_mean, fold.norm_std, n_classes, fold.cnns)
 
+    def nca(self, config: TrainConfig) -> NCAClassifier:
+        """The fold's trained NCA classifier (on CPU)."""
+        model = build_model(config, self.n_classes)
+        model.load_state_dict(self.state_dict)
+        return model
+
     @classmethod
     def from_record(cls, record: dict) -> FoldModel:
         """From the dict a sweep saves as weights_fold<r>.pt."""
@@ -443,10 +449,8 @@ def score_dataset(config: TrainConfig, folds: list[FoldModel], dataset: Dataset,
     """
     per_fold = []
     for fold in folds:
-        model = build_model(config, fold.n_classes)
-        model.load_state_dict(fold.state_dict)
         test = TestSet.prepare(dataset, fold.norm_mean, fold.norm_std, config.image_size, fold.cnns, cam_kinds, device)
-        per_fold.append(evaluate(model.to(device), test, config, device))
+        per_fold.append(evaluate(fold.nca(config).to(device), test, config, device))
     readouts = config.readouts()
     scores = {}
     for name, evaluations in ((n, [f[n] for f in per_fold]) for n in per_fold[0]):
