@@ -83,7 +83,3 @@ def cam_maps(model: CNNClassifier, x: torch.Tensor, batch_size: int = 32) -> CAM
     if not grads:
         return CAMMaps(x.new_zeros(0, *size), x.new_zeros(0, 1, *size), torch.zeros(0, dtype=torch.long))
     return CAMMaps(torch.cat(grads), torch.cat(acts), torch.cat(preds))
-
-
-def parameter_count(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())

@@ -124,23 +124,21 @@ def read_response(response: torch.Tensor, *, smooth: float = 0.0, orient: str = 
     if degenerate is None:
         degenerate = r.amax(dim=1) - r.amin(dim=1) <= torch.finfo(r.dtype).eps * r.abs().amax(dim=1)
     frame = border_frame(h, w, response.device).flatten()
-    if orient == "deviation":
+    if orient == "deviation":  # foreground = far from the border's level, on either side
         r = (r - r[:, frame].median(dim=1).values[:, None]).abs()
-        tau = otsu_thresholds(r)
-        fg = r > tau[:, None]
-        sign = torch.ones_like(tau)
-    else:
-        tau = otsu_thresholds(r)
-        fg = r > tau[:, None]
+    tau = otsu_thresholds(r)
+    fg = r > tau[:, None]
+    sign = torch.ones_like(tau)
+    if orient == "signed":
         fg_on_frame = fg[:, frame].sum(dim=1)
         bg_on_frame = int(frame.sum()) - fg_on_frame
         flip = (fg_on_frame > bg_on_frame) | ((fg_on_frame == bg_on_frame) & (2 * fg.sum(dim=1) > h * w))
         sign = 1.0 - 2.0 * flip.to(r.dtype)
         fg = torch.where(flip[:, None], ~fg, fg)
     masks = (fg & ~degenerate[:, None]).view(b, h, w)
-    if post != "none":
-        masks = torch.stack([torch.from_numpy(post_process(m, post)) for m in masks.cpu().numpy()]).to(masks.device) \
-            if b else masks
+    if post != "none" and b:
+        kept = [torch.from_numpy(post_process(m, post)) for m in masks.cpu().numpy()]
+        masks = torch.stack(kept).to(masks.device)
     oriented = torch.where(degenerate[:, None], torch.zeros_like(r), r * sign[:, None])
     threshold = torch.where(degenerate, torch.zeros_like(tau), tau * sign)
     return PCAOtsu(masks, oriented.view(b, h, w), threshold, degenerate)
@@ -165,14 +163,14 @@ def post_process(mask: np.ndarray, post: str) -> np.ndarray:
         raise ValueError(f"unknown post {post!r}; choose one of {list(POSTS)}")
     if post == "none" or not mask.any():
         return mask
-    labels, count = ndimage.label(mask)
+    labels, _ = ndimage.label(mask)
     if post == "largest":
         keep = 1 + int(np.argmax(np.bincount(labels.ravel())[1:]))
     else:
         h, w = mask.shape
         ys, xs = np.nonzero(labels)
-        distance = (ys - (h - 1) / 2) ** 2 + (xs - (w - 1) / 2) ** 2
-        keep = int(labels[ys[np.argmin(distance)], xs[np.argmin(distance)]])
+        nearest = np.argmin((ys - (h - 1) / 2) ** 2 + (xs - (w - 1) / 2) ** 2)
+        keep = int(labels[ys[nearest], xs[nearest]])
     return ndimage.binary_fill_holes(labels == keep)
 
 
