@@ -4,7 +4,7 @@ Channels-last state, transposes around the convolutions, torch.concat of the
 perception vector, a clone and a concat of the fixed input channels every step.
 It reads the weights of ncawss.nca.NCA, so both compute the same function and
 their outputs can be compared; it draws its fire masks from the same generator
-in the same order.
+in the same order (all steps' masks in one draw before the loop).
 """
 from __future__ import annotations
 
@@ -18,13 +18,14 @@ def reference_forward(nca: NCA, rgb: torch.Tensor, steps: int, fire_rate: float,
     b, _, h, w = rgb.shape
     hidden = torch.zeros(b, nca.channels - N_INPUT, h, w, dtype=rgb.dtype, device=rgb.device)
     x = torch.cat([rgb, hidden], 1).permute(0, 2, 3, 1)  # (B, H, W, n)
-    for _ in range(steps):
-        x2 = reference_update(nca, x, fire_rate, generator).clone()
+    fire = torch.rand(steps, b, 1, h, w, generator=generator, device=rgb.device) < fire_rate
+    for step in range(steps):
+        x2 = reference_update(nca, x, fire[step].permute(0, 2, 3, 1)).clone()
         x = torch.concat((x[..., :N_INPUT], x2[..., N_INPUT:]), 3)
     return x.permute(0, 3, 1, 2)
 
 
-def reference_update(nca: NCA, x: torch.Tensor, fire_rate: float, generator) -> torch.Tensor:
+def reference_update(nca: NCA, x: torch.Tensor, fire: torch.Tensor) -> torch.Tensor:
     x_cf = x.transpose(1, 3)                                   # (B, n, W, H)
     # The published code applies the filters on a transposed image; transposing
     # the kernels keeps the maths identical to ncawss's (B, n, H, W) layout.
@@ -34,6 +35,4 @@ def reference_update(nca: NCA, x: torch.Tensor, fire_rate: float, generator) -> 
                                     nca.p1.weight.transpose(2, 3), nca.p1.bias, groups=nca.channels)
     dx = torch.cat((x_cf, p0, p1), 1).transpose(1, 3)        # (B, H, W, 3n)
     dx = nca.fc1(torch.relu(nca.fc0(dx)))
-    fire = torch.rand(x.shape[0], x.shape[1], x.shape[2], 1, generator=generator,
-                      device=x.device, dtype=x.dtype) < fire_rate
     return x + dx * fire

@@ -24,7 +24,7 @@ import torch
 import yaml
 
 import ncawss
-from ncawss.train import FoldModel, TestSet, evaluate
+from ncawss.evaluation import FoldModel, TestSet, evaluate
 from ncawss.tracking import SweepTracker, TrackingError
 
 

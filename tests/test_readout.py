@@ -6,7 +6,9 @@ import torch
 from ncawss import Dataset, NCAClassifier, Readout, TrainConfig, iou, pca_otsu
 from ncawss.baselines import cam_maps
 from ncawss.segment import gaussian_blur, masks_at, post_process, read_response
-from ncawss.train import normalise, read_state, resize_images, train_cnn
+from ncawss.baselines import train_cnn
+from ncawss.evaluation import read_state
+from ncawss.loop import normalise, resize_images
 
 
 def disk(h=32, w=32, r=6.0, cy=None, cx=None):

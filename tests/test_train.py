@@ -5,7 +5,7 @@ import torch
 from ncawss import FoldHooks, TrainConfig, cross_validate, load_config, make_synthetic, stratified_folds, train_fold
 from ncawss.config import ConfigError, make_config
 from ncawss.segment import intensity_baseline, iou
-from ncawss.train import resize_images
+from ncawss.loop import resize_images
 
 TINY = TrainConfig(channels=8, hidden=8, steps=4, image_size=16, epochs=3, batch_size=8, lr=1e-3, seed=5)
 

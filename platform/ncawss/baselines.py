@@ -15,14 +15,18 @@ Two sizes: "small" has about the parameter count of the paper's NCA classifier
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from captum.attr import LayerGradCam
 from torch import nn
+from torch.func import functional_call, vmap
 
-from .config import BASELINES
+from .config import BASELINES, TrainConfig
+from .data import Dataset
+from .loop import BatchedTrainer, make_folds, normalised_training_set
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +58,73 @@ class CNNClassifier(nn.Module):
         """x: normalised (B, 3, H, W) -> (logits, last block's activations); `generator` unused (no noise)."""
         features = self.blocks(x)
         return self.head(features.mean(dim=(2, 3))), features
+
+
+class CNNStack(nn.Module):
+    """k CNNs of one architecture (one per fold) as one batched model: their parameters stacked
+    on a leading fold axis, the forward pass vmapped over it (convolutions become grouped ones)."""
+
+    def __init__(self, models: list[CNNClassifier]):
+        super().__init__()
+        self.models = nn.ModuleList(models)
+
+    def forward(self, x: torch.Tensor, fire=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """x: (B, k, 3, H, W) -> (logits (B, k, classes), last block's activations (B, k, C, h, w))."""
+        params = {name: torch.stack([m.get_parameter(name) for m in self.models])
+                  for name, _ in self.models[0].named_parameters()}
+        return vmap(lambda p, xi: functional_call(self.models[0], p, (xi,)), in_dims=(0, 1), out_dims=1)(params, x)
+
+
+@dataclass
+class CNNBaseline:
+    """A CAM baseline's CNN trained on one fold: what evaluation on any images needs."""
+    size: str                 # a key of CNN_WIDTHS
+    n_classes: int
+    state_dict: dict
+    norm_mean: list[float]
+    norm_std: list[float]
+    seconds: float = 0.0
+
+    def model(self) -> CNNClassifier:
+        model = CNNClassifier(CNN_WIDTHS[self.size], self.n_classes)
+        model.load_state_dict(self.state_dict)
+        return model
+
+
+def train_cnns(config: TrainConfig, trains: list[Dataset], size: str = "small",
+               device: str | torch.device = "cpu") -> list[CNNBaseline]:
+    """Train one CAM baseline CNN per training fold, all folds batched, like the NCA: same labels,
+    loss, augmentation, optimiser, epochs and per-fold generators."""
+    started = time.perf_counter()
+    prepared = [normalised_training_set(train, config.image_size) for train in trains]
+    data = [(x.to(device), torch.as_tensor(t.labels, dtype=torch.long, device=device))
+            for (x, _, _), t in zip(prepared, trains)]
+    models = []
+    for train in trains:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed)
+            models.append(CNNClassifier(CNN_WIDTHS[size], len(train.classes)).to(device))
+    folds = make_folds(config, models, data, device, fire=False)
+    trainer = BatchedTrainer(CNNStack(models), folds, config)
+    for epoch in range(1, config.epochs + 1):
+        metrics = trainer.epoch()
+        log.debug("cnn %s epoch %d/%d loss %s", size, epoch, config.epochs, [m["train_loss"] for m in metrics])
+    log.info("cnn %s: %d folds, %d epochs, train accuracy %s", size, len(trains), config.epochs,
+             " ".join(f"{m['train_accuracy']:.3f}" for m in metrics))
+    seconds = time.perf_counter() - started
+    return [CNNBaseline(size, len(train.classes), {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+                        mean.tolist(), std.tolist(), seconds)
+            for model, train, (_, mean, std) in zip(models, trains, prepared)]
+
+
+def train_cnn(config: TrainConfig, train: Dataset, size: str = "small",
+              device: str | torch.device = "cpu") -> CNNBaseline:
+    """One fold's CAM baseline CNN: `train_cnns` with one fold."""
+    return train_cnns(config, [train], size, device)[0]
+
+
+def baseline_name(kind: str, size: str) -> str:
+    return kind if size == "small" else f"{kind}_{size}"
 
 
 @dataclass

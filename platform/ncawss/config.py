@@ -73,6 +73,9 @@ class TrainConfig(BaseModel):
         default_factory=lambda: dict(DEFAULT_VARIANTS),
         description="extra read-outs reported per fold: name -> changes to `readout`")
     eval_every: int = Field(0, ge=0, description="evaluate the test fold every N epochs (0: at the end only)")
+    precision: Literal["fp32", "bf16"] = Field(
+        "fp32", description="bf16: training forward passes under bfloat16 autocast (weights and optimiser stay fp32)")
+    cuda_graph: bool = Field(True, description="on CUDA, replay full batches' forward and backward as one CUDA graph")
 
     @field_validator("readout", mode="before")
     @classmethod

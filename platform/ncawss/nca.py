@@ -1,4 +1,4 @@
-"""The NCA-WSS backbone and classifier.
+"""The NCA-WSS backbone and classifier, for one model or for k folds at once.
 
 One step of the automaton, as in the paper: perception by two learned depthwise
 3x3 filters (reflect padding), concat(S, p0(S), p1(S)) -> MLP (3n -> hidden -> n,
@@ -8,8 +8,17 @@ The parameters are stored in that published form (so weights load into a
 reference implementation), but the forward pass runs a fused equivalent:
 identity + depthwise filters + first MLP layer are one dense 3x3 convolution,
 and the contribution of the fixed RGB channels is computed once, not every step.
+
+The k folds of a cross-validation share every hyperparameter and array shape, so
+`FoldStack` runs k classifiers as one model: their states lie side by side on the
+channel axis, (B, k * channels, H, W), and every convolution is grouped by fold.
+A single `NCAClassifier` is the same code with k = 1. Fire masks are drawn before
+the step loop (one draw per fold and batch, from that fold's generator), so the
+loop itself holds no random number generation and can be captured as a CUDA graph.
 """
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -34,19 +43,6 @@ class NCA(nn.Module):
         self.fc1 = nn.Linear(hidden, channels, bias=False)
         nn.init.zeros_(self.fc1.weight)  # the untrained NCA is the identity
 
-    def fused_weights(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(dense 3x3 kernel hidden x channels, its bias, 1x1 output kernel for hidden channels)."""
-        n = self.channels
-        w_id, w_p0, w_p1 = self.fc0.weight.split(n, dim=1)  # each (hidden, n)
-        identity = torch.zeros(3, 3, dtype=w_id.dtype, device=w_id.device)
-        identity[1, 1] = 1.0
-        kernel = (w_id[:, :, None, None] * identity
-                  + w_p0[:, :, None, None] * self.p0.weight[:, 0]
-                  + w_p1[:, :, None, None] * self.p1.weight[:, 0])
-        bias = self.fc0.bias + w_p0 @ self.p0.bias + w_p1 @ self.p1.bias
-        out = self.fc1.weight[N_INPUT:, :, None, None]  # RGB rows would be discarded anyway
-        return kernel, bias, out
-
     def forward(self, rgb: torch.Tensor, steps: int | None = None, fire_rate: float | None = None,
                 generator: torch.Generator | None = None, mean_field: bool = False) -> torch.Tensor:
         """Run the automaton from a (B, 3, H, W) input; returns the (B, channels, H, W) state.
@@ -56,20 +52,73 @@ class NCA(nn.Module):
         """
         steps = self.steps if steps is None else steps
         fire_rate = self.fire_rate if fire_rate is None else fire_rate
-        kernel, bias, out = self.fused_weights()
         b, _, h, w = rgb.shape
-        # The RGB channels never change, so their share of the first layer is constant.
-        base = F.conv2d(F.pad(rgb, (1, 1, 1, 1), mode="reflect"), kernel[:, :N_INPUT], bias)
-        k_hidden = kernel[:, N_INPUT:]
-        state = rgb.new_zeros(b, self.channels - N_INPUT, h, w)
-        for _ in range(steps):
-            z = F.relu(base + F.conv2d(F.pad(state, (1, 1, 1, 1), mode="reflect"), k_hidden))
-            if mean_field:
-                fire = fire_rate
-            else:
-                fire = torch.rand(b, 1, h, w, generator=generator, device=rgb.device, dtype=rgb.dtype) < fire_rate
-            state = state + F.conv2d(z, out) * fire
-        return torch.cat([rgb, state], dim=1)
+        fire = fire_rate if mean_field else fire_masks([generator], [b], steps, b, h, w, fire_rate, rgb.device)
+        return run_nca(fused_weights(stacked([self])), rgb[:, None], steps, fire)[:, 0]
+
+
+class Fused(NamedTuple):
+    """The published parameters of k NCAs as the grouped convolutions the step loop runs."""
+    rgb_kernel: torch.Tensor   # (k * hidden, 3, 3, 3): the fixed RGB channels' share of the first layer
+    kernel: torch.Tensor       # (k * hidden, channels - 3, 3, 3)
+    bias: torch.Tensor         # (k * hidden,)
+    out: torch.Tensor          # (k * (channels - 3), hidden, 1, 1): RGB rows would be discarded anyway
+
+
+def stacked(ncas: list[NCA]) -> dict[str, torch.Tensor]:
+    """Each published parameter of k NCAs with a leading fold axis (differentiable)."""
+    return {name: torch.stack([nca.get_parameter(name) for nca in ncas])
+            for name, _ in ncas[0].named_parameters()}
+
+
+def fused_weights(p: dict[str, torch.Tensor]) -> Fused:
+    """Identity + both depthwise filters + the first MLP layer as one dense 3x3 kernel per fold."""
+    k, hidden, three_n = p["fc0.weight"].shape
+    n = three_n // 3
+    w_id, w_p0, w_p1 = p["fc0.weight"].split(n, dim=2)                # each (k, hidden, n)
+    identity = torch.zeros(3, 3, dtype=w_id.dtype, device=w_id.device)
+    identity[1, 1] = 1.0
+    kernel = (w_id[..., None, None] * identity
+              + w_p0[..., None, None] * p["p0.weight"][:, None, :, 0]
+              + w_p1[..., None, None] * p["p1.weight"][:, None, :, 0])  # (k, hidden, n, 3, 3)
+    bias = (p["fc0.bias"] + torch.einsum("khn,kn->kh", w_p0, p["p0.bias"])
+            + torch.einsum("khn,kn->kh", w_p1, p["p1.bias"]))
+    kernel = kernel.reshape(k * hidden, n, 3, 3)
+    out = p["fc1.weight"][:, N_INPUT:].reshape(k * (n - N_INPUT), hidden, 1, 1)
+    return Fused(kernel[:, :N_INPUT], kernel[:, N_INPUT:], bias.reshape(-1), out)
+
+
+def fire_masks(generators: list[torch.Generator | None], sizes: list[int], steps: int, batch: int,
+               height: int, width: int, fire_rate: float, device: torch.device | str) -> torch.Tensor:
+    """Bool (steps, batch, k, 1, H, W) fire masks: fold i's first sizes[i] rows drawn from its
+    generator in one call, rows beyond them (padding) never fire."""
+    out = torch.zeros(steps, batch, len(sizes), 1, height, width, dtype=torch.bool, device=device)
+    for i, (generator, size) in enumerate(zip(generators, sizes)):
+        if size:
+            draw = torch.rand(steps, size, 1, height, width, generator=generator, device=device)
+            out[:, :size, i] = draw < fire_rate
+    return out
+
+
+def run_nca(weights: Fused, rgb: torch.Tensor, steps: int, fire: torch.Tensor | float) -> torch.Tensor:
+    """k NCAs on (B, k, 3, H, W) inputs -> (B, k, channels, H, W) states.
+
+    fire: (steps, B, k, 1, H, W) masks, or a float that scales every update (mean field)."""
+    b, k, _, h, w = rgb.shape
+    n_hidden = weights.out.shape[0] // k
+    x = rgb.reshape(b, k * N_INPUT, h, w)
+    # The RGB channels never change, so their share of the first layer is constant.
+    base = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="reflect"), weights.rgb_kernel, weights.bias, groups=k)
+    state = x.new_zeros(b, k * n_hidden, h, w)
+    for step in range(steps):
+        z = F.relu(base + F.conv2d(F.pad(state, (1, 1, 1, 1), mode="reflect"), weights.kernel, groups=k))
+        update = F.conv2d(z, weights.out, groups=k)
+        if isinstance(fire, torch.Tensor):
+            update = (update.view(b, k, n_hidden, h, w) * fire[step]).view(b, k * n_hidden, h, w)
+        else:
+            update = update * fire
+        state = state + update
+    return torch.cat([rgb, state.view(b, k, n_hidden, h, w).to(rgb.dtype)], dim=2)
 
 
 class NCAClassifier(nn.Module):
@@ -85,11 +134,44 @@ class NCAClassifier(nn.Module):
                 generator: torch.Generator | None = None,
                 mean_field: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """x: normalised (B, 3, H, W) -> (logits (B, classes), state (B, channels, H, W))."""
-        state = self.nca(x, steps, fire_rate, generator, mean_field)
-        return self.head(state.mean(dim=(2, 3))), state
+        nca = self.nca
+        steps = nca.steps if steps is None else steps
+        fire_rate = nca.fire_rate if fire_rate is None else fire_rate
+        b, _, h, w = x.shape
+        fire = fire_rate if mean_field else fire_masks([generator], [b], steps, b, h, w, fire_rate, x.device)
+        logits, state = FoldStack([self])(x[:, None], fire, steps)
+        return logits[:, 0], state[:, 0]
+
+
+class FoldStack(nn.Module):
+    """k NCA classifiers of one configuration (one per fold) run as one batched model.
+
+    Each fold keeps its own parameters (its own module, optimiser and scheduler);
+    the forward pass stacks them, so fold i computes exactly what it would alone.
+    """
+
+    def __init__(self, models: list[NCAClassifier]):
+        super().__init__()
+        self.models = nn.ModuleList(models)
+
+    def forward(self, x: torch.Tensor, fire: torch.Tensor | float,
+                steps: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """x: (B, k, 3, H, W); fire: see run_nca -> (logits (B, k, classes), state (B, k, channels, H, W))."""
+        steps = self.models[0].nca.steps if steps is None else steps
+        state = run_nca(fused_weights(stacked([m.nca for m in self.models])), x, steps, fire)
+        head = {name: torch.stack([m.get_parameter(f"head.{name}") for m in self.models])
+                for name in ("0.weight", "0.bias", "2.weight", "2.bias")}
+        pooled = state.mean(dim=(3, 4))                                              # (B, k, n)
+        hidden = F.relu(torch.einsum("bkn,khn->bkh", pooled, head["0.weight"]) + head["0.bias"])
+        return torch.einsum("bkh,kch->bkc", hidden, head["2.weight"]) + head["2.bias"], state
+
+
+def focal_terms(logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0) -> torch.Tensor:
+    """Per-sample focal loss -(1 - p_t)^gamma log p_t of logits (..., classes) and targets (...)."""
+    log_pt = F.log_softmax(logits.float(), dim=-1).gather(-1, target[..., None]).squeeze(-1)
+    return -(1.0 - log_pt.exp()) ** gamma * log_pt
 
 
 def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0) -> torch.Tensor:
-    """Mean focal loss -(1 - p_t)^gamma log p_t over the batch."""
-    log_pt = F.log_softmax(logits, dim=1).gather(1, target[:, None]).squeeze(1)
-    return (-(1.0 - log_pt.exp()) ** gamma * log_pt).mean()
+    """Mean focal loss over the batch."""
+    return focal_terms(logits, target, gamma).mean()

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from .config import BASELINES, ConfigError, Readout, TrainConfig, describe_validation_error, read_yaml_mapping
 
 # Read-out options are searched as "readout.<option>", e.g. readout.smooth.
-SEARCHABLE = (set(TrainConfig.model_fields) - {"seed", "eval_every", "betas", "variants"}) \
+SEARCHABLE = (set(TrainConfig.model_fields) - {"seed", "eval_every", "betas", "variants", "cuda_graph"}) \
     | {f"readout.{name}" for name in Readout.model_fields}
 
 

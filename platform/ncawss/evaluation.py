@@ -1,0 +1,208 @@
+"""Evaluation: every read-out of trained fold models on images with masks, beside the baselines,
+and the majority vote of k fold models on any dataset (held-out or another domain's images)."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .baselines import CNNBaseline, baseline_name, cam_maps
+from .config import Readout, TrainConfig
+from .data import Dataset
+from .loop import build_model, normalise, resize_images
+from .nca import NCAClassifier
+from .segment import PCAOtsu, intensity_baseline, iou, masks_at, pca_otsu, post_process, read_response
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Evaluation:
+    """One read-out of a fold's model on its test images, and the baselines' masks on the same images."""
+    accuracy: float
+    iou: np.ndarray                    # per test image, at the ground truth's resolution
+    baseline_iou: dict[str, np.ndarray]  # per baseline (intensity, gradcam, ...), same images and target
+    predictions: np.ndarray
+    masks: list[np.ndarray]            # NCA-WSS masks at the ground truth's resolution
+    baseline_masks: dict[str, list[np.ndarray]]
+    responses: np.ndarray              # (N, S, S) oriented response at training resolution
+    degenerate: int
+
+    def summary(self) -> dict[str, float]:
+        """Mean IoU of NCA-WSS and of each baseline, and the lift over the best baseline."""
+        out = {"iou": float(self.iou.mean())}
+        out.update({f"{name}_iou": float(v.mean()) for name, v in self.baseline_iou.items()})
+        out["lift"] = out["iou"] - max(float(v.mean()) for v in self.baseline_iou.values())
+        return out
+
+
+@dataclass
+class TestSet:
+    """Images prepared once for evaluation: normalised at the training resolution, baselines' inputs."""
+    dataset: Dataset
+    x: torch.Tensor                     # (N, 3, S, S), normalised with the training fold's statistics
+    intensity: list[np.ndarray]         # intensity baseline masks at the images' resolution
+    cams: dict[str, torch.Tensor]       # baseline name (gradcam, eigencam_large, ...) -> its maps
+    # Baseline masks per (smooth, orient, post): they never change while the NCA trains.
+    baseline_cache: dict[tuple, dict[str, list[np.ndarray]]] = field(default_factory=dict)
+
+    @classmethod
+    def prepare(cls, dataset: Dataset, mean, std, size: int, cnns: dict[str, CNNBaseline] | None = None,
+                cam_kinds: tuple[str, ...] = (), device: str | torch.device = "cpu") -> TestSet:
+        if dataset.masks is None:
+            raise ValueError(f"{dataset.name}: evaluation needs ground-truth masks")
+        raw = resize_images(dataset.images, size)
+        cams = {}
+        for cnn in (cnns or {}).values():
+            maps = cam_maps(cnn.model().to(device), normalise(raw, cnn.norm_mean, cnn.norm_std).to(device))
+            cams.update({baseline_name(kind, cnn.size): getattr(maps, kind) for kind in cam_kinds})
+        return cls(dataset, normalise(raw, mean, std), [intensity_baseline(im) for im in dataset.images], cams)
+
+
+def read_state(model: NCAClassifier, x: torch.Tensor, readout: Readout, generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits, state) of one read-out's forward pass; `runs` stochastic runs are batched and averaged."""
+    mean_field = readout.inference == "mean_field"
+    runs = 1 if mean_field else readout.runs
+    logits, state = model(x.repeat(runs, 1, 1, 1), generator=generator, mean_field=mean_field)
+    if runs > 1:
+        logits = logits.view(runs, len(x), -1).mean(0)
+        state = state.view(runs, len(x), *state.shape[1:]).mean(0)
+    return logits, state
+
+
+def concat(results: list[PCAOtsu]) -> PCAOtsu:
+    return PCAOtsu(*(torch.cat([getattr(r, f).cpu() for r in results]) for f in PCAOtsu._fields))
+
+
+def baseline_masks(test: TestSet, readout: Readout) -> dict[str, list[np.ndarray]]:
+    """Every baseline's masks at the images' resolution under a read-out's smoothing, orientation, post."""
+    shapes = [m.shape for m in test.dataset.masks]
+    out = {"intensity": [post_process(m, readout.post) for m in test.intensity]}
+    for name, maps in test.cams.items():
+        if name.startswith("gradcam"):
+            result = read_response(maps, smooth=readout.smooth, orient=readout.orient)
+        else:
+            result = pca_otsu(maps, smooth=readout.smooth, orient=readout.orient, details=True)
+        out[name] = masks_at(result, shapes, readout.post)
+    return out
+
+
+@torch.inference_mode()
+def evaluate(model: NCAClassifier, test: TestSet, config: TrainConfig, device: str | torch.device = "cpu",
+             readouts: dict[str, Readout] | None = None) -> dict[str, Evaluation]:
+    """Accuracy, NCA-WSS masks and IoU of each read-out (default: config.readouts()), with every
+    baseline's IoU on the same images and target. Masks are compared at the ground truth's
+    resolution (segment.masks_at). Read-outs sharing a forward pass share its states."""
+    model.eval()
+    readouts = readouts or config.readouts()
+    segments, predictions = read_out(model, test.x, readouts, config, device)
+    labels = test.dataset.labels if test.dataset.labels is not None else np.full(len(test.dataset), -1)
+    known = labels >= 0
+    out = {}
+    for name, r in readouts.items():
+        if r.target == "nucleus" and test.dataset.nucleus is None and name != "readout":
+            log.warning("%s: read-out %r skipped: no nucleus masks", test.dataset.name, name)
+            continue
+        truth = test.dataset.target_masks(r.target)
+        result = segments[name]
+        masks = masks_at(result, [t.shape for t in truth], r.post)
+        key = (r.smooth, r.orient, r.post)
+        if key not in test.baseline_cache:
+            test.baseline_cache[key] = baseline_masks(test, r)
+        baselines = test.baseline_cache[key]
+        pred = predictions[name]
+        out[name] = Evaluation(
+            accuracy=float((pred[known] == labels[known]).mean()) if known.any() else float("nan"),
+            iou=iou_each(masks, truth),
+            baseline_iou={b: iou_each(m, truth) for b, m in baselines.items()},
+            predictions=pred, masks=masks, baseline_masks=baselines,
+            responses=result.response.numpy(), degenerate=int(result.degenerate.sum()))
+    return out
+
+
+def read_out(model: NCAClassifier, x: torch.Tensor, readouts: dict[str, Readout], config: TrainConfig,
+             device) -> tuple[dict[str, PCAOtsu], dict[str, np.ndarray]]:
+    """Per read-out, the PCA-Otsu result (on CPU) and the class predictions of normalised images x.
+    Read-outs with the same inference and runs share one forward pass."""
+    groups: dict[tuple, list[str]] = {}
+    for name, readout in readouts.items():
+        runs = 1 if readout.inference == "mean_field" else readout.runs
+        groups.setdefault((readout.inference, runs), []).append(name)
+    segments: dict[str, list[PCAOtsu]] = {name: [] for name in readouts}
+    predictions: dict[str, np.ndarray] = {}
+    for (_, runs), names in groups.items():
+        fire_gen = torch.Generator(device).manual_seed(config.seed + 2)  # same noise whatever else is asked
+        step, preds = max(1, config.batch_size // runs), []
+        for start in range(0, len(x), step):
+            logits, state = read_state(model, x[start:start + step].to(device), readouts[names[0]], fire_gen)
+            preds.append(logits.argmax(1).cpu())
+            for name in names:
+                r = readouts[name]
+                features = state if r.channels == "all" else state[:, 3:]
+                segments[name].append(pca_otsu(features, smooth=r.smooth, orient=r.orient, details=True))
+        predictions.update({name: torch.cat(preds).numpy() for name in names})
+    return {name: concat(parts) for name, parts in segments.items()}, predictions
+
+
+def iou_each(masks: list[np.ndarray], truth: list[np.ndarray]) -> np.ndarray:
+    return np.array([iou(m, t) for m, t in zip(masks, truth)])
+
+
+def majority_vote(fold_masks: list[list[np.ndarray]]) -> list[np.ndarray]:
+    """Per image, the pixels that more than half of the folds' masks mark."""
+    k = len(fold_masks)
+    return [np.sum(stack, axis=0) * 2 > k for stack in zip(*fold_masks)]
+
+
+@dataclass
+class FoldModel:
+    """What segmenting new images needs from one trained fold: NCA weights, normalisation, CNNs."""
+    state_dict: dict
+    norm_mean: list[float]
+    norm_std: list[float]
+    n_classes: int
+    cnns: dict[str, CNNBaseline] | None = None
+
+    @classmethod
+    def of(cls, fold: FoldResult, n_classes: int) -> FoldModel:
+        return cls(fold.state_dict, fold.norm_mean, fold.norm_std, n_classes, fold.cnns)
+
+    def nca(self, config: TrainConfig) -> NCAClassifier:
+        """The fold's trained NCA classifier (on CPU)."""
+        model = build_model(config, self.n_classes)
+        model.load_state_dict(self.state_dict)
+        return model
+
+    @classmethod
+    def from_record(cls, record: dict) -> FoldModel:
+        """From the dict a sweep saves as weights_fold<r>.pt."""
+        cnns = {size: CNNBaseline(**values) for size, values in record.get("cnns", {}).items()} or None
+        return cls(record["state_dict"], record["norm_mean"], record["norm_std"], record["n_classes"], cnns)
+
+
+def score_dataset(config: TrainConfig, folds: list[FoldModel], dataset: Dataset, device: str | torch.device = "cpu",
+                  cam_kinds: tuple[str, ...] = ()) -> dict[str, dict]:
+    """Every fold's model segments `dataset` (held-out or another domain's images; labels optional).
+
+    Per read-out: "iou" of the folds' majority-vote masks, "fold_iou" of each fold alone,
+    "<baseline>_iou" of each baseline's majority vote over the folds' CNNs (intensity needs
+    no training), and "lift" over the best baseline, all on the same images and target.
+    """
+    per_fold = []
+    for fold in folds:
+        test = TestSet.prepare(dataset, fold.norm_mean, fold.norm_std, config.image_size, fold.cnns, cam_kinds, device)
+        per_fold.append(evaluate(fold.nca(config).to(device), test, config, device))
+    readouts = config.readouts()
+    scores = {}
+    for name, evaluations in ((n, [f[n] for f in per_fold]) for n in per_fold[0]):
+        truth = dataset.target_masks(readouts[name].target)
+        score = {"iou": float(iou_each(majority_vote([e.masks for e in evaluations]), truth).mean()),
+                 "fold_iou": [float(e.iou.mean()) for e in evaluations]}
+        for baseline in evaluations[0].baseline_masks:
+            vote = majority_vote([e.baseline_masks[baseline] for e in evaluations])
+            score[f"{baseline}_iou"] = float(iou_each(vote, truth).mean())
+        score["lift"] = score["iou"] - max(v for k, v in score.items() if k.endswith("_iou") and k != "fold_iou")
+        scores[name] = score
+    return scores

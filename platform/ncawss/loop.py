@@ -1,0 +1,242 @@
+"""The training loop shared by NCA-WSS and its CNN baselines, for k folds at once.
+
+Each fold keeps its own model, Adam optimiser, learning-rate schedule, training
+images, shuffling and augmentation generator and (for the NCA) fire-mask
+generator; one batch of the loop holds batch i of every fold, run as one stacked
+forward and backward pass. Fold i of a k-fold run therefore computes what it
+would alone, step for step:
+- a fold whose images ran out this epoch (193 and 192 images give 7 and 6
+  batches of 32) takes no optimiser or scheduler step; its rows are padding;
+- padded rows carry zero loss weight and, the models being per-image (no batch
+  statistics), leave the real rows untouched;
+- each fold's loss is its own batch mean, so the summed loss gives each fold's
+  parameters exactly its own gradient.
+On CUDA, full batches (every fold with batch_size images) replay one CUDA graph
+of the forward and backward pass (config.cuda_graph); the last, short batch of an
+epoch runs eagerly.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import TrainConfig
+from .data import Dataset
+from .nca import N_INPUT, NCAClassifier, fire_masks, focal_terms
+
+log = logging.getLogger(__name__)
+
+
+def resize_images(images: list[np.ndarray], size: int) -> torch.Tensor:
+    """uint8 (H, W, 3) images of any size -> float (N, 3, size, size) in [0, 1], antialiased."""
+    out = torch.empty(len(images), 3, size, size)
+    by_shape: dict[tuple, list[int]] = {}
+    for i, image in enumerate(images):
+        by_shape.setdefault(image.shape, []).append(i)
+    for indices in by_shape.values():  # one interpolation per distinct image size
+        x = torch.from_numpy(np.stack([images[i] for i in indices])).permute(0, 3, 1, 2).float() / 255.0
+        out[indices] = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return out
+
+
+def normalise(raw: torch.Tensor, mean, std) -> torch.Tensor:
+    mean, std = torch.as_tensor(mean, dtype=raw.dtype), torch.as_tensor(std, dtype=raw.dtype)
+    return (raw - mean[:, None, None]) / std[:, None, None]
+
+
+def normalised_training_set(train: Dataset, size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Resized training images normalised by their own channel mean/std (the training fold's only)."""
+    if train.labels is None or (train.labels < 0).any():
+        raise ValueError(f"{train.name}: every training image needs a label")
+    raw = resize_images(train.images, size)
+    mean, std = raw.mean(dim=(0, 2, 3)), raw.std(dim=(0, 2, 3)).clamp_min(1e-6)
+    return normalise(raw, mean, std), mean, std
+
+
+def random_rotations(n: int, generator: torch.Generator) -> torch.Tensor:
+    """(n, 2, 3) affine matrices: rotation in [0, 360) degrees and random horizontal/vertical flips."""
+    angle = torch.rand(n, generator=generator) * 2 * math.pi
+    flip = torch.randint(0, 2, (n, 2), generator=generator) * 2 - 1
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    theta = torch.zeros(n, 2, 3)
+    theta[:, 0, 0], theta[:, 0, 1] = cos * flip[:, 0], -sin * flip[:, 1]
+    theta[:, 1, 0], theta[:, 1, 1] = sin * flip[:, 0], cos * flip[:, 1]
+    return theta
+
+
+def warp(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    """Resample (N, C, H, W) images with (N, 2, 3) affine matrices, reflection at the edges."""
+    grid = F.affine_grid(theta.to(x.device, x.dtype), list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+
+
+def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Random rotation and flips of a batch, one resampling."""
+    return warp(x, random_rotations(len(x), generator))
+
+
+def make_optimiser(model: nn.Module, config: TrainConfig):
+    optimiser = torch.optim.Adam(model.parameters(), lr=config.lr, betas=config.betas)
+    return optimiser, torch.optim.lr_scheduler.ExponentialLR(optimiser, gamma=config.lr_decay)
+
+
+def build_model(config: TrainConfig, n_classes: int) -> NCAClassifier:
+    with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's RNG
+        torch.manual_seed(config.seed)
+        return NCAClassifier(config.channels, config.hidden, config.steps, config.fire_rate,
+                             n_classes, config.head_hidden)
+
+
+@dataclass
+class Fold:
+    """One fold's share of a batched training: its model, optimisation state, data and generators."""
+    model: nn.Module
+    x: torch.Tensor                    # (N, 3, S, S) normalised training images, on the device
+    y: torch.Tensor                    # (N,) labels, on the device
+    optimiser: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    sample_gen: torch.Generator        # shuffling and augmentation (CPU)
+    fire_gen: torch.Generator | None   # fire masks (on the device); None for models without them
+    history: list[dict] = field(default_factory=list)
+    epoch: int = 0
+
+    def checkpoint(self) -> dict:
+        return {"epoch": self.epoch, "model": self.model.state_dict(), "optimiser": self.optimiser.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "sample_rng": self.sample_gen.get_state(),
+                "fire_rng": self.fire_gen.get_state() if self.fire_gen is not None else None,
+                "history": list(self.history)}
+
+    def restore(self, checkpoint: dict) -> None:
+        self.model.load_state_dict(checkpoint["model"])
+        self.optimiser.load_state_dict(checkpoint["optimiser"])
+        self.scheduler.load_state_dict(checkpoint["scheduler"])
+        self.sample_gen.set_state(checkpoint["sample_rng"])
+        if self.fire_gen is not None:
+            self.fire_gen.set_state(checkpoint["fire_rng"])
+        self.history, self.epoch = list(checkpoint["history"]), checkpoint["epoch"]
+
+
+def make_folds(config: TrainConfig, models: list[nn.Module], data: list[tuple[torch.Tensor, torch.Tensor]],
+               device: torch.device | str, fire: bool) -> list[Fold]:
+    """Fold states with the generators a fold trained alone would have (seeded by config.seed)."""
+    folds = []
+    for model, (x, y) in zip(models, data):
+        optimiser, scheduler = make_optimiser(model, config)
+        fire_gen = torch.Generator(device).manual_seed(config.seed + 1) if fire else None
+        folds.append(Fold(model, x, y, optimiser, scheduler, torch.Generator().manual_seed(config.seed), fire_gen))
+    return folds
+
+
+def precision_context(config: TrainConfig, device: torch.device):
+    if config.precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=False)
+    return contextlib.nullcontext()
+
+
+class GraphedStep:
+    """Forward + backward of a fixed-shape batch captured once as a CUDA graph, then replayed.
+
+    The inputs are copied into static buffers; the parameters' .grad tensors are
+    the graph's own and are overwritten (not accumulated) by every replay.
+    """
+
+    def __init__(self, compute: Callable, params: list[torch.Tensor], example: tuple[torch.Tensor, ...]):
+        self.inputs = tuple(t.clone() for t in example)  # compute(*inputs) -> (loss, ...)
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # warm-up outside the graph, as CUDA graph capture requires
+            for _ in range(2):
+                compute(*self.inputs)[0].backward()
+        torch.cuda.current_stream().wait_stream(side)
+        for p in params:
+            p.grad = None
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.outputs = compute(*self.inputs)
+            self.outputs[0].backward()
+
+    def __call__(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        for static, value in zip(self.inputs, inputs):
+            static.copy_(value)
+        self.graph.replay()
+        return self.outputs
+
+
+class BatchedTrainer:
+    """Runs epochs of k folds as one stacked model: `stack(x (B, k, 3, S, S), fire)` -> (logits (B, k, C), ...)."""
+
+    def __init__(self, stack: nn.Module, folds: list[Fold], config: TrainConfig, fire_rate: float | None = None,
+                 steps: int = 0):
+        self.stack, self.folds, self.config = stack, folds, config
+        self.fire_rate, self.steps = fire_rate, steps     # fire_rate None: the model draws no fire masks
+        self.device = folds[0].x.device
+        self.use_graph = config.cuda_graph and self.device.type == "cuda"
+        self.graphed: GraphedStep | None = None
+
+    def loss(self, x, y, weight, fire):
+        """(summed loss, each fold's batch-mean loss (k,), logits (B, k, C))."""
+        with precision_context(self.config, self.device):
+            logits = self.stack(x, fire)[0]
+        per_fold = (focal_terms(logits, y, self.config.focal_gamma) * weight).sum(0)
+        return per_fold.sum(), per_fold, logits
+
+    def epoch(self) -> list[dict]:
+        """One epoch of every fold; per fold its mean training loss, accuracy and last learning rate."""
+        cfg, k, device = self.config, len(self.folds), self.device
+        orders = [torch.randperm(len(f.x), generator=f.sample_gen).to(device) for f in self.folds]
+        loss_sum = torch.zeros(k, device=device)
+        correct = torch.zeros(k, device=device)
+        for start in range(0, max(len(f.x) for f in self.folds), cfg.batch_size):
+            idx = [order[start:start + cfg.batch_size] for order in orders]
+            sizes = [len(i) for i in idx]
+            x, y, weight, fire = self.batch(idx, sizes)
+            if self.use_graph and min(sizes) == cfg.batch_size:
+                if self.graphed is None:
+                    self.graphed = GraphedStep(self.loss, list(self.stack.parameters()), (x, y, weight, fire))
+                _, per_fold, logits = self.graphed(x, y, weight, fire)
+            else:
+                for fold in self.folds:
+                    fold.optimiser.zero_grad(set_to_none=self.graphed is None)
+                loss, per_fold, logits = self.loss(x, y, weight, fire)
+                loss.backward()
+            for fold, size in zip(self.folds, sizes):
+                if size:  # a fold whose images ran out takes no step, as it would alone
+                    fold.optimiser.step()
+                    fold.scheduler.step()
+            with torch.no_grad():
+                loss_sum += per_fold.detach() * torch.tensor(sizes, device=device)
+                correct += ((logits.detach().argmax(-1) == y) & (weight > 0)).sum(0)
+        n = torch.tensor([len(f.x) for f in self.folds], device=device)
+        losses, accuracies = (loss_sum / n).tolist(), (correct / n).tolist()
+        return [{"train_loss": losses[i], "train_accuracy": accuracies[i],
+                 "lr": fold.scheduler.get_last_lr()[0]} for i, fold in enumerate(self.folds)]
+
+    def batch(self, idx: list[torch.Tensor], sizes: list[int]):
+        """Stacked, augmented inputs (B, k, 3, S, S), labels and loss weights (B, k), fire masks."""
+        cfg, k = self.config, len(self.folds)
+        width = max(sizes)
+        size = self.folds[0].x.shape[-1]
+        x = torch.zeros(width, k, N_INPUT, size, size, device=self.device)
+        y = torch.zeros(width, k, dtype=torch.long, device=self.device)
+        weight = torch.zeros(width, k, device=self.device)
+        theta = torch.eye(2, 3).repeat(width, k, 1, 1)
+        for i, (fold, rows, n) in enumerate(zip(self.folds, idx, sizes)):
+            if n:
+                x[:n, i], y[:n, i], weight[:n, i] = fold.x[rows], fold.y[rows], 1.0 / n
+                if cfg.augment:
+                    theta[:n, i] = random_rotations(n, fold.sample_gen)
+        if cfg.augment:
+            x = warp(x.view(width * k, N_INPUT, size, size), theta.view(-1, 2, 3)).view(x.shape)
+        fire = None
+        if self.fire_rate is not None:
+            fire = fire_masks([f.fire_gen for f in self.folds], sizes, self.steps, width, size, size,
+                              self.fire_rate, self.device)
+        return x, y, weight, fire

@@ -1,0 +1,111 @@
+"""k folds trained as one batched model compute what each fold computes alone."""
+import numpy as np
+import pytest
+import torch
+
+from ncawss import FoldsHooks, TrainConfig, make_synthetic, train_cnn, train_fold, train_folds
+from ncawss.baselines import train_cnns
+
+TINY = TrainConfig(channels=6, hidden=8, head_hidden=8, steps=3, image_size=12, epochs=2, batch_size=32,
+                   lr=1e-3, seed=3, variants={})
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@pytest.fixture(scope="module")
+def uneven_splits():
+    """Three folds whose training sets hold 193, 192 and 64 images (7, 6 and 2 batches of 32)."""
+    data = make_synthetic(n=260, size=16, seed=4)
+    order = np.random.default_rng(0).permutation(len(data))
+    splits = []
+    for n_train in (193, 192, 64):
+        train, test = order[:n_train], order[n_train:n_train + 10]
+        splits.append((data.subset(train), data.subset(test)))
+        order = np.roll(order, 37)
+    return splits
+
+
+class Checkpoints(FoldsHooks):
+    def __init__(self):
+        self.saved = []
+
+    def save_checkpoint(self, checkpoints):
+        self.saved.append(checkpoints)
+
+
+def assert_close_weights(a: dict, b: dict):
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5, msg=key)
+
+
+def test_each_batched_fold_equals_that_fold_trained_alone(uneven_splits):
+    hooks = Checkpoints()
+    batched = train_folds(TINY, uneven_splits, hooks)
+    for fold, (train, test) in zip(batched, uneven_splits):
+        alone = train_fold(TINY, train, test)
+        assert_close_weights(fold.state_dict, alone.state_dict)
+        for h_batched, h_alone in zip(fold.history, alone.history):
+            assert h_batched["train_loss"] == pytest.approx(h_alone["train_loss"], rel=1e-4)
+            assert h_batched["train_accuracy"] == h_alone["train_accuracy"]
+            assert h_batched["lr"] == h_alone["lr"]
+        assert fold.iou == pytest.approx(alone.iou, abs=0.02)
+    # 193 images: 7 optimiser steps an epoch; 192: 6; 64: 2 (none skipped, none added)
+    assert [c["scheduler"]["last_epoch"] for c in hooks.saved[-1]] == [14, 12, 4]
+    assert [c["optimiser"]["state"][0]["step"].item() for c in hooks.saved[-1]] == [14, 12, 4]
+
+
+def test_batched_folds_differ_from_each_other(uneven_splits):
+    folds = train_folds(TINY, uneven_splits[:2])
+    assert not torch.equal(folds[0].state_dict["nca.fc0.weight"], folds[1].state_dict["nca.fc0.weight"])
+
+
+def test_two_batched_runs_with_one_seed_are_identical(uneven_splits):
+    a, b = train_folds(TINY, uneven_splits), train_folds(TINY, uneven_splits)
+    for x, y in zip(a, b):
+        for key in x.state_dict:
+            assert torch.equal(x.state_dict[key], y.state_dict[key]), key
+        assert x.history == y.history and x.iou == y.iou
+
+
+def test_batched_cnn_baselines_equal_each_cnn_trained_alone(uneven_splits):
+    trains = [train for train, _ in uneven_splits]
+    batched = train_cnns(TINY, trains, "small")
+    for cnn, train in zip(batched, trains):
+        alone = train_cnn(TINY, train, "small")
+        assert_close_weights(cnn.state_dict, alone.state_dict)
+        assert cnn.norm_mean == alone.norm_mean
+
+
+def test_resuming_batched_folds_from_a_checkpoint_continues_bit_for_bit(uneven_splits):
+    straight = train_folds(TINY, uneven_splits)
+    first = Checkpoints()
+    train_folds(TINY.model_copy(update={"epochs": 1}), uneven_splits, first)
+
+    class Resume(FoldsHooks):
+        def load_checkpoint(self):
+            return first.saved[-1]
+
+    resumed = train_folds(TINY, uneven_splits, Resume())
+    for a, b in zip(straight, resumed):
+        for key in a.state_dict:
+            assert torch.equal(a.state_dict[key], b.state_dict[key]), key
+        assert a.history == b.history
+
+
+@CUDA
+def test_cuda_graph_training_equals_eager_training_on_cuda(uneven_splits):
+    graphed = train_folds(TINY, uneven_splits, device="cuda")
+    eager = train_folds(TINY.model_copy(update={"cuda_graph": False}), uneven_splits, device="cuda")
+    for a, b in zip(graphed, eager):
+        assert_close_weights(a.state_dict, b.state_dict)
+        assert a.history[-1]["train_loss"] == pytest.approx(b.history[-1]["train_loss"], rel=1e-4)
+
+
+@CUDA
+def test_bf16_training_runs_and_stays_near_fp32_on_cuda(uneven_splits):
+    fp32 = train_folds(TINY, uneven_splits, device="cuda")
+    bf16 = train_folds(TINY.model_copy(update={"precision": "bf16"}), uneven_splits, device="cuda")
+    for a, b in zip(fp32, bf16):
+        assert all(np.isfinite(h["train_loss"]) for h in b.history)
+        assert b.history[-1]["train_loss"] == pytest.approx(a.history[-1]["train_loss"], rel=0.05)
+        assert not torch.equal(a.state_dict["nca.fc0.weight"], b.state_dict["nca.fc0.weight"])
