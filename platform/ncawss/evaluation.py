@@ -61,15 +61,17 @@ class TestSet:
         return cls(dataset, normalise(raw, mean, std), [intensity_baseline(im) for im in dataset.images], cams)
 
 
+def stochastic_run(model: NCAClassifier, x: torch.Tensor, generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits, state) of one stochastic run whose fire masks come from `generator`."""
+    return model(x, generator=generator)
+
+
 def read_state(model: NCAClassifier, x: torch.Tensor, readout: Readout, generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """(logits, state) of one read-out's forward pass; `runs` stochastic runs are batched and averaged."""
-    mean_field = readout.inference == "mean_field"
-    runs = 1 if mean_field else readout.runs
-    logits, state = model(x.repeat(runs, 1, 1, 1), generator=generator, mean_field=mean_field)
-    if runs > 1:
-        logits = logits.view(runs, len(x), -1).mean(0)
-        state = state.view(runs, len(x), *state.shape[1:]).mean(0)
-    return logits, state
+    """(logits, state) of one read-out; `runs` stochastic runs (one after another) averaged."""
+    if readout.inference == "mean_field":
+        return model(x, mean_field=True)
+    runs = [stochastic_run(model, x, generator) for _ in range(readout.runs)]
+    return torch.stack([r[0] for r in runs]).mean(0), torch.stack([r[1] for r in runs]).mean(0)
 
 
 def concat(results: list[PCAOtsu]) -> PCAOtsu:
@@ -125,25 +127,34 @@ def evaluate(model: NCAClassifier, test: TestSet, config: TrainConfig, device: s
 def read_out(model: NCAClassifier, x: torch.Tensor, readouts: dict[str, Readout], config: TrainConfig,
              device) -> tuple[dict[str, PCAOtsu], dict[str, np.ndarray]]:
     """Per read-out, the PCA-Otsu result (on CPU) and the class predictions of normalised images x.
-    Read-outs with the same inference and runs share one forward pass."""
-    groups: dict[tuple, list[str]] = {}
-    for name, readout in readouts.items():
-        runs = 1 if readout.inference == "mean_field" else readout.runs
-        groups.setdefault((readout.inference, runs), []).append(name)
+
+    One forward pass serves every mean-field read-out, one every stochastic read-out: run r of
+    every image draws from its own generator (seed + 2 + r), so a read-out of R runs averages
+    runs 0..R-1 and gets the same noise whatever else is asked."""
+    stochastic = [n for n, r in readouts.items() if r.inference == "stochastic"]
+    runs = max((readouts[n].runs for n in stochastic), default=0)
     segments: dict[str, list[PCAOtsu]] = {name: [] for name in readouts}
-    predictions: dict[str, np.ndarray] = {}
-    for (_, runs), names in groups.items():
-        fire_gen = torch.Generator(device).manual_seed(config.seed + 2)  # same noise whatever else is asked
-        step, preds = max(1, config.batch_size // runs), []
-        for start in range(0, len(x), step):
-            logits, state = read_state(model, x[start:start + step].to(device), readouts[names[0]], fire_gen)
-            preds.append(logits.argmax(1).cpu())
-            for name in names:
-                r = readouts[name]
-                features = state if r.channels == "all" else state[:, 3:]
-                segments[name].append(pca_otsu(features, smooth=r.smooth, orient=r.orient, details=True))
-        predictions.update({name: torch.cat(preds).numpy() for name in names})
-    return {name: concat(parts) for name, parts in segments.items()}, predictions
+    preds: dict[str, list[torch.Tensor]] = {name: [] for name in readouts}
+    generators = [torch.Generator(device).manual_seed(config.seed + 2 + r) for r in range(runs)]
+    for start in range(0, len(x), config.batch_size):  # fixed chunks: the noise does not depend on `runs`
+        chunk = x[start:start + config.batch_size].to(device)
+        states = {}  # (inference, runs) -> (logits, state)
+        if any(r.inference == "mean_field" for r in readouts.values()):
+            states["mean_field", 1] = model(chunk, mean_field=True)
+        wanted = {r.runs for r in readouts.values() if r.inference == "stochastic"}
+        total = None
+        for run, generator in enumerate(generators, start=1):  # running sums: one run in memory at a time
+            logits, state = stochastic_run(model, chunk, generator)
+            total = (logits, state) if total is None else (total[0] + logits, total[1] + state)
+            if run in wanted:
+                states["stochastic", run] = (total[0] / run, total[1] / run)
+        for name, r in readouts.items():
+            logits, state = states[r.inference, r.runs if r.inference == "stochastic" else 1]
+            preds[name].append(logits.argmax(1).cpu())
+            features = state if r.channels == "all" else state[:, 3:]
+            segments[name].append(pca_otsu(features, smooth=r.smooth, orient=r.orient, details=True))
+    return ({name: concat(parts) for name, parts in segments.items()},
+            {name: torch.cat(p).numpy() for name, p in preds.items()})
 
 
 def iou_each(masks: list[np.ndarray], truth: list[np.ndarray]) -> np.ndarray:

@@ -18,6 +18,7 @@ loop itself holds no random number generation and can be captured as a CUDA grap
 """
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import torch
@@ -54,7 +55,7 @@ class NCA(nn.Module):
         fire_rate = self.fire_rate if fire_rate is None else fire_rate
         b, _, h, w = rgb.shape
         fire = fire_rate if mean_field else fire_masks([generator], [b], steps, b, h, w, fire_rate, rgb.device)
-        return run_nca(fused_weights(stacked([self])), rgb[:, None], steps, fire)[:, 0]
+        return run_nca(fused_weights(stacked([self], PARAMETERS)), rgb[:, None], steps, fire)[:, 0]
 
 
 class Fused(NamedTuple):
@@ -65,10 +66,14 @@ class Fused(NamedTuple):
     out: torch.Tensor          # (k * (channels - 3), hidden, 1, 1): RGB rows would be discarded anyway
 
 
-def stacked(ncas: list[NCA]) -> dict[str, torch.Tensor]:
-    """Each published parameter of k NCAs with a leading fold axis (differentiable)."""
-    return {name: torch.stack([nca.get_parameter(name) for nca in ncas])
-            for name, _ in ncas[0].named_parameters()}
+PARAMETERS = ("p0.weight", "p0.bias", "p1.weight", "p1.bias", "fc0.weight", "fc0.bias", "fc1.weight")
+HEAD = ("0.weight", "0.bias", "2.weight", "2.bias")
+
+
+def stacked(modules: list[nn.Module], names: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    """Parameters `names` of k modules with a leading fold axis (differentiable). Attribute look-up,
+    not get_parameter, so that torch.func.functional_call's substituted tensors are seen too."""
+    return {name: torch.stack([functools.reduce(getattr, name.split("."), m) for m in modules]) for name in names}
 
 
 def fused_weights(p: dict[str, torch.Tensor]) -> Fused:
@@ -90,35 +95,39 @@ def fused_weights(p: dict[str, torch.Tensor]) -> Fused:
 
 def fire_masks(generators: list[torch.Generator | None], sizes: list[int], steps: int, batch: int,
                height: int, width: int, fire_rate: float, device: torch.device | str) -> torch.Tensor:
-    """Bool (steps, batch, k, 1, H, W) fire masks: fold i's first sizes[i] rows drawn from its
+    """0/1 float (steps, batch, k, 1, H, W) fire masks: fold i's first sizes[i] rows drawn from its
     generator in one call, rows beyond them (padding) never fire."""
-    out = torch.zeros(steps, batch, len(sizes), 1, height, width, dtype=torch.bool, device=device)
+    out = torch.zeros(steps, batch, len(sizes), 1, height, width, device=device)
     for i, (generator, size) in enumerate(zip(generators, sizes)):
         if size:
             draw = torch.rand(steps, size, 1, height, width, generator=generator, device=device)
-            out[:, :size, i] = draw < fire_rate
+            out[:, :size, i] = (draw < fire_rate).float()
     return out
 
 
 def run_nca(weights: Fused, rgb: torch.Tensor, steps: int, fire: torch.Tensor | float) -> torch.Tensor:
     """k NCAs on (B, k, 3, H, W) inputs -> (B, k, channels, H, W) states.
 
-    fire: (steps, B, k, 1, H, W) masks, or a float that scales every update (mean field)."""
+    fire: (steps, B, k, 1, H, W) masks, or a float that scales every update (mean field).
+    Channels-last layout: measured 1.15x faster than channels-first on CPU (oneDNN).
+    """
     b, k, _, h, w = rgb.shape
-    n_hidden = weights.out.shape[0] // k
-    x = rgb.reshape(b, k * N_INPUT, h, w)
+    n = weights.out.shape[0] // k
+    layout = torch.channels_last
+    x = rgb.reshape(b, k * N_INPUT, h, w).contiguous(memory_format=layout)
+    kernel, out = weights.kernel.contiguous(memory_format=layout), weights.out.contiguous(memory_format=layout)
     # The RGB channels never change, so their share of the first layer is constant.
     base = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="reflect"), weights.rgb_kernel, weights.bias, groups=k)
-    state = x.new_zeros(b, k * n_hidden, h, w)
+    state = x.new_zeros(b, k * n, h, w).contiguous(memory_format=layout)
     for step in range(steps):
-        z = F.relu(base + F.conv2d(F.pad(state, (1, 1, 1, 1), mode="reflect"), weights.kernel, groups=k))
-        update = F.conv2d(z, weights.out, groups=k)
+        z = F.conv2d(F.pad(state, (1, 1, 1, 1), mode="reflect"), kernel, groups=k).add_(base).relu_()
+        update = F.conv2d(z, out, groups=k).to(state.dtype)
         if isinstance(fire, torch.Tensor):
-            update = (update.view(b, k, n_hidden, h, w) * fire[step]).view(b, k * n_hidden, h, w)
+            state = torch.addcmul(state.view(b, k, n, h, w), update.view(b, k, n, h, w), fire[step])
+            state = state.view(b, k * n, h, w)
         else:
-            update = update * fire
-        state = state + update
-    return torch.cat([rgb, state.view(b, k, n_hidden, h, w).to(rgb.dtype)], dim=2)
+            state = state.add(update, alpha=fire)
+    return torch.cat([rgb, state.view(b, k, n, h, w).to(rgb.dtype)], dim=2)
 
 
 class NCAClassifier(nn.Module):
@@ -158,12 +167,22 @@ class FoldStack(nn.Module):
                 steps: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """x: (B, k, 3, H, W); fire: see run_nca -> (logits (B, k, classes), state (B, k, channels, H, W))."""
         steps = self.models[0].nca.steps if steps is None else steps
-        state = run_nca(fused_weights(stacked([m.nca for m in self.models])), x, steps, fire)
-        head = {name: torch.stack([m.get_parameter(f"head.{name}") for m in self.models])
-                for name in ("0.weight", "0.bias", "2.weight", "2.bias")}
-        pooled = state.mean(dim=(3, 4))                                              # (B, k, n)
-        hidden = F.relu(torch.einsum("bkn,khn->bkh", pooled, head["0.weight"]) + head["0.bias"])
-        return torch.einsum("bkh,kch->bkc", hidden, head["2.weight"]) + head["2.bias"], state
+        if x.device.type == "cpu" and len(self.models) > 1:
+            # oneDNN runs a grouped convolution 2x slower than its groups one by one (docs/PERFORMANCE.md)
+            parts = [classify(self.models[i:i + 1], x[:, i:i + 1],
+                              fire[:, :, i:i + 1] if isinstance(fire, torch.Tensor) else fire, steps)
+                     for i in range(len(self.models))]
+            return torch.cat([p[0] for p in parts], dim=1), torch.cat([p[1] for p in parts], dim=1)
+        return classify(self.models, x, fire, steps)
+
+
+def classify(models, x: torch.Tensor, fire: torch.Tensor | float, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """NCA states and head logits of k classifiers stacked (see FoldStack.forward)."""
+    state = run_nca(fused_weights(stacked([m.nca for m in models], PARAMETERS)), x, steps, fire)
+    head = stacked([m.head for m in models], HEAD)
+    pooled = state.mean(dim=(3, 4))                                              # (B, k, n)
+    hidden = F.relu(torch.einsum("bkn,khn->bkh", pooled, head["0.weight"]) + head["0.bias"])
+    return torch.einsum("bkh,kch->bkc", hidden, head["2.weight"]) + head["2.bias"], state
 
 
 def focal_terms(logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0) -> torch.Tensor:

@@ -1,0 +1,138 @@
+#!/usr/bin/env python3
+"""Training throughput of k folds of the paper configuration: one after another vs batched.
+
+Same data, same seeds, same per-fold generators in every row; images/s counts
+every fold's training images once per epoch. Rows:
+- sequential: each fold trained alone (k = 1), one after another;
+- batched (vmap): the k folds as one model via torch.func.vmap over stacked
+  parameters (the alternative the library does not use);
+- batched: the library's FoldStack (grouped convolutions over a fold axis);
+- on CUDA also batched + CUDA graph, and bf16 autocast (with graph).
+Then the final evaluation (every read-out of configs/paper.yaml, both CNN
+baselines' CAMs) of every fold's test images, beside one training epoch.
+
+    python bench/cv_throughput.py [--device cpu|cuda] [--folds 5] [--epochs 2] [--data PARQUET]
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+from common import device_limits, machine
+from torch.func import functional_call, vmap
+
+import ncawss
+from ncawss.baselines import CNN_WIDTHS, train_cnns
+from ncawss.evaluation import TestSet, evaluate
+from ncawss.loop import BatchedTrainer, build_model, make_folds, normalised_training_set
+from ncawss.nca import FoldStack
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def vmap_forward(models):
+    """A stack whose forward vmaps one fold's FoldStack code over the stacked parameters."""
+    template = FoldStack([models[0]])
+
+    def one(p, xi, fi):  # xi (B, 3, H, W), fi (steps, B, 1, H, W)
+        logits, state = functional_call(template, {f"models.0.{n}": v for n, v in p.items()},
+                                        (xi[:, None], fi[:, :, None]))
+        return logits[:, 0], state[:, 0]
+
+    class Stack(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.models = torch.nn.ModuleList(models)
+
+        def forward(self, x, fire):
+            params = {n: torch.stack([m.get_parameter(n) for m in self.models])
+                      for n, _ in self.models[0].named_parameters()}
+            return vmap(one, in_dims=(0, 1, 2), out_dims=1)(params, x, fire)
+    return Stack()
+
+
+def synchronise(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_training(config, splits, device, epochs, stack_of=FoldStack) -> float:
+    """Seconds for `epochs` epochs of the given folds as one batched model (setup excluded)."""
+    data = []
+    for train, _ in splits:
+        x, _, _ = normalised_training_set(train, config.image_size)
+        data.append((x.to(device), torch.as_tensor(train.labels, dtype=torch.long, device=device)))
+    models = [build_model(config, len(splits[0][0].classes)).to(device) for _ in splits]
+    trainer = BatchedTrainer(stack_of(models), make_folds(config, models, data, device, fire=True), config,
+                             config.fire_rate, config.steps)
+    trainer.epoch()  # warm-up (and graph capture), not timed
+    synchronise(device)
+    start = time.perf_counter()
+    for _ in range(epochs):
+        trainer.epoch()
+    synchronise(device)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.add_argument("--folds", type=int, default=5)
+    p.add_argument("--epochs", type=int, default=2, help="timed epochs per row, after one warm-up epoch")
+    p.add_argument("--images", type=int, default=240, help="synthetic images in the folds (default 240)")
+    p.add_argument("--data", help="a dataset Parquet file instead of synthetic images")
+    p.add_argument("--skip", nargs="*", default=[], help="rows to leave out, e.g. sequential vmap")
+    args = p.parse_args()
+    device = torch.device(args.device)
+    config = ncawss.load_config(ROOT / "configs/paper.yaml")
+    dataset = ncawss.read_dataset(args.data) if args.data else ncawss.make_synthetic(n=args.images, size=64)
+    splits = [(dataset.subset(tr), dataset.subset(te))
+              for tr, te in ncawss.stratified_folds(dataset.labels, args.folds, 0)]
+    images = sum(len(tr) for tr, _ in splits) * args.epochs
+
+    rows = []
+    if "sequential" not in args.skip:
+        seconds = sum(time_training(config, [s], device, args.epochs) for s in splits)
+        rows.append(("sequential (one fold at a time)", seconds))
+    eager = config.model_copy(update={"cuda_graph": False})
+    if "vmap" not in args.skip:
+        rows.append(("batched, vmap", time_training(eager, splits, device, args.epochs, vmap_forward)))
+    rows.append(("batched, grouped convolutions", time_training(eager, splits, device, args.epochs)))
+    if device.type == "cuda":
+        rows.append(("batched + CUDA graph", time_training(config, splits, device, args.epochs)))
+        bf16 = config.model_copy(update={"precision": "bf16"})
+        rows.append(("batched + CUDA graph, bf16", time_training(bf16, splits, device, args.epochs)))
+    epoch_seconds = min(s for _, s in rows) / args.epochs
+
+    # Final evaluation of every read-out with both CNN baselines' CAMs, all folds' test images.
+    cnn_config = config.model_copy(update={"epochs": 1})
+    cnns = {size: train_cnns(cnn_config, [tr for tr, _ in splits], size, device) for size in CNN_WIDTHS}
+    models = [build_model(config, len(dataset.classes)).to(device) for _ in splits]
+    synchronise(device)
+    start = time.perf_counter()
+    for i, ((train, test), model) in enumerate(zip(splits, models)):
+        _, mean, std = normalised_training_set(train, config.image_size)
+        prepared = TestSet.prepare(test, mean, std, config.image_size, {s: cnns[s][i] for s in CNN_WIDTHS},
+                                   ("gradcam", "eigencam"), device)
+        evaluate(model, prepared, config, device)
+    synchronise(device)
+    evaluation = time.perf_counter() - start
+
+    limits = device_limits(device)
+    print(f"machine: {machine(device)}; {limits}")
+    print(f"paper configuration (32 ch, hidden 32, 32 steps, 64x64, batch 32 per fold), {args.folds} folds of "
+          f"{dataset.name} ({sum(len(tr) for tr, _ in splits)} training images), {args.epochs} timed epochs\n")
+    print("| path                             | seconds | images/s | vs sequential |")
+    print("|----------------------------------|--------:|---------:|--------------:|")
+    base = rows[0][1]
+    for name, seconds in rows:
+        print(f"| {name:<32} | {seconds:7.2f} | {images / seconds:8.0f} | {base / seconds:12.2f}x |")
+    print(f"\nfinal evaluation ({len(config.readouts())} read-outs, intensity + 4 CAM baselines, "
+          f"{sum(len(te) for _, te in splits)} test images of {args.folds} folds): {evaluation:.2f} s "
+          f"= {evaluation / epoch_seconds:.2f} of one batched training epoch ({epoch_seconds:.2f} s)")
+
+
+if __name__ == "__main__":
+    main()
