@@ -3,11 +3,11 @@
 
 Same data, same seeds, same per-fold generators in every row; images/s counts
 every fold's training images once per epoch. Rows:
-- sequential: each fold trained alone (k = 1), one after another;
-- batched (vmap): the k folds as one model via torch.func.vmap over stacked
-  parameters (the alternative the library does not use);
-- batched: the library's FoldStack (grouped convolutions over a fold axis);
-- on CUDA also batched + CUDA graph, and bf16 autocast (with graph).
+- sequential: each fold trained alone (k = 1), one after another, eagerly;
+- batched: the library's FoldStack, the folds' convolutions one after another in
+  one forward pass (the default), or as grouped convolutions (groups = folds);
+- on CUDA also both with the step loop replayed as a CUDA graph, and bf16
+  autocast (with graph).
 Then the final evaluation (every read-out of configs/paper.yaml, both CNN
 baselines' CAMs) of every fold's test images, beside one training epoch.
 
@@ -21,7 +21,6 @@ from pathlib import Path
 
 import torch
 from common import device_limits, machine
-from torch.func import functional_call, vmap
 
 import ncawss
 from ncawss.baselines import CNN_WIDTHS, train_cnns
@@ -30,27 +29,6 @@ from ncawss.loop import BatchedTrainer, build_model, make_folds, normalised_trai
 from ncawss.nca import FoldStack
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def vmap_forward(models):
-    """A stack whose forward vmaps one fold's FoldStack code over the stacked parameters."""
-    template = FoldStack([models[0]])
-
-    def one(p, xi, fi):  # xi (B, 3, H, W), fi (steps, B, 1, H, W)
-        logits, state = functional_call(template, {f"models.0.{n}": v for n, v in p.items()},
-                                        (xi[:, None], fi[:, :, None]))
-        return logits[:, 0], state[:, 0]
-
-    class Stack(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.models = torch.nn.ModuleList(models)
-
-        def forward(self, x, fire):
-            params = {n: torch.stack([m.get_parameter(n) for m in self.models])
-                      for n, _ in self.models[0].named_parameters()}
-            return vmap(one, in_dims=(0, 1, 2), out_dims=1)(params, x, fire)
-    return Stack()
 
 
 def synchronise(device):
@@ -83,7 +61,7 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=2, help="timed epochs per row, after one warm-up epoch")
     p.add_argument("--images", type=int, default=240, help="synthetic images in the folds (default 240)")
     p.add_argument("--data", help="a dataset Parquet file instead of synthetic images")
-    p.add_argument("--skip", nargs="*", default=[], help="rows to leave out, e.g. sequential vmap")
+    p.add_argument("--skip", nargs="*", default=[], help="rows to leave out: sequential")
     args = p.parse_args()
     device = torch.device(args.device)
     config = ncawss.load_config(ROOT / "configs/paper.yaml")
@@ -93,15 +71,16 @@ def main() -> None:
     images = sum(len(tr) for tr, _ in splits) * args.epochs
 
     rows = []
-    if "sequential" not in args.skip:
-        seconds = sum(time_training(config, [s], device, args.epochs) for s in splits)
-        rows.append(("sequential (one fold at a time)", seconds))
     eager = config.model_copy(update={"cuda_graph": False})
-    if "vmap" not in args.skip:
-        rows.append(("batched, vmap", time_training(eager, splits, device, args.epochs, vmap_forward)))
-    rows.append(("batched, grouped convolutions", time_training(eager, splits, device, args.epochs)))
+    if "sequential" not in args.skip:
+        seconds = sum(time_training(eager, [s], device, args.epochs) for s in splits)
+        rows.append(("sequential (one fold at a time)", seconds))
+    grouped = lambda models: FoldStack(models, grouped=True)  # noqa: E731
+    rows.append(("batched", time_training(eager, splits, device, args.epochs)))
+    rows.append(("batched, grouped convolutions", time_training(eager, splits, device, args.epochs, grouped)))
     if device.type == "cuda":
         rows.append(("batched + CUDA graph", time_training(config, splits, device, args.epochs)))
+        rows.append(("batched grouped + CUDA graph", time_training(config, splits, device, args.epochs, grouped)))
         bf16 = config.model_copy(update={"precision": "bf16"})
         rows.append(("batched + CUDA graph, bf16", time_training(bf16, splits, device, args.epochs)))
     epoch_seconds = min(s for _, s in rows) / args.epochs

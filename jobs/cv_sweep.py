@@ -103,7 +103,9 @@ def main() -> int:
     cv_data, holdout = dataset.subset(kept), dataset.subset(held)
     (output / "holdout_ids.txt").write_text("".join(f"{i}\n" for i in holdout.ids))
 
-    from ncawss.sweep import run_sweep, summarise  # imports Ray: only once the inputs are valid
+    # Imports Ray: only once the inputs are valid.
+    from ncawss.summary import summarise
+    from ncawss.sweep import run_sweep
 
     storage = args.storage or str(output / "ray")
     parent = tracker.start_sweep(

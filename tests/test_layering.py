@@ -2,7 +2,8 @@ import subprocess
 import sys
 
 METHOD_MODULES = ["ncawss", "ncawss.data", "ncawss.layouts", "ncawss.synthetic", "ncawss.nca",
-                  "ncawss.segment", "ncawss.config", "ncawss.train", "ncawss.baselines", "ncawss.space"]
+                  "ncawss.segment", "ncawss.config", "ncawss.loop", "ncawss.train", "ncawss.evaluation",
+                  "ncawss.baselines", "ncawss.space"]
 
 
 def test_method_modules_import_neither_ray_nor_mlflow():

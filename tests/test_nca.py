@@ -110,3 +110,18 @@ def test_focal_loss_is_cross_entropy_at_gamma_zero_and_smaller_at_gamma_two():
     ce = F.cross_entropy(logits, target)
     torch.testing.assert_close(focal_loss(logits, target, gamma=0.0), ce)
     assert focal_loss(logits, target, gamma=2.0) < ce
+
+
+def test_channel_padding_and_grouped_convolutions_leave_the_states_unchanged():
+    from ncawss.nca import FoldStack, PARAMETERS, fire_masks, fused_weights, run_nca, stacked
+    models = [NCAClassifier(channels=8, hidden=6, steps=4, n_classes=3) for _ in range(3)]
+    for i, m in enumerate(models):
+        randomised(m.nca, seed=i)
+    x = torch.randn(2, 3, 3, 9, 9, generator=torch.Generator().manual_seed(2))
+    fire = fire_masks([torch.Generator().manual_seed(i) for i in range(3)], [2, 2, 1], 4, 2, 9, 9, 0.5, "cpu")
+    weights = fused_weights(stacked([m.nca for m in models], PARAMETERS))
+    torch.testing.assert_close(run_nca(weights, x, 4, fire, align=8), run_nca(weights, x, 4, fire, align=1))
+    separate, grouped = FoldStack(models)(x, fire), FoldStack(models, grouped=True)(x, fire)
+    for a, b in zip(separate, grouped):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    assert not fire[:, 1, 2].any()  # the padding row of the third fold never fires

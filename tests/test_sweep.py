@@ -1,6 +1,7 @@
 """The distributed sweep on a real local Ray, with a real MLflow store (slow: minutes)."""
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -73,7 +74,8 @@ def free_port():
 
 def test_ray_job_submit_runs_the_smoke_sweep_and_mlflow_holds_it(tiny_data, tmp_path, ray_tmp):
     dashboard = free_port()
-    env = env_with(ray_tmp)
+    # Token authentication on, with a token of the test's own (never the user's ~/.ray/auth_token).
+    env = env_with(ray_tmp, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
     ports = {f"--{name}={free_port()}" for name in (
         "port", "ray-client-server-port", "dashboard-agent-listen-port", "dashboard-agent-grpc-port",
         "runtime-env-agent-port", "metrics-export-port")}
@@ -82,7 +84,7 @@ def test_ray_job_submit_runs_the_smoke_sweep_and_mlflow_holds_it(tiny_data, tmp_
                     "--disable-usage-stats"], check=True, env=env, capture_output=True, timeout=120)
     output = tmp_path / "out"
     address = f"http://127.0.0.1:{dashboard}"
-    client_env = {**env, "RAY_AUTH_MODE": "token"}  # the head keeps token authentication on
+    client_env = env
     for _ in range(30):  # the head's job agent needs a few seconds after `ray start`
         submit = subprocess.run([f"{VENV_BIN}/ray", "job", "submit", "--address", address, "--submission-id",
                                  "smoke-1", "--working-dir", ".", "--", *sweep_command(tiny_data, output)],
@@ -181,7 +183,8 @@ def test_a_killed_fold_worker_resumes_from_its_checkpoint(tmp_path, ray_tmp):
     assert driver.returncode == 0, stdout[-4000:]
     _, _, trials = trial_runs(output)
     metrics = trials[0].data.metrics
-    assert trials[0].info.status == "FINISHED" and metrics["resumed_folds"] >= 1, metrics
+    # One worker held both folds: both resumed from the checkpoint, neither from epoch 0.
+    assert trials[0].info.status == "FINISHED" and metrics["resumed_folds"] == 2, metrics
     assert "fold0_iou" in metrics and "fold1_iou" in metrics
 
 
@@ -240,3 +243,25 @@ def test_holdout_baselines_eval_data_and_cross_domain_evaluation(tiny_data, tmp_
     runs = client.search_runs([cross.experiment_id])
     assert len(runs) == 2 and {"cross_domain.png", "cross_domain.txt", "cross_domain.json"} <= {
         a.path for a in client.list_artifacts(runs[0].info.run_id)}
+
+
+def test_folds_batched_in_one_worker_equal_one_fold_per_worker(tiny_data, tmp_path, ray_tmp):
+    fold_iou, workers = {}, {}
+    for per_worker in (None, 1):
+        space = yaml.safe_load((ROOT / "search_spaces/smoke.yaml").read_text())
+        space.update(trials=1, holdout=0.0, first=[{"channels": 8, "steps": 3, "fire_rate": 0.5}])
+        space["resources"] = {"cpus_per_worker": 1, **({"folds_per_worker": per_worker} if per_worker else {})}
+        (tmp_path / f"space{per_worker}.yaml").write_text(yaml.safe_dump(space))
+        output = tmp_path / f"out{per_worker}"
+        command = sweep_command(tiny_data, output)
+        command[command.index("search_spaces/smoke.yaml")] = str(tmp_path / f"space{per_worker}.yaml")
+        run = subprocess.run(command, cwd=ROOT, env=env_with(ray_tmp), capture_output=True, text=True, timeout=900)
+        assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+        _, _, trials = trial_runs(output)
+        metrics = trials[0].data.metrics
+        fold_iou[per_worker] = [metrics["fold0_iou"], metrics["fold1_iou"]]
+        # which workers wrote training state into the epoch-1 checkpoint
+        workers[per_worker] = sorted({p.name for p in (output / "ray").glob("folds-*/checkpoint_*/train_state_*")})
+    assert workers[None] == ["train_state_worker0.pt"]
+    assert workers[1] == ["train_state_worker0.pt", "train_state_worker1.pt"]
+    assert fold_iou[None] == pytest.approx(fold_iou[1], abs=1e-9)

@@ -32,6 +32,13 @@ log = logging.getLogger(__name__)
 
 CAM_BASELINES = tuple(b for b in BASELINES if b != "intensity")
 CNN_WIDTHS = {"small": 6, "large": 16}
+# TrainConfig fields a CNN baseline's training uses: its cache key, never the NCA's settings.
+CNN_SETTINGS = ("epochs", "batch_size", "lr", "betas", "lr_decay", "focal_gamma", "image_size", "augment", "seed")
+
+
+def cnn_settings(config: TrainConfig) -> dict:
+    """The training options a CNN baseline depends on (never NCA hyperparameters)."""
+    return {key: getattr(config, key) for key in CNN_SETTINGS}
 
 
 class CNNClassifier(nn.Module):
@@ -105,7 +112,8 @@ def train_cnns(config: TrainConfig, trains: list[Dataset], size: str = "small",
             torch.manual_seed(config.seed)
             models.append(CNNClassifier(CNN_WIDTHS[size], len(train.classes)).to(device))
     folds = make_folds(config, models, data, device, fire=False)
-    trainer = BatchedTrainer(CNNStack(models), folds, config)
+    # No CUDA graph: vmap's dispatch is not graph-safe in every torch release; a CNN step has few launches.
+    trainer = BatchedTrainer(CNNStack(models), folds, config, graph=False)
     for epoch in range(1, config.epochs + 1):
         metrics = trainer.epoch()
         log.debug("cnn %s epoch %d/%d loss %s", size, epoch, config.epochs, [m["train_loss"] for m in metrics])

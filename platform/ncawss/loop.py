@@ -149,7 +149,8 @@ class GraphedStep:
     """
 
     def __init__(self, compute: Callable, params: list[torch.Tensor], example: tuple[torch.Tensor, ...]):
-        self.inputs = tuple(t.clone() for t in example)  # compute(*inputs) -> (loss, ...)
+        # compute(*inputs) -> (loss, ...); None inputs (no fire masks) stay None
+        self.inputs = tuple(None if t is None else t.clone() for t in example)
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):  # warm-up outside the graph, as CUDA graph capture requires
@@ -160,13 +161,20 @@ class GraphedStep:
             p.grad = None
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
-            self.outputs = compute(*self.inputs)
-            self.outputs[0].backward()
+            outputs = compute(*self.inputs)
+            outputs[0].backward()
+        # Detached: the captured autograd graph must not outlive the capture.
+        self.outputs = tuple(o.detach() for o in outputs)
+        # An eager backward between replays may swap a .grad for a new tensor: point them back.
+        self.params, self.grads = params, [p.grad for p in params]
 
     def __call__(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
         for static, value in zip(self.inputs, inputs):
-            static.copy_(value)
+            if static is not None:
+                static.copy_(value)
         self.graph.replay()
+        for p, g in zip(self.params, self.grads):
+            p.grad = g
         return self.outputs
 
 
@@ -174,11 +182,11 @@ class BatchedTrainer:
     """Runs epochs of k folds as one stacked model: `stack(x (B, k, 3, S, S), fire)` -> (logits (B, k, C), ...)."""
 
     def __init__(self, stack: nn.Module, folds: list[Fold], config: TrainConfig, fire_rate: float | None = None,
-                 steps: int = 0):
+                 steps: int = 0, graph: bool = True):
         self.stack, self.folds, self.config = stack, folds, config
         self.fire_rate, self.steps = fire_rate, steps     # fire_rate None: the model draws no fire masks
         self.device = folds[0].x.device
-        self.use_graph = config.cuda_graph and self.device.type == "cuda"
+        self.use_graph = graph and config.cuda_graph and self.device.type == "cuda"
         self.graphed: GraphedStep | None = None
 
     def loss(self, x, y, weight, fire):

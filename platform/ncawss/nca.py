@@ -81,9 +81,7 @@ def fused_weights(p: dict[str, torch.Tensor]) -> Fused:
     k, hidden, three_n = p["fc0.weight"].shape
     n = three_n // 3
     w_id, w_p0, w_p1 = p["fc0.weight"].split(n, dim=2)                # each (k, hidden, n)
-    identity = torch.zeros(3, 3, dtype=w_id.dtype, device=w_id.device)
-    identity[1, 1] = 1.0
-    kernel = (w_id[..., None, None] * identity
+    kernel = (F.pad(w_id[..., None, None], (1, 1, 1, 1))                # identity: the centre tap only
               + w_p0[..., None, None] * p["p0.weight"][:, None, :, 0]
               + w_p1[..., None, None] * p["p1.weight"][:, None, :, 0])  # (k, hidden, n, 3, 3)
     bias = (p["fc0.bias"] + torch.einsum("khn,kn->kh", w_p0, p["p0.bias"])
@@ -105,29 +103,36 @@ def fire_masks(generators: list[torch.Generator | None], sizes: list[int], steps
     return out
 
 
-def run_nca(weights: Fused, rgb: torch.Tensor, steps: int, fire: torch.Tensor | float) -> torch.Tensor:
+def run_nca(weights: Fused, rgb: torch.Tensor, steps: int, fire: torch.Tensor | float,
+            align: int = 1) -> torch.Tensor:
     """k NCAs on (B, k, 3, H, W) inputs -> (B, k, channels, H, W) states.
 
     fire: (steps, B, k, 1, H, W) masks, or a float that scales every update (mean field).
+    align: the hidden channels are padded with channels that stay zero up to a multiple of
+    `align` (8 lets GPU convolution kernels use tensor cores: 29 hidden channels become 32).
     Channels-last layout: measured 1.15x faster than channels-first on CPU (oneDNN).
     """
     b, k, _, h, w = rgb.shape
     n = weights.out.shape[0] // k
+    m = -(-n // align) * align                                          # padded hidden channels
+    hidden = weights.kernel.shape[0] // k
     layout = torch.channels_last
+    kernel = F.pad(weights.kernel, (0, 0, 0, 0, 0, m - n)).contiguous(memory_format=layout)
+    out = F.pad(weights.out.view(k, n, hidden), (0, 0, 0, m - n)).view(k * m, hidden, 1, 1)
+    out = out.contiguous(memory_format=layout)
     x = rgb.reshape(b, k * N_INPUT, h, w).contiguous(memory_format=layout)
-    kernel, out = weights.kernel.contiguous(memory_format=layout), weights.out.contiguous(memory_format=layout)
     # The RGB channels never change, so their share of the first layer is constant.
     base = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="reflect"), weights.rgb_kernel, weights.bias, groups=k)
-    state = x.new_zeros(b, k * n, h, w).contiguous(memory_format=layout)
+    state = x.new_zeros(b, k * m, h, w).contiguous(memory_format=layout)
     for step in range(steps):
         z = F.conv2d(F.pad(state, (1, 1, 1, 1), mode="reflect"), kernel, groups=k).add_(base).relu_()
         update = F.conv2d(z, out, groups=k).to(state.dtype)
         if isinstance(fire, torch.Tensor):
-            state = torch.addcmul(state.view(b, k, n, h, w), update.view(b, k, n, h, w), fire[step])
-            state = state.view(b, k * n, h, w)
+            state = torch.addcmul(state.view(b, k, m, h, w), update.view(b, k, m, h, w), fire[step])
+            state = state.view(b, k * m, h, w)
         else:
             state = state.add(update, alpha=fire)
-    return torch.cat([rgb, state.view(b, k, n, h, w).to(rgb.dtype)], dim=2)
+    return torch.cat([rgb, state.view(b, k, m, h, w)[:, :, :n].to(rgb.dtype)], dim=2)
 
 
 class NCAClassifier(nn.Module):
@@ -159,16 +164,19 @@ class FoldStack(nn.Module):
     the forward pass stacks them, so fold i computes exactly what it would alone.
     """
 
-    def __init__(self, models: list[NCAClassifier]):
+    def __init__(self, models: list[NCAClassifier], grouped: bool = False):
         super().__init__()
         self.models = nn.ModuleList(models)
+        # Grouped convolutions measured 2x slower than the groups one by one on CPU (oneDNN) and
+        # slower on an H200 too (docs/PERFORMANCE.md): by default the folds' convolutions run one
+        # after another inside the one forward pass (one CUDA graph on GPUs).
+        self.grouped = grouped
 
     def forward(self, x: torch.Tensor, fire: torch.Tensor | float,
                 steps: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """x: (B, k, 3, H, W); fire: see run_nca -> (logits (B, k, classes), state (B, k, channels, H, W))."""
         steps = self.models[0].nca.steps if steps is None else steps
-        if x.device.type == "cpu" and len(self.models) > 1:
-            # oneDNN runs a grouped convolution 2x slower than its groups one by one (docs/PERFORMANCE.md)
+        if not self.grouped and len(self.models) > 1:
             parts = [classify(self.models[i:i + 1], x[:, i:i + 1],
                               fire[:, :, i:i + 1] if isinstance(fire, torch.Tensor) else fire, steps)
                      for i in range(len(self.models))]
@@ -178,7 +186,8 @@ class FoldStack(nn.Module):
 
 def classify(models, x: torch.Tensor, fire: torch.Tensor | float, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
     """NCA states and head logits of k classifiers stacked (see FoldStack.forward)."""
-    state = run_nca(fused_weights(stacked([m.nca for m in models], PARAMETERS)), x, steps, fire)
+    align = 1 if x.device.type == "cpu" else 8  # padded channels cost CPUs 10% and buy GPUs tensor cores
+    state = run_nca(fused_weights(stacked([m.nca for m in models], PARAMETERS)), x, steps, fire, align)
     head = stacked([m.head for m in models], HEAD)
     pooled = state.mean(dim=(3, 4))                                              # (B, k, n)
     hidden = F.relu(torch.einsum("bkn,khn->bkh", pooled, head["0.weight"]) + head["0.bias"])

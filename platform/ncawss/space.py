@@ -53,8 +53,22 @@ class Param(Strict):
 
 
 class Resources(Strict):
-    cpus_per_fold: float = Field(1.0, gt=0, description="CPUs reserved by each fold's worker")
-    gpus_per_fold: float = Field(0.0, ge=0, le=1, description="GPU fraction per fold, e.g. 0.25")
+    """What one Ray Train worker of a trial reserves, and how many of the trial's folds it holds."""
+
+    cpus_per_worker: float = Field(1.0, gt=0, description="CPUs reserved by each worker (its torch threads)")
+    gpus_per_worker: float = Field(0.0, ge=0, le=1, description="GPU fraction per worker, e.g. 0.25: "
+                                   "four workers (trials) share one GPU")
+    folds_per_worker: int | None = Field(None, ge=1, description="folds one worker trains as one batched "
+                                         "model (default: all k, one worker per trial)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def renamed_keys(cls, values: Any) -> Any:
+        old = sorted({"cpus_per_fold", "gpus_per_fold"} & set(values if isinstance(values, dict) else ()))
+        if old:
+            raise ValueError(f"{old} were renamed: a worker now holds several folds; use cpus_per_worker, "
+                             "gpus_per_worker and folds_per_worker")
+        return values
 
 
 class Asha(Strict):

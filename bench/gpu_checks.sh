@@ -1,0 +1,38 @@
+#!/bin/bash
+# The GPU measurements of docs/PERFORMANCE.md in one run, on a CUDA machine that has torch
+# but neither Ray nor a package index. Beside the code it needs .whl/ (wheels for what the
+# machine lacks: ../shared/device/wheels.sh, or `pip download pydantic captum pytest`) and
+# data/zheng2018-d1.parquet (jobs/prepare_data.py). Logs go to $OUT (default gpu-logs/).
+#
+#     OUT=gpu-logs bash bench/gpu_checks.sh [STEP ...]    # default: every step, in this order
+set -u
+STEPS=${*:-tests cv_throughput cv_baselines cv_bf16 cv_fp32 nca_throughput}
+OUT=${OUT:-gpu-logs}
+mkdir -p "$OUT"
+if ! python3 -c "import pydantic, captum" 2>/dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
+  export PYTHONPATH=/tmp/site
+fi
+export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD/platform:$PWD/bench PYTHONUNBUFFERED=1
+nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1
+DATA=data/zheng2018-d1.parquet
+CV=(python3 jobs/cross_validate.py --data "$DATA" --config configs/paper.yaml --folds 5 --holdout 0.2 --device cuda)
+
+step() {  # step NAME SECONDS COMMAND...: run with a time limit, log to $OUT/NAME.log, show its tail
+  local name=$1 limit=$2; shift 2
+  local start=$SECONDS
+  timeout "$limit" "$@" > "$OUT/$name.log" 2>&1
+  local rc=$?
+  echo "== $name: exit $rc after $((SECONDS - start)) s: $*" | tee -a "$OUT/steps.txt"
+  grep -v "^[0-9:]* epoch " "$OUT/$name.log" | tail -n 30
+  return $rc
+}
+
+wanted() { [[ " $STEPS " == *" $1 "* ]]; }
+wanted tests && step tests 90 python3 -m pytest -q -p no:cacheprovider tests/test_batched.py tests/test_nca.py
+wanted cv_throughput && step cv_throughput 100 python3 bench/cv_throughput.py --device cuda --folds 5 --epochs 3 --data "$DATA"
+wanted cv_baselines && step cv_baselines 190 "${CV[@]}" --baselines gradcam eigencam --json "$OUT/cv_baselines.json"
+wanted cv_bf16 && step cv_bf16 130 "${CV[@]}" --precision bf16 --json "$OUT/cv_bf16.json"
+wanted cv_fp32 && step cv_fp32 130 "${CV[@]}" --json "$OUT/cv_fp32.json"
+wanted nca_throughput && step nca_throughput 60 python3 bench/nca_throughput.py --device cuda
+exit 0

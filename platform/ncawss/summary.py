@@ -1,0 +1,159 @@
+"""The end of a sweep: the trial table, best_config.yaml, best_model/, the holdout score of the
+best configuration, Optuna's figures, and the MLflow parent run's closing metrics and files."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pyarrow.fs as pafs
+import torch
+from ray import tune
+
+from .baselines import CAM_BASELINES, CNN_WIDTHS, baseline_name
+from .config import TrainConfig
+from .data import Dataset
+from .evaluation import FoldModel, score_dataset
+from .space import Param, SweepSpec
+from .tracking import SweepTracker
+from .worker import METRIC
+
+log = logging.getLogger(__name__)
+
+
+def trial_rows(results: tune.ResultGrid) -> list[dict]:
+    """One row per trial, finished ones first by fold-mean IoU."""
+    rows = []
+    for result in results:
+        metrics = result.metrics or {}
+        status = "error" if result.error else ("done" if metrics.get("done") else "stopped")
+        rows.append({**metrics, "trial": metrics.get("trial_id", "?"), "params": dict(result.config or {}),
+                     "status": status})
+    return sorted(rows, key=lambda r: (r["status"] != "done", -r.get(METRIC, -1.0)))
+
+
+def optuna_figures(spec: SweepSpec, rows: list[dict]) -> dict[str, bytes]:
+    """Optuna's parameter-importance and parallel-coordinate plots of the finished trials."""
+    import io
+
+    import matplotlib
+    matplotlib.use("Agg")
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    def distribution(p: Param):
+        if p.type == "choice":
+            return CategoricalDistribution(p.values)
+        cls = IntDistribution if p.type == "int" else FloatDistribution
+        return cls(int(p.low) if p.type == "int" else p.low, int(p.high) if p.type == "int" else p.high, log=p.log)
+
+    done = [r for r in rows if r["status"] == "done"]
+    if not spec.search or len(done) < 2:
+        return {}
+    study = optuna.create_study(direction="maximize")
+    dists = {k: distribution(p) for k, p in spec.search.items()}
+    for row in done:
+        study.add_trial(optuna.trial.create_trial(params={k: row["params"][k] for k in dists},
+                                                  distributions=dists, value=row[METRIC]))
+    figures = {}
+    plots = {"param_importances.png": optuna.visualization.matplotlib.plot_param_importances,
+             "parallel_coordinate.png": optuna.visualization.matplotlib.plot_parallel_coordinate}
+    for name, plot in plots.items():
+        try:
+            axes = plot(study)
+            buffer = io.BytesIO()
+            axes.figure.savefig(buffer, format="png", bbox_inches="tight", dpi=100)
+            figures[name] = buffer.getvalue()
+        except Exception as exc:  # e.g. importances of parameters that never varied
+            log.warning("optuna figure %s not made: %s", name, exc)
+    return figures
+
+
+def table_lines(rows: list[dict], names: list[str], baselines: list[str]) -> list[list[str]]:
+    """Header and one line per trial: searched parameters, IoU in %, each baseline, lift, accuracy, overhead."""
+    def cell(row: dict, key: str, pattern: str, scale: float = 1.0) -> str:
+        return pattern.format(scale * row[key]) if key in row else "-"
+
+    def param(value) -> str:
+        return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+    lines = [["trial", *names, "IoU", "± std", *baselines, "lift", "accuracy", "launch s", "status"]]
+    for r in rows:
+        lines.append([r["trial"], *(param(r["params"].get(n)) for n in names),
+                      cell(r, METRIC, "{:.1f}", 100), cell(r, "iou_std", "{:.1f}", 100),
+                      *(cell(r, f"{b}_iou_mean", "{:.1f}", 100) for b in baselines), cell(r, "lift", "{:+.1f}", 100),
+                      cell(r, "accuracy_mean", "{:.3f}"), cell(r, "launch_overhead_s", "{:.0f}"), r["status"]])
+    return lines
+
+
+def copy_checkpoint(checkpoint_path: str, destination: Path) -> Path:
+    """A trial's last checkpoint (fold weights, results, galleries) copied to a local folder."""
+    filesystem, path = pafs.FileSystem.from_uri(checkpoint_path) if "://" in checkpoint_path \
+        else (pafs.LocalFileSystem(), checkpoint_path)
+    destination.mkdir(parents=True, exist_ok=True)
+    pafs.copy_files(path, str(destination), source_filesystem=filesystem,
+                    destination_filesystem=pafs.LocalFileSystem())
+    return destination
+
+
+def score_holdout(spec: SweepSpec, model_dir: Path, holdout: Dataset) -> dict[str, float]:
+    """The best configuration's k fold models on the held-out images, beside every baseline."""
+    records = [torch.load(p, weights_only=False) for p in sorted(model_dir.glob("weights_fold*.pt"))]
+    config = TrainConfig.model_validate(records[0]["config"])
+    scores = score_dataset(config, [FoldModel.from_record(r) for r in records], holdout,
+                           cam_kinds=spec.cam_kinds)["readout"]
+    metrics = {f"holdout_{k}": v for k, v in scores.items() if k != "fold_iou"}
+    metrics.update({f"holdout_fold{i}_iou": v for i, v in enumerate(scores["fold_iou"])})
+    return metrics
+
+
+def summarise(spec: SweepSpec, results: tune.ResultGrid, tracker: SweepTracker, output: Path,
+              holdout: Dataset | None = None) -> str:
+    """Write best_config.yaml, trials.csv and best_model/, score the best configuration on the
+    holdout, close the MLflow parent run; return the summary text."""
+    import yaml
+
+    rows = trial_rows(results)
+    done = [r for r in rows if r["status"] == "done"]
+    names = ["intensity"] + [baseline_name(kind, size) for kind in CAM_BASELINES for size in CNN_WIDTHS]
+    baselines = [b for b in names if any(f"{b}_iou_mean" in r for r in rows)]
+    lines = table_lines(rows, sorted(spec.search), baselines)
+    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
+    table = "\n".join("  ".join(c.rjust(w) for c, w in zip(line, widths)) for line in lines)
+    csv = "\n".join(",".join(line) for line in lines) + "\n"
+    (output / "trials.csv").write_text(csv)
+    files: dict[str, str | bytes] = {"trials.csv": csv, **optuna_figures(spec, rows)}
+    metrics = {"trials_done": len(done), "trials_total": len(rows)}
+    text = (f"\n{len(done)} of {len(rows)} trials finished (IoU in %, at the ground truth's resolution, "
+            f"every baseline on the same test images; lift = IoU minus the best baseline)\n{table}")
+    if done:
+        best = done[0]
+        config = spec.train_config(best["params"])
+        best_yaml = yaml.safe_dump({**config.model_dump(), "betas": list(config.betas)}, sort_keys=False)
+        (output / "best_config.yaml").write_text(best_yaml)
+        files["best_config.yaml"] = best_yaml
+        overheads = [r["launch_overhead_s"] for r in done]
+        best_keys = (METRIC, "iou_std", "lift", "accuracy_mean")
+        metrics.update({f"best_{k}": best[k] for k in best_keys})
+        metrics.update({f"best_{b}_iou_mean": best[f"{b}_iou_mean"] for b in baselines})
+        metrics["launch_overhead_mean_s"] = float(np.mean(overheads))
+        against = ", ".join(f"{b} {100 * best[f'{b}_iou_mean']:.1f}" for b in baselines)
+        optimistic = "optimistic" if holdout is not None and len(holdout) else \
+            "optimistic, and with no holdout it is also the only number"
+        text += (f"\n\nbest: trial {best['trial']} {best['params']}: cross-validation IoU {100 * best[METRIC]:.1f} ± "
+                 f"{100 * best['iou_std']:.1f} vs {against} (lift {100 * best['lift']:+.1f}); "
+                 f"chosen on the same folds it is scored on, so {optimistic}")
+        if best.get("checkpoint_path"):
+            model_dir = copy_checkpoint(best["checkpoint_path"], output / "best_model")
+            if holdout is not None and len(holdout):
+                scores = score_holdout(spec, model_dir, holdout)
+                metrics.update(scores)
+                text += (f"\nheld-out test ({len(holdout)} images never seen by the search), majority vote of the "
+                         f"{spec.folds} fold models: IoU {100 * scores['holdout_iou']:.1f} vs "
+                         + ", ".join(f"{b} {100 * scores[f'holdout_{b}_iou']:.1f}" for b in baselines)
+                         + f" (lift {100 * scores['holdout_lift']:+.1f}); folds alone: "
+                         + ", ".join(f"{100 * scores[f'holdout_fold{i}_iou']:.1f}" for i in range(spec.folds)))
+        text += (f"\nRay Train launch overhead per trial (paid once for all {spec.folds} folds): "
+                 f"mean {np.mean(overheads):.1f} s, max {np.max(overheads):.1f} s")
+    tracker.finish_sweep(metrics, files)
+    return text
