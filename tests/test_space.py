@@ -110,3 +110,13 @@ def test_unreachable_tracking_server_fails_fast_before_training(tmp_path):
                                  "--mlflow-uri", "http://127.0.0.1:9")
     assert out.returncode == 2 and "MLflow tracking store http://127.0.0.1:9 is unreachable" in out.stderr
     assert "Started a local Ray" not in out.stdout + out.stderr and seconds < 60
+
+
+def test_resources_take_folds_per_worker_and_refuse_the_old_per_fold_keys(tmp_path):
+    spec = load_space(write(tmp_path, GOOD + "resources: {cpus_per_worker: 2, gpus_per_worker: 0.5, folds_per_worker: 1}\n"))
+    assert (spec.resources.cpus_per_worker, spec.resources.gpus_per_worker, spec.resources.folds_per_worker) == (2, 0.5, 1)
+    assert load_space(write(tmp_path, GOOD)).resources.folds_per_worker is None  # all folds in one worker
+    with pytest.raises(ConfigError, match="resources.*cpus_per_fold.*renamed.*cpus_per_worker"):
+        load_space(write(tmp_path, GOOD + "resources: {cpus_per_fold: 1}\n"))
+    with pytest.raises(ConfigError, match="folds_per_worker"):
+        load_space(write(tmp_path, GOOD + "resources: {folds_per_worker: 0}\n"))
