@@ -1,6 +1,5 @@
 """Read-out options of the one pca_otsu path, and the CAM baselines."""
 import numpy as np
-import pytest
 import torch
 
 from ncawss import Dataset, NCAClassifier, Readout, TrainConfig, iou, pca_otsu

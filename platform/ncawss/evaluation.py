@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -14,6 +15,9 @@ from .data import Dataset
 from .loop import build_model, normalise, resize_images
 from .nca import NCAClassifier
 from .segment import PCAOtsu, intensity_baseline, iou, masks_at, pca_otsu, post_process, read_response
+
+if TYPE_CHECKING:
+    from .train import FoldResult
 
 log = logging.getLogger(__name__)
 
@@ -61,16 +65,11 @@ class TestSet:
         return cls(dataset, normalise(raw, mean, std), [intensity_baseline(im) for im in dataset.images], cams)
 
 
-def stochastic_run(model: NCAClassifier, x: torch.Tensor, generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """(logits, state) of one stochastic run whose fire masks come from `generator`."""
-    return model(x, generator=generator)
-
-
 def read_state(model: NCAClassifier, x: torch.Tensor, readout: Readout, generator) -> tuple[torch.Tensor, torch.Tensor]:
     """(logits, state) of one read-out; `runs` stochastic runs (one after another) averaged."""
     if readout.inference == "mean_field":
         return model(x, mean_field=True)
-    runs = [stochastic_run(model, x, generator) for _ in range(readout.runs)]
+    runs = [model(x, generator=generator) for _ in range(readout.runs)]
     return torch.stack([r[0] for r in runs]).mean(0), torch.stack([r[1] for r in runs]).mean(0)
 
 
@@ -144,7 +143,7 @@ def read_out(model: NCAClassifier, x: torch.Tensor, readouts: dict[str, Readout]
         wanted = {r.runs for r in readouts.values() if r.inference == "stochastic"}
         total = None
         for run, generator in enumerate(generators, start=1):  # running sums: one run in memory at a time
-            logits, state = stochastic_run(model, chunk, generator)
+            logits, state = model(chunk, generator=generator)
             total = (logits, state) if total is None else (total[0] + logits, total[1] + state)
             if run in wanted:
                 states["stochastic", run] = (total[0] / run, total[1] / run)

@@ -78,11 +78,6 @@ def warp(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
 
 
-def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Random rotation and flips of a batch, one resampling."""
-    return warp(x, random_rotations(len(x), generator))
-
-
 def make_optimiser(model: nn.Module, config: TrainConfig):
     optimiser = torch.optim.Adam(model.parameters(), lr=config.lr, betas=config.betas)
     return optimiser, torch.optim.lr_scheduler.ExponentialLR(optimiser, gamma=config.lr_decay)

@@ -10,9 +10,10 @@ identity + depthwise filters + first MLP layer are one dense 3x3 convolution,
 and the contribution of the fixed RGB channels is computed once, not every step.
 
 The k folds of a cross-validation share every hyperparameter and array shape, so
-`FoldStack` runs k classifiers as one model: their states lie side by side on the
-channel axis, (B, k * channels, H, W), and every convolution is grouped by fold.
-A single `NCAClassifier` is the same code with k = 1. Fire masks are drawn before
+`FoldStack` runs k classifiers as one model: one forward pass over (B, k, 3, H, W)
+inputs, their states side by side on the channel axis, (B, k * channels, H, W),
+the convolutions grouped by fold or run fold by fold (the default). A single
+`NCAClassifier` is the same code with k = 1. Fire masks are drawn before
 the step loop (one draw per fold and batch, from that fold's generator), so the
 loop itself holds no random number generation and can be captured as a CUDA graph.
 """
@@ -167,8 +168,8 @@ class FoldStack(nn.Module):
     def __init__(self, models: list[NCAClassifier], grouped: bool = False):
         super().__init__()
         self.models = nn.ModuleList(models)
-        # Grouped convolutions measured 2x slower than the groups one by one on CPU (oneDNN) and
-        # slower on an H200 too (docs/PERFORMANCE.md): by default the folds' convolutions run one
+        # Grouped convolutions measured 0.65x of the folds one by one on CPU (oneDNN) and within
+        # 3% of them on an H200 (docs/PERFORMANCE.md): by default the folds' convolutions run one
         # after another inside the one forward pass (one CUDA graph on GPUs).
         self.grouped = grouped
 
