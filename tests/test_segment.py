@@ -124,3 +124,16 @@ def test_constant_features_with_a_large_offset_are_degenerate_but_small_structur
     faint = planted_features(disk(16, 16, 4), channels=6, noise=0.0)[None] * 1e-3
     result = pca_otsu(faint, details=True)
     assert not result.degenerate.any() and iou(result.masks[0], disk(16, 16, 4)) == 1.0
+
+
+def test_fill_holes_equals_scipys_binary_fill_holes():
+    from scipy import ndimage
+
+    from ncawss.segment import fill_holes
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        mask = ndimage.binary_opening(rng.random((40, 37)) < 0.6)
+        assert np.array_equal(fill_holes(mask), ndimage.binary_fill_holes(mask))
+    ring = np.zeros((9, 9), bool)
+    ring[2:7, 2:7], ring[4, 4] = True, False
+    assert fill_holes(ring)[4, 4] and not fill_holes(np.zeros((5, 5), bool)).any()
