@@ -27,6 +27,7 @@ from torch.func import functional_call, vmap
 from .config import BASELINES, TrainConfig
 from .data import Dataset
 from .loop import BatchedTrainer, make_folds, normalised_training_set
+from .nca import stacked
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +78,7 @@ class CNNStack(nn.Module):
 
     def forward(self, x: torch.Tensor, fire=None) -> tuple[torch.Tensor, torch.Tensor]:
         """x: (B, k, 3, H, W) -> (logits (B, k, classes), last block's activations (B, k, C, h, w))."""
-        params = {name: torch.stack([m.get_parameter(name) for m in self.models])
-                  for name, _ in self.models[0].named_parameters()}
+        params = stacked(self.models, tuple(name for name, _ in self.models[0].named_parameters()))
         return vmap(lambda p, xi: functional_call(self.models[0], p, (xi,)), in_dims=(0, 1), out_dims=1)(params, x)
 
 

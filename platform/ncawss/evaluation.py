@@ -65,12 +65,24 @@ class TestSet:
         return cls(dataset, normalise(raw, mean, std), [intensity_baseline(im) for im in dataset.images], cams)
 
 
+def run_means(model: NCAClassifier, x: torch.Tensor, generators: list,
+              wanted: set[int]) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+    """Stochastic runs one after another, run r drawing from generators[r]: for each R in
+    `wanted`, the (logits, state) averaged over runs 0..R-1 (running sums: one run in memory)."""
+    out, total = {}, None
+    for run, generator in enumerate(generators, start=1):
+        logits, state = model(x, generator=generator)
+        total = (logits, state) if total is None else (total[0] + logits, total[1] + state)
+        if run in wanted:
+            out[run] = (total[0] / run, total[1] / run)
+    return out
+
+
 def read_state(model: NCAClassifier, x: torch.Tensor, readout: Readout, generator) -> tuple[torch.Tensor, torch.Tensor]:
     """(logits, state) of one read-out; `runs` stochastic runs (one after another) averaged."""
     if readout.inference == "mean_field":
         return model(x, mean_field=True)
-    runs = [model(x, generator=generator) for _ in range(readout.runs)]
-    return torch.stack([r[0] for r in runs]).mean(0), torch.stack([r[1] for r in runs]).mean(0)
+    return run_means(model, x, [generator] * readout.runs, {readout.runs})[readout.runs]
 
 
 def concat(results: list[PCAOtsu]) -> PCAOtsu:
@@ -130,23 +142,16 @@ def read_out(model: NCAClassifier, x: torch.Tensor, readouts: dict[str, Readout]
     One forward pass serves every mean-field read-out, one every stochastic read-out: run r of
     every image draws from its own generator (seed + 2 + r), so a read-out of R runs averages
     runs 0..R-1 and gets the same noise whatever else is asked."""
-    stochastic = [n for n, r in readouts.items() if r.inference == "stochastic"]
-    runs = max((readouts[n].runs for n in stochastic), default=0)
+    wanted = {r.runs for r in readouts.values() if r.inference == "stochastic"}
+    mean_field = any(r.inference == "mean_field" for r in readouts.values())
     segments: dict[str, list[PCAOtsu]] = {name: [] for name in readouts}
     preds: dict[str, list[torch.Tensor]] = {name: [] for name in readouts}
-    generators = [torch.Generator(device).manual_seed(config.seed + 2 + r) for r in range(runs)]
+    generators = [torch.Generator(device).manual_seed(config.seed + 2 + r) for r in range(max(wanted, default=0))]
     for start in range(0, len(x), config.batch_size):  # fixed chunks: the noise does not depend on `runs`
         chunk = x[start:start + config.batch_size].to(device)
-        states = {}  # (inference, runs) -> (logits, state)
-        if any(r.inference == "mean_field" for r in readouts.values()):
+        states = {("stochastic", runs): v for runs, v in run_means(model, chunk, generators, wanted).items()}
+        if mean_field:
             states["mean_field", 1] = model(chunk, mean_field=True)
-        wanted = {r.runs for r in readouts.values() if r.inference == "stochastic"}
-        total = None
-        for run, generator in enumerate(generators, start=1):  # running sums: one run in memory at a time
-            logits, state = model(chunk, generator=generator)
-            total = (logits, state) if total is None else (total[0] + logits, total[1] + state)
-            if run in wanted:
-                states["stochastic", run] = (total[0] / run, total[1] / run)
         for name, r in readouts.items():
             logits, state = states[r.inference, r.runs if r.inference == "stochastic" else 1]
             preds[name].append(logits.argmax(1).cpu())

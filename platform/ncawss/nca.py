@@ -52,11 +52,17 @@ class NCA(nn.Module):
         mean_field=True replaces the random fire mask by its expectation
         (S <- S + fire_rate * dS): a deterministic read-out of the same weights.
         """
+        steps, fire = self.fire(rgb, steps, fire_rate, generator, mean_field)
+        return run_nca(fused_weights(stacked([self], PARAMETERS)), rgb[:, None], steps, fire)[:, 0]
+
+    def fire(self, x: torch.Tensor, steps: int | None, fire_rate: float | None, generator: torch.Generator | None,
+             mean_field: bool) -> tuple[int, torch.Tensor | float]:
+        """(steps, fire) for one forward pass over x (B, 3, H, W): the defaults filled in, and the
+        fire masks drawn from `generator`, or with mean_field the fire rate itself."""
         steps = self.steps if steps is None else steps
         fire_rate = self.fire_rate if fire_rate is None else fire_rate
-        b, _, h, w = rgb.shape
-        fire = fire_rate if mean_field else fire_masks([generator], [b], steps, b, h, w, fire_rate, rgb.device)
-        return run_nca(fused_weights(stacked([self], PARAMETERS)), rgb[:, None], steps, fire)[:, 0]
+        b, _, h, w = x.shape
+        return steps, fire_rate if mean_field else fire_masks([generator], [b], steps, b, h, w, fire_rate, x.device)
 
 
 class Fused(NamedTuple):
@@ -149,11 +155,7 @@ class NCAClassifier(nn.Module):
                 generator: torch.Generator | None = None,
                 mean_field: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """x: normalised (B, 3, H, W) -> (logits (B, classes), state (B, channels, H, W))."""
-        nca = self.nca
-        steps = nca.steps if steps is None else steps
-        fire_rate = nca.fire_rate if fire_rate is None else fire_rate
-        b, _, h, w = x.shape
-        fire = fire_rate if mean_field else fire_masks([generator], [b], steps, b, h, w, fire_rate, x.device)
+        steps, fire = self.nca.fire(x, steps, fire_rate, generator, mean_field)
         logits, state = FoldStack([self])(x[:, None], fire, steps)
         return logits[:, 0], state[:, 0]
 
