@@ -44,6 +44,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0 (default cpu)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--json", help="also write the results to this JSON file")
+    p.add_argument("--save", metavar="DIR", help="write the fold models (weights_fold<i>.pt, for jobs/predict.py and "
+                                                  "jobs/evaluate.py) and the held-out images (holdout.parquet) to DIR")
     return p.parse_args()
 
 
@@ -79,7 +81,21 @@ def main() -> int:
           f"{args.device}, baselines trained and every read-out evaluated included)")
     if args.json:
         write_json(args, config, dataset, result, holdout, seconds)
+    if args.save:
+        save_models(Path(args.save), config, dataset, result, dataset.subset(held), cam_kinds)
     return 0
+
+
+def save_models(folder: Path, config, dataset, result, held, cam_kinds) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    source = {"name": dataset.name, "fingerprint": dataset.fingerprint}
+    for i, fold in enumerate(result.folds):
+        record = ncawss.FoldModel.of(fold, len(dataset.classes)).record(config, dataset.classes, i, fold.test_ids,
+                                                                        source, cam_kinds)
+        torch.save(record, folder / f"weights_fold{i}.pt")
+    if len(held):
+        ncawss.write_dataset(held, folder / "holdout.parquet")
+    print(f"wrote {len(result.folds)} fold models{' and holdout.parquet' if len(held) else ''} to {folder}")
 
 
 def print_report(config, result, holdout) -> None:

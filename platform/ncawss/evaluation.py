@@ -2,6 +2,7 @@
 and the majority vote of k fold models on any dataset (held-out or another domain's images)."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -189,6 +190,14 @@ class FoldModel:
         model = build_model(config, self.n_classes)
         model.load_state_dict(self.state_dict)
         return model
+
+    def record(self, config: TrainConfig, classes: list[str], fold: int, test_ids: list[str], source: dict,
+               cam_kinds: tuple[str, ...] | list[str] = ()) -> dict:
+        """The dict saved as weights_fold<fold>.pt: everything segmenting new images needs."""
+        return {"state_dict": self.state_dict, "norm_mean": self.norm_mean, "norm_std": self.norm_std,
+                "n_classes": self.n_classes, "classes": list(classes), "config": config.model_dump(),
+                "fold": fold, "test_ids": list(test_ids), "source": source, "cam_kinds": list(cam_kinds),
+                "cnns": {size: dataclasses.asdict(cnn) for size, cnn in (self.cnns or {}).items()}}
 
     @classmethod
     def from_record(cls, record: dict) -> FoldModel:

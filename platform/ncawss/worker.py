@@ -7,7 +7,6 @@ r * folds_per_worker onwards. Workers only exchange small result objects (gloo).
 """
 from __future__ import annotations
 
-import dataclasses
 import io
 import json
 import logging
@@ -150,11 +149,9 @@ def write_fold_files(folder: Path, fold: int, result: FoldResult, train: Dataset
     ev = result.evaluation
     (folder / f"gallery_fold{fold}.png").write_bytes(
         mask_gallery(test.images, test.masks, ev.responses, ev.masks))
-    torch.save({"state_dict": result.state_dict, "norm_mean": result.norm_mean, "norm_std": result.norm_std,
-                "n_classes": len(train.classes), "classes": train.classes, "config": config.model_dump(),
-                "fold": fold, "test_ids": result.test_ids, "source": source, "cam_kinds": list(cam_kinds),
-                "cnns": {size: dataclasses.asdict(cnn) for size, cnn in (result.cnns or {}).items()}},
-               folder / f"weights_fold{fold}.pt")
+    record = FoldModel.of(result, len(train.classes)).record(config, train.classes, fold, result.test_ids, source,
+                                                             cam_kinds)
+    torch.save(record, folder / f"weights_fold{fold}.pt")
     (folder / f"fold{fold}.json").write_text(json.dumps({
         "train_ids": list(train.ids), "test_ids": result.test_ids, "iou": ev.iou.tolist(),
         "baseline_iou": {name: v.tolist() for name, v in ev.baseline_iou.items()},
