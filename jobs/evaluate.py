@@ -2,7 +2,9 @@
 """Cross-domain evaluation: trained fold models segment other datasets.
 
 --model takes sweep output directories (their best configuration's fold models,
-OUTPUT/best_model) or MLflow run ids of trials (their logged fold weights). Each
+OUTPUT/best_model), folders of fold weights (cross_validate.py --save), MLflow run
+ids of trials (their logged fold weights) or MLflow model URIs (models:/NAME/VERSION,
+runs:/ID/model: a sweep's registered model). Each
 model's k fold models segment each --data dataset (masks needed, labels not):
 on the dataset a model was trained on, every fold scores its own test fold (the
 sweep's cross-validation numbers); on any other, the folds' masks are combined
@@ -20,18 +22,18 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import torch
-import yaml
 
 import ncawss
 from ncawss.evaluation import FoldModel, TestSet, evaluate
+from ncawss.models import load_records
 from ncawss.tracking import SweepTracker, TrackingError
 
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", nargs="+", required=True, metavar="RUN",
-                   help="sweep output directory, or MLflow run id of a trial")
+                   help="sweep output directory, folder of fold weights, MLflow run id of a trial, "
+                        "or MLflow model URI (models:/NAME/VERSION, runs:/ID/model)")
     p.add_argument("--data", nargs="+", required=True, metavar="PATH", help="datasets to segment")
     p.add_argument("--mlflow-uri", help="MLflow tracking URI for run ids and for logging the table "
                                         "(default: the sweep directory's store, else $MLFLOW_TRACKING_URI)")
@@ -39,24 +41,6 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.add_argument("--json", help="also write the results to this JSON file")
     return p.parse_args()
-
-
-def load_model(spec: str, uri: str | None, scratch: str) -> tuple[list[dict], str | None]:
-    """The fold weight records of a sweep directory or a trial run, and the store they came from."""
-    folder = Path(spec)
-    if folder.is_dir():
-        state = folder / "sweep.yaml"
-        uri = uri or (yaml.safe_load(state.read_text()).get("mlflow_uri") if state.exists() else None)
-        folder = folder / "best_model" if (folder / "best_model").is_dir() else folder
-    else:
-        uri = uri or os.environ.get("MLFLOW_TRACKING_URI")
-        if not uri:
-            raise ncawss.DataError(f"{spec}: not a directory; as an MLflow run id it needs --mlflow-uri")
-        folder = SweepTracker(uri, "unused").download_fold_files(spec, tempfile.mkdtemp(dir=scratch))
-    paths = sorted(folder.glob("weights_fold*.pt"))
-    if not paths:
-        raise ncawss.DataError(f"{folder}: no weights_fold*.pt files (not a sweep output or trial run?)")
-    return [torch.load(p, weights_only=False) for p in paths], uri
 
 
 def score(records: list[dict], dataset: ncawss.Dataset, device: str) -> dict:
@@ -112,7 +96,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as scratch:
         try:
             datasets = [ncawss.read_dataset(path) for path in args.data]
-            models = [load_model(spec, args.mlflow_uri, scratch) for spec in args.model]
+            uri = args.mlflow_uri or os.environ.get("MLFLOW_TRACKING_URI")
+            models = [load_records(spec, uri, scratch) for spec in args.model]
         except (ncawss.DataError, TrackingError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2

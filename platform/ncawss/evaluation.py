@@ -138,28 +138,37 @@ def evaluate(model: NCAClassifier, test: TestSet, config: TrainConfig, device: s
 
 def read_out(model: NCAClassifier, x: torch.Tensor, readouts: dict[str, Readout], config: TrainConfig,
              device) -> tuple[dict[str, PCAOtsu], dict[str, np.ndarray]]:
-    """Per read-out, the PCA-Otsu result (on CPU) and the class predictions of normalised images x.
+    """Per read-out, the PCA-Otsu result (on CPU) and the class predictions of normalised images x,
+    read in fixed chunks of config.batch_size images (the noise does not depend on `runs`)."""
+    generators = stochastic_generators(readouts, config, device)
+    parts = [read_chunk(model, x[start:start + config.batch_size].to(device), readouts, generators)
+             for start in range(0, len(x), config.batch_size)]
+    return ({name: concat([p[0][name] for p in parts]) for name in readouts},
+            {name: torch.cat([p[1][name].argmax(1).cpu() for p in parts]).numpy() for name in readouts})
 
-    One forward pass serves every mean-field read-out, one every stochastic read-out: run r of
-    every image draws from its own generator (seed + 2 + r), so a read-out of R runs averages
-    runs 0..R-1 and gets the same noise whatever else is asked."""
+
+def stochastic_generators(readouts: dict[str, Readout], config: TrainConfig, device) -> list[torch.Generator]:
+    """Run r of every image draws from its own generator (seed + 2 + r), so a read-out of R runs
+    averages runs 0..R-1 and gets the same noise whatever else is asked."""
+    runs = max((r.runs for r in readouts.values() if r.inference == "stochastic"), default=0)
+    return [torch.Generator(device).manual_seed(config.seed + 2 + r) for r in range(runs)]
+
+
+def read_chunk(model: NCAClassifier, chunk: torch.Tensor, readouts: dict[str, Readout],
+               generators: list[torch.Generator]) -> tuple[dict[str, PCAOtsu], dict[str, torch.Tensor]]:
+    """Per read-out, the PCA-Otsu result and the logits of one chunk of normalised images. One
+    forward pass serves every mean-field read-out, one set of stochastic runs every stochastic one;
+    the generators carry on from chunk to chunk."""
     wanted = {r.runs for r in readouts.values() if r.inference == "stochastic"}
-    mean_field = any(r.inference == "mean_field" for r in readouts.values())
-    segments: dict[str, list[PCAOtsu]] = {name: [] for name in readouts}
-    preds: dict[str, list[torch.Tensor]] = {name: [] for name in readouts}
-    generators = [torch.Generator(device).manual_seed(config.seed + 2 + r) for r in range(max(wanted, default=0))]
-    for start in range(0, len(x), config.batch_size):  # fixed chunks: the noise does not depend on `runs`
-        chunk = x[start:start + config.batch_size].to(device)
-        states = {("stochastic", runs): v for runs, v in run_means(model, chunk, generators, wanted).items()}
-        if mean_field:
-            states["mean_field", 1] = model(chunk, mean_field=True)
-        for name, r in readouts.items():
-            logits, state = states[r.inference, r.runs if r.inference == "stochastic" else 1]
-            preds[name].append(logits.argmax(1).cpu())
-            features = state if r.channels == "all" else state[:, 3:]
-            segments[name].append(pca_otsu(features, smooth=r.smooth, orient=r.orient, details=True))
-    return ({name: concat(parts) for name, parts in segments.items()},
-            {name: torch.cat(p).numpy() for name, p in preds.items()})
+    states = {("stochastic", runs): v for runs, v in run_means(model, chunk, generators, wanted).items()}
+    if any(r.inference == "mean_field" for r in readouts.values()):
+        states["mean_field", 1] = model(chunk, mean_field=True)
+    segments, logits = {}, {}
+    for name, r in readouts.items():
+        logits[name], state = states[r.inference, r.runs if r.inference == "stochastic" else 1]
+        features = state if r.channels == "all" else state[:, 3:]
+        segments[name] = pca_otsu(features, smooth=r.smooth, orient=r.orient, details=True)
+    return segments, logits
 
 
 def iou_each(masks: list[np.ndarray], truth: list[np.ndarray]) -> np.ndarray:

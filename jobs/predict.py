@@ -1,0 +1,257 @@
+#!/usr/bin/env python3
+"""Masks for new images from a trained NCA-WSS model (the k fold models of one configuration).
+
+MODEL: a sweep output directory (its best configuration), a folder of fold weights
+(cross_validate.py --save), an MLflow trial run id, or an MLflow model URI
+(models:/NAME/VERSION, runs:/ID/model). PATH: folders of images (PNG, BMP, TIFF, JPEG),
+single image files, or dataset Parquet files (jobs/prepare_data.py).
+
+For each image, at the image's own resolution, DIR gets masks/<id>.png (0/255: the
+majority vote of the fold models under the configuration's read-out), overlays/<id>.png
+(the mask's outline on the image) and one row of predictions.csv (id, source, class and
+its probability (mean of the folds' softmax), mask area fraction, quality score, fold
+agreement, and the true IoU where the input has masks). contact_sheet.png shows the
+lowest-quality images first.
+
+Quality score (label-free): every fold model segments the image --runs more times with
+random fire masks; the score is the mean IoU over all pairs of those masks that come
+from two different folds. Low scores flag masks to check. Where masks exist, the job
+prints the Spearman correlation between quality and true IoU, so you can see whether
+to trust the score on your data.
+
+Exit status: the number of inputs that failed (at most 254); 255 where nothing could
+run (model not found, output not writable).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import logging
+import os
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+from tqdm import tqdm
+
+import ncawss
+from ncawss.data import DataError, encode_png
+from ncawss.models import load_records
+from ncawss.predict import Ensemble, Predictor, decode_image, overlay
+from ncawss.tracking import TrackingError
+
+FATAL = 255
+IMAGE_SUFFIXES = {".png", ".bmp", ".tif", ".tiff", ".jpg", ".jpeg"}
+COLUMNS = ["id", "source", "label", "probability", "area_fraction", "quality", "fold_agreement", "iou", "error"]
+
+
+@dataclass
+class Item:
+    id: str
+    source: str
+    image: np.ndarray | None = None
+    truth: np.ndarray | None = None
+    error: str | None = None
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, help="sweep output directory, fold weights folder, MLflow trial run id, "
+                                                  "or MLflow model URI (models:/NAME/VERSION, runs:/ID/model)")
+    p.add_argument("--images", nargs="+", required=True, metavar="PATH",
+                   help="image folders, image files, or dataset Parquet files")
+    p.add_argument("--output", required=True, metavar="DIR", help="where masks, overlays and predictions.csv go")
+    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument("--read-out", default="readout", metavar="NAME",
+                   help="read-out of the model's configuration: 'readout' (default) or one of its variants")
+    p.add_argument("--runs", type=int, default=4, help="stochastic runs per fold for the quality score (default 4; "
+                                                       "0: no score)")
+    p.add_argument("--sheet", type=int, default=24, help="images on the contact sheet (default 24)")
+    p.add_argument("--mlflow-uri", help="MLflow tracking URI for run ids and model URIs "
+                                        "(default: $MLFLOW_TRACKING_URI)")
+    return p.parse_args()
+
+
+def main() -> int:
+    args = parse_args()
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    output = Path(args.output)
+    try:
+        ensemble = load_ensemble(args)
+        output.mkdir(parents=True, exist_ok=True)
+        (output / "masks").mkdir(exist_ok=True)
+        (output / "overlays").mkdir(exist_ok=True)
+    except (DataError, TrackingError, OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return FATAL
+    config = ensemble.config
+    print(f"model: {args.model}: {len(ensemble.folds)} fold models, classes {', '.join(ensemble.classes)}; "
+          f"read-out {args.read_out} ({config.readout.name}); quality from {args.runs} runs per fold")
+    items = gather(args.images, ensemble.min_side, config.readout.target)
+    good = [item for item in items if item.error is None]
+    predictor = Predictor(ensemble, args.device, args.runs)
+    rows: list[dict] = []
+    with tqdm(total=len(good), unit="image", desc="predict", file=sys.stderr) as bar:
+        for start in range(0, len(good), predictor.batch_size):
+            chunk = good[start:start + predictor.batch_size]
+            for item, prediction in zip(chunk, predictor.chunk([item.image for item in chunk])):
+                rows.append(write_outputs(output, item, prediction, ensemble.classes))
+            bar.update(len(chunk))
+    rows += [{"id": item.id, "source": item.source, "error": item.error} for item in items if item.error]
+    write_atomic(output / "predictions.csv", csv_text(rows))
+    if any("error" not in r for r in rows):
+        key = "quality" if args.runs else "fold_agreement"
+        write_atomic(output / "contact_sheet.png", contact_sheet(output, rows, key, args.sheet))
+    failed = sum(item.error is not None for item in items)
+    report(rows, failed, output)
+    return min(failed, FATAL - 1)
+
+
+def load_ensemble(args) -> Ensemble:
+    with tempfile.TemporaryDirectory() as scratch:
+        records, _ = load_records(args.model, args.mlflow_uri or os.environ.get("MLFLOW_TRACKING_URI"), scratch)
+    ensemble = Ensemble.from_records(records, args.model)
+    readouts = ensemble.config.readouts()
+    if args.read_out not in readouts:
+        raise DataError(f"--read-out {args.read_out}: the model's configuration has {', '.join(readouts)}")
+    config = ensemble.config.model_copy(update={"readout": readouts[args.read_out]})
+    return Ensemble(config, ensemble.folds, ensemble.classes)
+
+
+def gather(paths: list[str], min_side: int, target: str) -> list[Item]:
+    """Every input image decoded (or its one-line fault); grayscale and RGBA converted, with a note."""
+    items: list[Item] = []
+    for spec in paths:
+        path = Path(spec)
+        if path.suffix.lower() == ".parquet" or "://" in spec:
+            items += dataset_items(spec, target)
+        elif path.is_dir():
+            files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+            if not files:
+                items.append(Item(path.name or spec, spec, error=f"{spec}: empty folder, no images"))
+            items += [file_item(p, min_side) for p in files]
+        else:
+            items.append(file_item(path, min_side))
+    seen: dict[str, int] = {}
+    for item in items:  # the same name in two folders: keep both
+        seen[item.id] = seen.get(item.id, 0) + 1
+        if seen[item.id] > 1:
+            item.id = f"{item.id}-{seen[item.id]}"
+    for item in items:
+        if item.error:
+            print(f"error: {item.error}", file=sys.stderr)
+    return items
+
+
+def file_item(path: Path, min_side: int) -> Item:
+    item = Item(path.stem, str(path))
+    try:
+        if path.suffix.lower() not in IMAGE_SUFFIXES:
+            raise DataError(f"{path}: not an image file (expected .png, .bmp, .tif, .tiff, .jpg or .jpeg)")
+        item.image, note = decode_image(path.read_bytes(), str(path), min_side)
+        if note:
+            print(f"note: {note}", file=sys.stderr)
+    except (DataError, OSError) as exc:
+        item.error = str(exc)
+    return item
+
+
+def dataset_items(spec: str, target: str) -> list[Item]:
+    try:
+        dataset = ncawss.read_dataset(spec)
+    except DataError as exc:
+        return [Item(Path(spec).stem, spec, error=str(exc))]
+    truth = dataset.target_masks(target) if dataset.masks is not None else [None] * len(dataset)
+    sources = dataset.sources or [f"{spec}#{i}" for i in dataset.ids]
+    return [Item(i, s or f"{spec}#{i}", image, t) for i, s, image, t in zip(dataset.ids, sources, dataset.images, truth)]
+
+
+def write_outputs(output: Path, item: Item, prediction, classes: list[str]) -> dict:
+    name = safe_name(item.id)
+    write_atomic(output / "masks" / f"{name}.png", encode_png(prediction.mask.astype(np.uint8) * 255))
+    write_atomic(output / "overlays" / f"{name}.png", encode_png(overlay(item.image, prediction.mask)))
+    row = {"id": item.id, "source": item.source, "label": classes[prediction.label],
+           "probability": round(prediction.probability, 4), "area_fraction": round(prediction.area, 4),
+           "quality": round(prediction.quality, 4), "fold_agreement": round(prediction.agreement, 4)}
+    if item.truth is not None:
+        row["iou"] = round(ncawss.iou(prediction.mask, item.truth), 4)
+    return row
+
+
+def safe_name(image_id: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in image_id)
+
+
+def write_atomic(path: Path, content: bytes | str) -> None:
+    """Write to a hidden file beside `path`, then rename: a reader never sees half a file."""
+    data = content.encode() if isinstance(content, str) else content
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def csv_text(rows: list[dict]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, COLUMNS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def contact_sheet(output: Path, rows: list[dict], key: str, count: int, tile: int = 160, per_row: int = 6) -> bytes:
+    """Overlays of the lowest-quality images first (`key`), each captioned with id, score and class."""
+    ranked = sorted((r for r in rows if "error" not in r), key=lambda r: r[key])[:count]
+    lines = -(-len(ranked) // per_row)
+    sheet = Image.new("RGB", (per_row * tile, lines * (tile + 28)), "white")
+    draw = ImageDraw.Draw(sheet)
+    for n, row in enumerate(ranked):
+        x, y = (n % per_row) * tile, (n // per_row) * (tile + 28)
+        with Image.open(output / "overlays" / f"{safe_name(row['id'])}.png") as img:
+            img.thumbnail((tile - 4, tile - 4))
+            sheet.paste(img, (x + 2, y + 2))
+        truth = f" IoU {row['iou']:.2f}" if "iou" in row else ""
+        draw.text((x + 2, y + tile), f"{row['id'][:22]}", fill="black")
+        draw.text((x + 2, y + tile + 13), f"q {row[key]:.2f} {row['label'][:10]}{truth}", fill="black")
+    buffer = io.BytesIO()
+    sheet.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def report(rows: list[dict], failed: int, output: Path) -> None:
+    done = [r for r in rows if "error" not in r]
+    print(f"\n{len(done)} images written to {output} (masks/, overlays/, predictions.csv, contact_sheet.png); "
+          f"{failed} failed")
+    quality = np.array([r["quality"] for r in done])
+    if len(done) and not np.isnan(quality).all():
+        print(f"quality: median {np.median(quality):.3f}, lowest {quality.min():.3f} ({done[int(quality.argmin())]['id']})")
+    scored = [r for r in done if "iou" in r]
+    if len(scored) >= 4:
+        for line in quality_lines(np.array([r["quality"] for r in scored]), np.array([r["iou"] for r in scored])):
+            print(line)
+
+
+def quality_lines(quality: np.ndarray, iou: np.ndarray) -> list[str]:
+    from scipy.stats import spearmanr
+
+    order = np.argsort(quality, kind="stable")
+    quarter = max(len(order) // 4, 1)
+    rho = spearmanr(quality, iou).statistic
+    return [f"the inputs have masks: mean IoU {100 * iou.mean():.1f} over {len(iou)} images; Spearman(quality, IoU) "
+            f"= {rho:.2f}",
+            f"mean IoU of the least-agreeing quarter {100 * iou[order[:quarter]].mean():.1f}, "
+            f"of the most-agreeing quarter {100 * iou[order[-quarter:]].mean():.1f}"]
+
+
+if __name__ == "__main__":
+    torch.set_grad_enabled(False)
+    sys.exit(main())

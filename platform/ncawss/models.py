@@ -1,0 +1,46 @@
+"""Where a trained model comes from, for the jobs that use one: a folder of fold weights (a
+sweep's output directory, its best_model/, or cross_validate.py --save), an MLflow trial run
+id (its logged fold weights), or an MLflow model URI (models:/NAME/VERSION, runs:/ID/model)."""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import torch
+import yaml
+
+from .data import DataError
+from .tracking import SweepTracker, TrackingError
+
+MODEL_URI_SCHEMES = ("models:/", "runs:/")
+
+
+def load_records(spec: str, uri: str | None, scratch: str) -> tuple[list[dict], str | None]:
+    """The fold weight records MODEL `spec` names, and the tracking store it came from.
+    `uri`: the MLflow tracking URI for run ids and model URIs (a sweep folder knows its own)."""
+    folder = Path(spec)
+    if folder.is_dir():
+        state = folder / "sweep.yaml"
+        uri = uri or (yaml.safe_load(state.read_text()).get("mlflow_uri") if state.exists() else None)
+        folder = folder / "best_model" if (folder / "best_model").is_dir() else folder
+    elif not uri:
+        raise DataError(f"{spec}: not a directory; as an MLflow run id or model URI it needs --mlflow-uri "
+                        "(or $MLFLOW_TRACKING_URI)")
+    elif spec.startswith(MODEL_URI_SCHEMES):
+        folder = download_model(spec, uri, tempfile.mkdtemp(dir=scratch))
+    else:
+        folder = SweepTracker(uri, "unused").download_fold_files(spec, tempfile.mkdtemp(dir=scratch))
+    paths = sorted(folder.rglob("weights_fold*.pt"))
+    if not paths:
+        raise DataError(f"{spec}: no weights_fold*.pt files (not a sweep output, fold folder, trial run or model?)")
+    return [torch.load(p, map_location="cpu", weights_only=False) for p in paths], uri
+
+
+def download_model(model_uri: str, uri: str, scratch: str) -> Path:
+    import mlflow.artifacts
+
+    try:
+        return Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=scratch, tracking_uri=uri))
+    except Exception as exc:  # unknown model or version, unreachable store
+        raise TrackingError(f"{model_uri} in {uri}: cannot fetch the model "
+                            f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None

@@ -1,0 +1,199 @@
+"""Masks for new images: the k fold models' majority vote at each image's own resolution, the
+class with its probability, and a label-free quality score drawn from the NCA's own randomness.
+
+Quality score of an image: each of the k fold models segments it R more times, each run with
+its own random fire masks (stochastic inference; the configuration's read-out otherwise:
+channels, smoothing, orientation, post-processing; masks at the image's resolution). The score
+is the mean IoU over every pair of those k x R masks that come from two different folds
+(C(k, 2) x R^2 pairs; both empty counts as 1). Pairs within one fold are left out, so with fire
+rate 1, where every run of a fold is the same, the score equals the fold agreement: the mean
+pairwise IoU of the k masks the folds vote with. A single model: the mean over pairs of its runs.
+"""
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from .config import TrainConfig
+from .data import DataError
+from .evaluation import FoldModel, majority_vote, read_chunk, stochastic_generators
+from .loop import normalise, resize_images
+from .segment import masks_at, pca_otsu
+
+IMAGE_FORMATS = {"PNG", "BMP", "TIFF", "JPEG", "MPO"}  # MPO: JPEG with extra frames, as cameras write
+QUALITY_SEED = 7919  # offset of the quality runs' generators from the read-out's (seed + 2 + r)
+
+
+@dataclass
+class Ensemble:
+    """A trained configuration's k fold models: what predicting needs, with no data beside it."""
+    config: TrainConfig
+    folds: list[FoldModel]
+    classes: list[str]
+
+    @classmethod
+    def from_records(cls, records: list[dict], source: str = "model") -> Ensemble:
+        """From the weights_fold<i>.pt dicts a sweep or cross_validate.py --save writes."""
+        if not records:
+            raise DataError(f"{source}: no fold models")
+        configs = {repr(r["config"]) for r in records}
+        if len(configs) > 1:
+            raise DataError(f"{source}: the fold models were trained with different configurations")
+        config = TrainConfig.model_validate(records[0]["config"])
+        classes = records[0].get("classes") or [str(i) for i in range(records[0]["n_classes"])]
+        return cls(config, [FoldModel.from_record(r) for r in records], list(classes))
+
+    @property
+    def min_side(self) -> int:
+        """The smallest image side accepted: half the training resolution."""
+        return max(self.config.image_size // 2, 8)
+
+
+@dataclass
+class Prediction:
+    mask: np.ndarray        # bool, at the image's resolution: the folds' majority vote
+    label: int              # argmax of the folds' mean softmax
+    probability: float      # that class's mean softmax over the folds
+    quality: float          # label-free quality score (module doc)
+    agreement: float        # mean pairwise IoU of the folds' masks
+
+    @property
+    def area(self) -> float:
+        return float(self.mask.mean())
+
+
+def decode_image(data: bytes, name: str, min_side: int) -> tuple[np.ndarray, str | None]:
+    """An encoded PNG, BMP, TIFF or JPEG as (H, W, 3) uint8, and a note where it was converted.
+    Raises DataError naming `name` and the fault."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            fmt = img.format
+            if fmt not in IMAGE_FORMATS:
+                raise DataError(f"{name}: a {fmt} image, not PNG, BMP, TIFF or JPEG")
+            img.load()
+            mode = img.mode
+            rgb = np.asarray(img.convert("RGB"))
+    except DataError:
+        raise
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        kind = "not an image" if isinstance(exc, UnidentifiedImageError) else "corrupt or truncated"
+        raise DataError(f"{name}: {kind} ({type(exc).__name__}: {str(exc)[:120]})") from None
+    height, width = rgb.shape[:2]
+    if min(height, width) < min_side:
+        raise DataError(f"{name}: too small ({width}x{height}); the model needs at least {min_side} pixels a side")
+    return rgb, conversion_note(name, mode)
+
+
+def conversion_note(name: str, mode: str) -> str | None:
+    if mode == "RGB":
+        return None
+    gray = mode in ("1", "L", "LA", "I", "F") or mode.startswith("I;")
+    what = f"grayscale ({mode})" if gray else mode
+    how = "alpha channel dropped" if "A" in mode else "channel repeated" if gray else "converted"
+    return f"{name}: {what} image converted to RGB ({how})"
+
+
+def pairwise_iou(masks: np.ndarray) -> np.ndarray:
+    """(n, H, W) bool masks -> (n, n) IoU of every pair; both empty = 1."""
+    flat = masks.reshape(len(masks), -1).astype(np.float32)  # exact counts below 2^24 pixels
+    inter = flat @ flat.T
+    area = flat.sum(1)
+    union = area[:, None] + area[None, :] - inter
+    return np.where(union == 0, 1.0, inter / np.maximum(union, 1))
+
+
+def cross_fold_agreement(masks: np.ndarray) -> float:
+    """(k, R, H, W) masks of k folds x R runs -> mean IoU over pairs from different folds
+    (k = 1: over pairs of runs)."""
+    k, runs = masks.shape[:2]
+    if k * runs < 2:
+        return 1.0
+    fold = np.repeat(np.arange(k), runs)
+    pairs = fold[:, None] != fold[None, :] if k > 1 else ~np.eye(runs, dtype=bool)
+    return float(pairwise_iou(masks.reshape(k * runs, *masks.shape[2:]))[pairs].mean())
+
+
+class Predictor:
+    """The k fold models on one device, reading images chunk after chunk. Each fold's generators
+    carry on from chunk to chunk, so a run over a dataset in chunks of config.batch_size draws the
+    same read-out noise that evaluation draws, and the folds vote with the same masks."""
+
+    def __init__(self, ensemble: Ensemble, device: str | torch.device = "cpu", runs: int = 4):
+        if runs < 0:
+            raise ValueError(f"runs must be >= 0, got {runs}")
+        self.ensemble, self.device, self.runs = ensemble, torch.device(device), runs
+        config = ensemble.config
+        self.readouts = {"readout": config.readout}
+        self.models = [fold.nca(config).to(self.device).eval() for fold in ensemble.folds]
+        self.generators = [stochastic_generators(self.readouts, config, self.device) for _ in self.models]
+        self.quality_generators = [torch.Generator(self.device).manual_seed(config.seed + QUALITY_SEED + i)
+                                   for i in range(len(self.models))]
+
+    @property
+    def batch_size(self) -> int:
+        return self.ensemble.config.batch_size
+
+    @torch.inference_mode()
+    def chunk(self, images: list[np.ndarray]) -> list[Prediction]:
+        """Predictions for up to batch_size (H, W, 3) uint8 images of any sizes."""
+        config, readout = self.ensemble.config, self.ensemble.config.readout
+        raw = resize_images(images, config.image_size)
+        shapes = [image.shape[:2] for image in images]
+        votes, probabilities, runs = [], [], []
+        for fold, model, generators, quality in zip(self.ensemble.folds, self.models, self.generators,
+                                                    self.quality_generators):
+            x = normalise(raw, fold.norm_mean, fold.norm_std).to(self.device)
+            segments, logits = read_chunk(model, x, self.readouts, generators)
+            votes.append(masks_at(segments["readout"], shapes, readout.post))
+            probabilities.append(logits["readout"].float().softmax(1).cpu())
+            if self.runs:
+                runs.append(self.quality_masks(model, x, shapes, quality))
+        probability = torch.stack(probabilities).mean(0)
+        labels = probability.argmax(1)
+        out = []
+        for i, mask in enumerate(majority_vote(votes)):
+            fold_masks = np.stack([v[i] for v in votes])
+            agreement = cross_fold_agreement(fold_masks[:, None])
+            quality = cross_fold_agreement(np.stack([r[i] for r in runs])) if runs else float("nan")
+            out.append(Prediction(mask, int(labels[i]), float(probability[i, labels[i]]), quality, agreement))
+        return out
+
+    def quality_masks(self, model, x: torch.Tensor, shapes: list, generator: torch.Generator) -> list[np.ndarray]:
+        """Per image, its R stochastic runs' masks as one (R, H, W) array: the R runs of every
+        image in one forward pass over the chunk repeated R times."""
+        readout = self.ensemble.config.readout
+        _, state = model(x.repeat(self.runs, 1, 1, 1), generator=generator)
+        features = state if readout.channels == "all" else state[:, 3:]
+        result = pca_otsu(features, smooth=readout.smooth, orient=readout.orient, details=True)
+        masks = masks_at(result, shapes * self.runs, readout.post)  # run-major: run r of image i at r * B + i
+        return [np.stack(masks[i::len(shapes)]) for i in range(len(shapes))]
+
+
+def predict(ensemble: Ensemble, images: list[np.ndarray], device: str | torch.device = "cpu",
+            runs: int = 4) -> list[Prediction]:
+    """Masks, classes and quality scores of (H, W, 3) uint8 images (see the module doc)."""
+    predictor = Predictor(ensemble, device, runs)
+    return [p for start in range(0, len(images), predictor.batch_size)
+            for p in predictor.chunk(images[start:start + predictor.batch_size])]
+
+
+def outline(mask: np.ndarray) -> np.ndarray:
+    """The mask's one-pixel inner boundary."""
+    inner = mask.copy()
+    inner[1:-1, 1:-1] = mask[1:-1, 1:-1] & mask[:-2, 1:-1] & mask[2:, 1:-1] & mask[1:-1, :-2] & mask[1:-1, 2:]
+    return mask & ~inner
+
+
+def overlay(image: np.ndarray, mask: np.ndarray, colour=(255, 255, 0)) -> np.ndarray:
+    """The image with the mask's outline drawn on it (thickened to 2 pixels on large images)."""
+    edge = outline(mask)
+    if min(mask.shape) >= 200:
+        edge[1:] |= edge[:-1]
+        edge[:, 1:] |= edge[:, :-1]
+    out = image.copy()
+    out[edge] = colour
+    return out
