@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import logging
 import os
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from pathlib import Path
 import yaml
 
 import ncawss
+from ncawss.data import encode_png
 from ncawss.space import load_space
 from ncawss.tracking import SweepTracker, TrackingError
 
@@ -42,6 +44,8 @@ def parse_args() -> argparse.Namespace:
                    help="datasets (masks needed, labels not) every trial's fold models also segment: "
                         "cross-domain IoU beside each baseline, logged as extra metrics, never the objective")
     p.add_argument("--resume", action="store_true", help="continue the interrupted sweep in OUTPUT")
+    p.add_argument("--verbose", action="store_true", help="show Ray's worker output and Tune's full reports here "
+                                                          "(default: they go to Ray's log files)")
     return p.parse_args()
 
 
@@ -60,8 +64,26 @@ def read_eval_data(path: str) -> ncawss.Dataset:
     return dataset
 
 
+def data_uri(path: str) -> str:
+    return path if "://" in path else Path(path).resolve().as_uri()
+
+
+def quiet_console(verbose: bool) -> None:
+    """One line per finished fold from ncawss; Ray's own INFO lines only with --verbose."""
+    progress = logging.getLogger("ncawss.progress")
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    progress.addHandler(handler)
+    progress.setLevel(logging.INFO)
+    progress.propagate = False
+    if not verbose:
+        for name in ("ray.train", "ray.tune", "ray.air"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def main() -> int:
     args = parse_args()
+    quiet_console(args.verbose)
     os.environ["RAY_TRAIN_V2_ENABLED"] = "1"
     try:
         spec = load_space(args.space)
@@ -96,6 +118,8 @@ def main() -> int:
             raise ValueError(f"--eval-data: datasets {args.eval_data} share a name ({names}); metrics are "
                              "named after datasets, so give each its own name (prepare_data.py --name)")
         kept, held = ncawss.holdout_split(dataset.labels, spec.holdout, spec.seed)
+        tracker.dataset = {"name": dataset.name, "fingerprint": dataset.fingerprint,
+                           "uri": data_uri(args.data) if args.data else "synthetic:n=200,seed=0"}
     except (TrackingError, ncawss.DataError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -120,9 +144,12 @@ def main() -> int:
                                           "started": datetime.datetime.now().isoformat(timespec="seconds")}))
     print(f"sweep {spec.name}: {spec.trials} trials x {spec.folds} folds on {dataset.name}: {len(cv_data)} images "
           f"in the folds, {len(holdout)} held out; baselines {', '.join(spec.baselines)}; MLflow parent run {parent}")
+    if not args.verbose:
+        print("worker output: Ray's log files (/tmp/ray/session_latest/logs on each node); --verbose shows it here")
     results = run_sweep(spec, cv_data, storage, tracker, output, eval_sets,
-                        {"name": dataset.name, "fingerprint": dataset.fingerprint}, resume=args.resume)
-    summary = summarise(spec, results, tracker, output, holdout)
+                        {"name": dataset.name, "fingerprint": dataset.fingerprint}, resume=args.resume,
+                        verbose=args.verbose)
+    summary = summarise(spec, results, tracker, output, holdout, encode_png(dataset.images[0]))
     print(summary)
     print(f"\nbest configuration: {output / 'best_config.yaml'}")
     print(f"open MLflow:  mlflow ui --backend-store-uri {uri}" if local_store else f"MLflow: {uri}")

@@ -227,7 +227,7 @@ def test_holdout_baselines_eval_data_and_cross_domain_evaluation(tiny_data, tmp_
 
     # evaluate.py reproduces the logged fold IoU on the training data and fills a dataset x dataset table.
     best = max(trials, key=lambda r: r.data.metrics["iou_mean"])
-    for model in (str(output), best.info.run_id):
+    for model in (str(output), best.info.run_id, "models:/smoke/1"):
         result = tmp_path / "cross.json"
         out = subprocess.run([sys.executable, "jobs/evaluate.py", "--model", model, "--data", str(tiny_data),
                               str(other), "--mlflow-uri", f"sqlite:///{output}/mlflow.db", "--json", str(result)],
@@ -241,8 +241,71 @@ def test_holdout_baselines_eval_data_and_cross_domain_evaluation(tiny_data, tmp_
                                                     abs=1e-9) for t in candidates)
     cross = client.get_experiment_by_name("cross_domain")
     runs = client.search_runs([cross.experiment_id])
-    assert len(runs) == 2 and {"cross_domain.png", "cross_domain.txt", "cross_domain.json"} <= {
+    assert len(runs) == 3 and {"cross_domain.png", "cross_domain.txt", "cross_domain.json"} <= {
         a.path for a in client.list_artifacts(runs[0].info.run_id)}
+
+    check_predict_and_registered_model(output, other, tmp_path, run.stdout)
+
+
+def check_predict_and_registered_model(output, other, tmp_path, sweep_stdout):
+    """predict.py on the sweep's output votes as evaluation does; the registered MLflow model, loaded
+    in a fresh process from the SQLite registry, returns the same masks; MLflow shows the sweep as
+    a model-training experiment with its dataset as the runs' input."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from ncawss import TrainConfig, read_dataset
+    from ncawss.evaluation import FoldModel, TestSet, evaluate, majority_vote
+
+    uri = f"sqlite:///{output}/mlflow.db"
+    client, parent, trials = trial_runs(output)
+    assert client.get_experiment_by_name("smoke").tags["mlflow.experimentKind"] == "custom_model_development"
+    for run in [parent, *trials]:
+        (entry,) = run.inputs.dataset_inputs
+        assert entry.dataset.name == "synthetic-a" and entry.dataset.digest == \
+            parent.data.tags["dataset.fingerprint"][:36]
+    (version,) = client.search_model_versions("name = 'smoke'")
+    assert version.version == "1" and version.run_id == parent.info.run_id
+    assert "registered model: models:/smoke/1" in sweep_stdout
+
+    predicted = tmp_path / "predicted"
+    run = subprocess.run([sys.executable, "jobs/predict.py", "--model", str(output), "--images", str(other),
+                          "--output", str(predicted)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    dataset = read_dataset(other)
+    records = [torch.load(p, weights_only=False) for p in sorted((output / "best_model").glob("weights_fold*.pt"))]
+    config = TrainConfig.model_validate(records[0]["config"])
+    votes = []
+    for record in records:  # what evaluate.py's majority vote computes (ncawss.score_dataset)
+        fold = FoldModel.from_record(record)
+        test = TestSet.prepare(dataset, fold.norm_mean, fold.norm_std, config.image_size)
+        votes.append(evaluate(fold.nca(config), test, config, readouts={"readout": config.readout})["readout"].masks)
+    expected = majority_vote(votes)
+    masks = [np.asarray(Image.open(predicted / "masks" / f"{i}.png")) > 0 for i in dataset.ids]
+    assert all(m.shape == image.shape[:2] for m, image in zip(masks, dataset.images))
+    assert all(np.array_equal(m, e) for m, e in zip(masks, expected))
+
+    # The registered model in a fresh process: no ncawss objects in memory, only the registry.
+    script = """
+import io, sys
+import mlflow, numpy as np, pandas as pd
+from PIL import Image
+from ncawss import read_dataset
+from ncawss.data import encode_png
+mlflow.set_tracking_uri(sys.argv[1])
+images = pd.DataFrame({"image": [encode_png(image) for image in read_dataset(sys.argv[2]).images]})
+out = mlflow.pyfunc.load_model("models:/smoke/1").predict(images)
+masks = [np.asarray(Image.open(io.BytesIO(data))) > 0 for data in out["mask"]]
+np.save(sys.argv[3], np.array(masks, dtype=object), allow_pickle=True)
+print(list(out.columns), len(out))
+"""
+    served = subprocess.run([sys.executable, "-c", script, uri, str(other), str(tmp_path / "served.npy")],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert served.returncode == 0, served.stderr[-3000:]
+    assert "['mask', 'label', 'probability', 'quality']" in served.stdout
+    served_masks = np.load(tmp_path / "served.npy", allow_pickle=True)
+    assert len(served_masks) == len(masks) and all(np.array_equal(a, b) for a, b in zip(served_masks, masks))
 
 
 def test_folds_batched_in_one_worker_equal_one_fold_per_worker(tiny_data, tmp_path, ray_tmp):

@@ -100,8 +100,8 @@ def conversion_note(name: str, mode: str) -> str | None:
 def pairwise_iou(masks: np.ndarray) -> np.ndarray:
     """(n, H, W) bool masks -> (n, n) IoU of every pair; both empty = 1."""
     flat = masks.reshape(len(masks), -1).astype(np.float32)  # exact counts below 2^24 pixels
-    inter = flat @ flat.T
-    area = flat.sum(1)
+    inter = (flat @ flat.T).astype(np.float64)
+    area = flat.sum(1, dtype=np.float64)
     union = area[:, None] + area[None, :] - inter
     return np.where(union == 0, 1.0, inter / np.maximum(union, 1))
 

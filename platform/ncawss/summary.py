@@ -108,9 +108,10 @@ def score_holdout(spec: SweepSpec, model_dir: Path, holdout: Dataset) -> dict[st
 
 
 def summarise(spec: SweepSpec, results: tune.ResultGrid, tracker: SweepTracker, output: Path,
-              holdout: Dataset | None = None) -> str:
+              holdout: Dataset | None = None, example: bytes | None = None) -> str:
     """Write best_config.yaml, trials.csv and best_model/, score the best configuration on the
-    holdout, close the MLflow parent run; return the summary text."""
+    holdout, log and register its fold ensemble as an MLflow model (`example`: an encoded input
+    image), close the MLflow parent run; return the summary text."""
     import yaml
 
     rows = trial_rows(results)
@@ -145,6 +146,9 @@ def summarise(spec: SweepSpec, results: tune.ResultGrid, tracker: SweepTracker, 
                  f"chosen on the same folds it is scored on, so {optimistic}")
         if best.get("checkpoint_path"):
             model_dir = copy_checkpoint(best["checkpoint_path"], output / "best_model")
+            if example is not None:
+                model_uri = tracker.register_model(model_dir, example)
+                text += f"\nregistered model: {model_uri} (jobs/predict.py --model {model_uri})"
             if holdout is not None and len(holdout):
                 scores = score_holdout(spec, model_dir, holdout)
                 metrics.update(scores)

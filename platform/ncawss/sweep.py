@@ -35,6 +35,7 @@ from .tracking import SweepTracker, log_history
 from .worker import METRIC, fold_worker
 
 log = logging.getLogger(__name__)
+progress = logging.getLogger("ncawss.progress")  # one line per finished fold: the job shows it
 
 TUNE_BOOKKEEPING = {"pid", "timestamp", "time_this_iter_s", "time_total_s", "time_since_restore",
                     "iterations_since_restore", "training_iteration", "done", "checkpoint_path"}
@@ -161,6 +162,8 @@ class TrackingCallback(tune.Callback):
         self.tracker.log_metrics(run_id, metrics, step=int(result.get("epoch", 0)))
         if result.get("done") and result.get("checkpoint_path"):
             self.log_fold_files(run_id, result["checkpoint_path"])
+        for line in fold_lines(trial.trial_id, result):
+            progress.info(line)
         self.tracker.finish_trial(run_id, "FINISHED")
 
     def on_trial_error(self, iteration, trials, trial, **info):
@@ -177,13 +180,27 @@ class TrackingCallback(tune.Callback):
             self.tracker.log_directory(run_id, tmp, "folds")
 
 
+def fold_lines(trial_id: str, result: dict) -> list[str]:
+    """trial, fold, epoch, IoU beside the best baseline, for each fold of a finished trial."""
+    fold_iou = result.get("fold_iou") or []
+    baselines = [k.removeprefix("fold_").removesuffix("_iou") for k in result
+                 if k.startswith("fold_") and k.endswith("_iou") and k != "fold_iou"]
+    lines = []
+    for i, value in enumerate(fold_iou):
+        best = max(baselines, key=lambda b: result[f"fold_{b}_iou"][i], default=None)
+        against = f" vs {best} {100 * result[f'fold_{best}_iou'][i]:.1f}" if best else ""
+        lines.append(f"trial {trial_id} fold {i + 1}/{len(fold_iou)}: epoch {result.get('epoch')}, "
+                     f"IoU {100 * value:.1f}{against}")
+    return lines
+
+
 def max_epochs(spec: SweepSpec) -> int:
     if "epochs" in spec.search:
         return int(max(spec.search["epochs"].candidates()))
     return spec.train_config({}).epochs
 
 
-def build_tuner(spec: SweepSpec, refs: dict, storage: str, tracker: SweepTracker) -> tune.Tuner:
+def build_tuner(spec: SweepSpec, refs: dict, storage: str, tracker: SweepTracker, verbose: bool = False) -> tune.Tuner:
     searcher = None
     if spec.search:
         searcher = OptunaSearch(points_to_evaluate=spec.first or None,
@@ -197,22 +214,24 @@ def build_tuner(spec: SweepSpec, refs: dict, storage: str, tracker: SweepTracker
         param_space={name: tune_domain(p) for name, p in spec.search.items()},
         tune_config=tune.TuneConfig(metric=METRIC, mode="max", search_alg=searcher, scheduler=scheduler,
                                     num_samples=spec.trials, max_concurrent_trials=spec.max_concurrent),
-        run_config=tune.RunConfig(name=spec.name, storage_path=storage,
+        run_config=tune.RunConfig(name=spec.name, storage_path=storage, verbose=3 if verbose else 1,
                                   callbacks=[TrackingCallback(tracker, spec)]),
     )
 
 
 def run_sweep(spec: SweepSpec, dataset: Dataset, storage: str, tracker: SweepTracker, output: Path,
-              eval_sets: list[Dataset] = (), source: dict | None = None, resume: bool = False) -> tune.ResultGrid:
+              eval_sets: list[Dataset] = (), source: dict | None = None, resume: bool = False,
+              verbose: bool = False) -> tune.ResultGrid:
     """Run (or, with resume, continue) the sweep on `dataset` (the holdout already removed);
     MLflow runs end FAILED if it crashes. `source` (name, fingerprint of the file the data came
-    from) is stored with every fold's weights for later evaluation."""
+    from) is stored with every fold's weights for later evaluation. Workers' output goes to Ray's
+    log files unless `verbose`."""
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
     # Save Tune's experiment state at every step, so a finished trial is known as finished
     # to a resumed sweep even when the driver dies right after it.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
     if not ray.is_initialized():
-        ray.init()  # joins the cluster this runs in (ray job submit), else starts a local Ray
+        ray.init(log_to_driver=verbose)  # joins the cluster this runs in (ray job submit), else starts a local one
     experiment = f"{storage.rstrip('/')}/{spec.name}"
     try:
         refs = {"dataset": ray.put(dataset), "eval": [ray.put(d) for d in eval_sets],
@@ -222,7 +241,7 @@ def run_sweep(spec: SweepSpec, dataset: Dataset, storage: str, tracker: SweepTra
         if resume:
             tuner = tune.Tuner.restore(experiment, trainable=trainable(spec, refs, storage), resume_errored=True)
         else:
-            tuner = build_tuner(spec, refs, storage, tracker)
+            tuner = build_tuner(spec, refs, storage, tracker, verbose)
         return tuner.fit()
     except BaseException:
         tracker.fail_sweep()

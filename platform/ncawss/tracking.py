@@ -6,18 +6,23 @@ experiment state and continue the same parent run after a resume.
 """
 from __future__ import annotations
 
+import json
 import logging
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from mlflow.entities import Metric, Param
+from mlflow.entities import Dataset as DatasetEntity
+from mlflow.entities import DatasetInput, InputTag, Metric, Param
 from mlflow.tracking import MlflowClient
 
 log = logging.getLogger(__name__)
 
 TRIAL_TAG = "ncawss.trial_id"
 PARENT_TAG = "mlflow.parentRunId"
+# MLflow 3's UI opens an experiment of this kind on its runs table, not on the GenAI overview.
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+DIGEST_LENGTH = 36  # MLflow's limit on a dataset digest
 
 
 class TrackingError(RuntimeError):
@@ -25,9 +30,11 @@ class TrackingError(RuntimeError):
 
 
 class SweepTracker:
-    def __init__(self, uri: str, experiment: str, artifact_root: str | None = None, parent_run_id: str | None = None):
+    def __init__(self, uri: str, experiment: str, artifact_root: str | None = None, parent_run_id: str | None = None,
+                 dataset: dict[str, str] | None = None):
+        """`dataset`: {name, fingerprint, uri} of the training data, logged as every run's input."""
         self.uri, self.experiment, self.artifact_root = uri, experiment, artifact_root
-        self.parent_run_id = parent_run_id
+        self.parent_run_id, self.dataset = parent_run_id, dataset
         self.experiment_id: str | None = None
         self._client: MlflowClient | None = None
 
@@ -53,7 +60,18 @@ class SweepTracker:
             found = self.client.get_experiment_by_name(self.experiment)
             self.experiment_id = found.experiment_id if found else self.client.create_experiment(
                 self.experiment, artifact_location=self.artifact_root)
+            self.client.set_experiment_tag(self.experiment_id, *EXPERIMENT_KIND)
         return self.experiment_id
+
+    def log_dataset(self, run_id: str) -> None:
+        """The training data as the run's input: name, digest (the fingerprint, cut to MLflow's
+        36 characters; the whole one in the source), source URI."""
+        if self.dataset is None:
+            return
+        source = json.dumps({"uri": self.dataset["uri"], "fingerprint": self.dataset["fingerprint"]})
+        entity = DatasetEntity(name=self.dataset["name"], digest=self.dataset["fingerprint"][:DIGEST_LENGTH],
+                               source_type="ncawss", source=source)
+        self.client.log_inputs(run_id, datasets=[DatasetInput(entity, [InputTag("mlflow.data.context", "training")])])
 
     # --- sweep --------------------------------------------------------------
 
@@ -65,6 +83,7 @@ class SweepTracker:
         run = self.client.create_run(self.ensure_experiment(), run_name=self.experiment, tags=tags)
         self.parent_run_id = run.info.run_id
         self.client.log_batch(self.parent_run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
+        self.log_dataset(self.parent_run_id)
         for name, text in files.items():
             self.client.log_text(self.parent_run_id, text, name)
         return self.parent_run_id
@@ -106,6 +125,7 @@ class SweepTracker:
         run = self.client.create_run(self.ensure_experiment(), run_name=f"trial-{trial_id}",
                                      tags={PARENT_TAG: self.parent_run_id, TRIAL_TAG: trial_id})
         self.client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()])
+        self.log_dataset(run.info.run_id)
         return run.info.run_id
 
     def log_metrics(self, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
@@ -141,6 +161,14 @@ class SweepTracker:
             self.log_file(run_id, file_name, content)
         self.client.set_terminated(run_id, status="FINISHED")
         return run_id
+
+    def register_model(self, model_dir: Path, example: bytes) -> str:
+        """The fold ensemble in `model_dir` logged on the parent run (`model/`) and registered under
+        the sweep's name; returns its models:/ URI."""
+        from .mlflow_model import log_registered_model
+
+        version = log_registered_model(self.client, self.parent_run_id, model_dir, example, self.experiment)
+        return f"models:/{self.experiment}/{version}"
 
     def download_fold_files(self, run_id: str, destination: str) -> Path:
         """A trial run's logged fold files (weights, per-image results) in a local folder."""
