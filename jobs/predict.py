@@ -189,14 +189,13 @@ def safe_name(image_id: str) -> str:
 
 def write_atomic(path: Path, content: bytes | str) -> None:
     """Write to a hidden file beside `path`, then rename: a reader never sees half a file."""
-    data = content.encode() if isinstance(content, str) else content
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+        with open(tmp, "wb") as handle:  # plain open: the file gets the user's umask
+            handle.write(content.encode() if isinstance(content, str) else content)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 
@@ -217,8 +216,8 @@ def contact_sheet(output: Path, rows: list[dict], key: str, count: int, tile: in
     for n, row in enumerate(ranked):
         x, y = (n % per_row) * tile, (n // per_row) * (tile + 28)
         with Image.open(output / "overlays" / f"{safe_name(row['id'])}.png") as img:
-            img.thumbnail((tile - 4, tile - 4))
-            sheet.paste(img, (x + 2, y + 2))
+            scale = (tile - 4) / max(img.size)
+            sheet.paste(img.resize((round(img.width * scale), round(img.height * scale))), (x + 2, y + 2))
         truth = f" IoU {row['iou']:.2f}" if "iou" in row else ""
         draw.text((x + 2, y + tile), f"{row['id'][:22]}", fill="black")
         draw.text((x + 2, y + tile + 13), f"q {row[key]:.2f} {row['label'][:10]}{truth}", fill="black")

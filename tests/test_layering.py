@@ -3,7 +3,7 @@ import sys
 
 METHOD_MODULES = ["ncawss", "ncawss.data", "ncawss.layouts", "ncawss.synthetic", "ncawss.nca",
                   "ncawss.segment", "ncawss.config", "ncawss.loop", "ncawss.train", "ncawss.evaluation",
-                  "ncawss.baselines", "ncawss.space"]
+                  "ncawss.baselines", "ncawss.space", "ncawss.predict"]
 
 
 def test_method_modules_import_neither_ray_nor_mlflow():

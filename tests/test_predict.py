@@ -79,7 +79,8 @@ def test_quality_runs_are_batched_and_reproducible(small_synthetic):
 
 def test_planted_hard_images_get_lower_quality_scores():
     config = ncawss.load_config(ROOT / "configs/quickstart.yaml").model_copy(
-        update={"epochs": 25, "variants": {}, "readout": ncawss.Readout(inference="mean_field")})
+        update={"epochs": 20, "variants": {}, "readout": ncawss.Readout(inference="mean_field", smooth=1.0,
+                                                                          post="largest")})
     train = ncawss.make_synthetic(n=100, size=32, seed=1)
     result = ncawss.cross_validate(config, train, k=2, seed=0)
     ensemble = Ensemble(config, [FoldModel.of(f, 5) for f in result.folds], train.classes)
