@@ -152,7 +152,12 @@ def main() -> int:
     summary = summarise(spec, results, tracker, output, holdout, encode_png(dataset.images[0]))
     print(summary)
     print(f"\nbest configuration: {output / 'best_config.yaml'}")
-    print(f"open MLflow:  mlflow ui --backend-store-uri {uri}" if local_store else f"MLflow: {uri}")
+    # MLflow 3's UI starts in its GenAI view whatever the experiment's kind; this link opens the runs table.
+    page = f"#/experiments/{tracker.ensure_experiment()}?workflowType=machine_learning"
+    if local_store:
+        print(f"open MLflow:  mlflow ui --backend-store-uri {uri}   then  http://127.0.0.1:5000/{page}")
+    else:
+        print(f"MLflow: {uri.rstrip('/')}/{page}" if uri.startswith("http") else f"MLflow: {uri}")
     return 0
 
 

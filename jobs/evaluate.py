@@ -107,7 +107,7 @@ def main() -> int:
             return 2
     rows, columns = [], [d.name for d in datasets]
     for spec, (records, _) in zip(args.model, models):
-        row = f"{records[0]['source']['name']} [{Path(spec).name}]"
+        row = f"{records[0]['source']['name']} [{Path(spec).name if Path(spec).is_dir() else spec}]"
         rows.append(row)
         table[row] = {}
         for dataset in datasets:

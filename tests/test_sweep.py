@@ -266,7 +266,7 @@ def check_predict_and_registered_model(output, other, tmp_path, sweep_stdout):
         assert entry.dataset.name == "synthetic-a" and entry.dataset.digest == \
             parent.data.tags["dataset.fingerprint"][:36]
     (version,) = client.search_model_versions("name = 'smoke'")
-    assert version.version == "1" and version.run_id == parent.info.run_id
+    assert int(version.version) == 1 and version.run_id == parent.info.run_id
     assert "registered model: models:/smoke/1" in sweep_stdout
 
     predicted = tmp_path / "predicted"

@@ -36,11 +36,28 @@ def load_records(spec: str, uri: str | None, scratch: str) -> tuple[list[dict], 
     return [torch.load(p, map_location="cpu", weights_only=False) for p in paths], uri
 
 
-def download_model(model_uri: str, uri: str, scratch: str) -> Path:
-    import mlflow.artifacts
+def download_model(model_uri: str, uri: str, destination: str) -> Path:
+    """A models:/NAME/VERSION, models:/NAME@ALIAS or runs:/ID/PATH model's files, from the
+    store at `uri` (its registry too)."""
+    from mlflow.tracking import MlflowClient
 
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     try:
-        return Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=scratch, tracking_uri=uri))
+        source = model_uri
+        if model_uri.startswith("models:/"):
+            name, alias = model_uri.removeprefix("models:/"), None
+            if "@" in name:
+                name, alias = name.split("@", 1)
+                version = client.get_model_version_by_alias(name, alias)
+            else:
+                name, _, number = name.partition("/")
+                version = client.get_model_version(name, number)
+            source = version.source
+        if not source.startswith("runs:/"):
+            import mlflow.artifacts
+            return Path(mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=destination))
+        run_id, _, path = source.removeprefix("runs:/").partition("/")
+        return Path(client.download_artifacts(run_id, path, destination))
     except Exception as exc:  # unknown model or version, unreachable store
         raise TrackingError(f"{model_uri} in {uri}: cannot fetch the model "
                             f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
