@@ -12,7 +12,8 @@ from scipy.stats import spearmanr
 
 import ncawss
 from conftest import ROOT
-from ncawss.evaluation import FoldModel, TestSet, evaluate, majority_vote
+from ncawss import evaluation
+from ncawss.evaluation import FoldModel, evaluate, majority_vote
 from ncawss.loop import build_model
 from ncawss.predict import Ensemble, cross_fold_agreement, pairwise_iou, predict
 
@@ -102,7 +103,7 @@ def test_predicted_masks_equal_the_majority_vote_evaluation_computes(small_synth
     predictions = predict(ensemble, small_synthetic.images, runs=2)
     votes = []
     for fold in ensemble.folds:
-        test = TestSet.prepare(small_synthetic, fold.norm_mean, fold.norm_std, config.image_size)
+        test = evaluation.TestSet.prepare(small_synthetic, fold.norm_mean, fold.norm_std, config.image_size)
         votes.append(evaluate(fold.nca(config), test, config, readouts={"readout": config.readout})["readout"].masks)
     assert all(np.array_equal(p.mask, v) for p, v in zip(predictions, majority_vote(votes)))
 
@@ -189,3 +190,28 @@ def test_an_unknown_model_or_read_out_stops_before_any_output(model_dir, tmp_pat
     assert run.returncode == 255 and "needs --mlflow-uri" in run.stderr and not (tmp_path / "out").exists()
     run = run_predict(model_dir, tmp_path / "out", tmp_path / "a.png", extra=("--read-out", "nope"))
     assert run.returncode == 255 and "--read-out nope" in run.stderr and not (tmp_path / "out").exists()
+
+
+def test_predict_takes_the_registered_model_and_its_run_uri(model_dir, tmp_path, small_synthetic):
+    from mlflow.tracking import MlflowClient
+
+    from ncawss.data import encode_png
+    from ncawss.mlflow_model import log_registered_model
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("lab", artifact_location=(tmp_path / "artifacts").as_uri())
+    run_id = client.create_run(experiment).info.run_id
+    assert log_registered_model(client, run_id, model_dir, encode_png(small_synthetic.images[0]), "lab") == 1
+    assert log_registered_model(client, run_id, model_dir, encode_png(small_synthetic.images[0]), "lab") == 2
+    data = ncawss.write_dataset(small_synthetic.subset(range(5)), tmp_path / "five.parquet")
+    outputs = {}
+    for model in (str(model_dir), "models:/lab/2", f"runs:/{run_id}/model"):
+        out = tmp_path / f"out{len(outputs)}"
+        run = run_predict(model, out, data, extra=("--mlflow-uri", uri))
+        assert run.returncode == 0, run.stderr[-3000:]
+        outputs[model] = [np.asarray(Image.open(out / "masks" / f"{i}.png")) for i in small_synthetic.ids[:5]]
+    first = outputs[str(model_dir)]
+    assert all(all(np.array_equal(a, b) for a, b in zip(first, masks)) for masks in outputs.values())
+    run = run_predict("models:/lab/9", tmp_path / "none", data, extra=("--mlflow-uri", uri))
+    assert run.returncode == 255 and "models:/lab/9" in run.stderr and "cannot fetch the model" in run.stderr
