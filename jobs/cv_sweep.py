@@ -76,8 +76,12 @@ def quiet_console(verbose: bool) -> None:
     progress.addHandler(handler)
     progress.setLevel(logging.INFO)
     progress.propagate = False
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     if not verbose:
-        for name in ("ray.train", "ray.tune", "ray.air"):
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        for name in ("ray.train", "ray.tune", "ray.air", "mlflow.pyfunc", "mlflow.store.db.utils"):
             logging.getLogger(name).setLevel(logging.WARNING)
 
 

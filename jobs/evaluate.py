@@ -91,6 +91,7 @@ def heat_map(table: dict, rows: list[str], columns: list[str]) -> bytes:
 
 def main() -> int:
     args = parse_args()
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     table: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as scratch:

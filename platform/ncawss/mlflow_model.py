@@ -62,7 +62,7 @@ def save_model(records_dir: Path, example: bytes, destination: Path) -> Path:
     for path in sorted(records_dir.glob("weights_fold*.pt")):
         shutil.copy(path, folds / path.name)
     mlflow.pyfunc.save_model(
-        str(destination), python_model=EnsembleModel(), artifacts={"folds": str(folds)},
+        str(destination), python_model=str(Path(__file__).with_name("pyfunc_entry.py")), artifacts={"folds": str(folds)},
         signature=SIGNATURE, input_example=pd.DataFrame({"image": [example]}),
         pip_requirements=[f"ncawss=={ncawss.__version__}", f"torch=={torch.__version__.split('+')[0]}"],
         model_config={"device": "cpu", "runs": 4})

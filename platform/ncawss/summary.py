@@ -3,6 +3,7 @@ best configuration, Optuna's figures, and the MLflow parent run's closing metric
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -60,7 +61,9 @@ def optuna_figures(spec: SweepSpec, rows: list[dict]) -> dict[str, bytes]:
              "parallel_coordinate.png": optuna.visualization.matplotlib.plot_parallel_coordinate}
     for name, plot in plots.items():
         try:
-            axes = plot(study)
+            with warnings.catch_warnings():  # "experimental" notices and degenerate-axis remarks
+                warnings.simplefilter("ignore")
+                axes = plot(study)
             buffer = io.BytesIO()
             axes.figure.savefig(buffer, format="png", bbox_inches="tight", dpi=100)
             figures[name] = buffer.getvalue()

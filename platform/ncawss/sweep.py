@@ -37,6 +37,7 @@ from .worker import METRIC, fold_worker
 log = logging.getLogger(__name__)
 progress = logging.getLogger("ncawss.progress")  # one line per finished fold: the job shows it
 
+PROGRESS_METRICS = ["epoch", METRIC, "lift", "accuracy_mean"]
 TUNE_BOOKKEEPING = {"pid", "timestamp", "time_this_iter_s", "time_total_s", "time_since_restore",
                     "iterations_since_restore", "training_iteration", "done", "checkpoint_path"}
 
@@ -133,7 +134,9 @@ def trainable(spec: SweepSpec, refs: dict, storage: str):
                               cnns=[refs["cnns"]] if refs["cnns"] is not None else [],
                               eval_sets=refs["eval"], source=refs["source"], storage=storage)
     # The trial driver only waits on its folds, which hold the real resources.
-    return tune.with_resources(fn, {"memory": 256 * 1024 ** 2})
+    fn = tune.with_resources(fn, {"memory": 256 * 1024 ** 2})
+    fn._progress_metrics = PROGRESS_METRICS  # what Tune's console tables show of a trial's results
+    return fn
 
 
 class TrackingCallback(tune.Callback):
