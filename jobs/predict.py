@@ -129,7 +129,9 @@ def gather(paths: list[str], min_side: int, target: str) -> list[Item]:
     items: list[Item] = []
     for spec in paths:
         path = Path(spec)
-        if path.suffix.lower() == ".parquet" or "://" in spec:
+        if "://" not in spec and not path.exists():
+            items.append(Item(path.stem or spec, spec, error=f"{spec}: no such file or folder"))
+        elif path.suffix.lower() == ".parquet" or "://" in spec:
             items += dataset_items(spec, target)
         elif path.is_dir():
             files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))

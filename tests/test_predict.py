@@ -167,12 +167,12 @@ def test_bad_inputs_each_get_one_line_and_the_rest_is_written(model_dir, tmp_pat
     (folder / "corrupt.png").write_bytes((folder / "good.png").read_bytes()[:100])
     (folder / "notes.txt").write_text("not an image")
     Image.fromarray(image).save(folder / "disguised.png", format="GIF")
-    run = run_predict(model_dir, tmp_path / "out", folder, empty)
+    run = run_predict(model_dir, tmp_path / "out", folder, empty, tmp_path / "missing.png")
     errors = [line for line in run.stderr.splitlines() if line.startswith("error:")]
-    assert run.returncode == 5 == len(errors), run.stderr
+    assert run.returncode == 6 == len(errors), run.stderr
     for name, fault in [("tiny.png", "too small (6x6)"), ("corrupt.png", "corrupt or truncated"),
                         ("notes.txt", "not an image file"), ("disguised.png", "a GIF image"),
-                        (str(empty), "empty folder")]:
+                        (str(empty), "empty folder"), ("missing.png", "no such file or folder")]:
         assert any(name in line and fault in line for line in errors), (name, errors)
     assert f"{folder / 'gray.png'}: grayscale (L) image converted to RGB" in run.stderr
     assert f"{folder / 'rgba.png'}: RGBA image converted to RGB (alpha channel dropped)" in run.stderr
