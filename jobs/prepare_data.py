@@ -14,7 +14,7 @@ import logging
 import sys
 
 import ncawss
-from ncawss.data import dataset_metadata
+from ncawss.data import STRAY_SHARE, dataset_metadata
 
 
 def parse_args() -> argparse.Namespace:
@@ -25,6 +25,10 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--subset", type=int, default=1, help="zheng2018: Dataset 1 or 2 (default 1)")
     p.add_argument("--classes", nargs="+", help="folder: class names in label order (default: sorted labels)")
     p.add_argument("--name", help="folder: dataset name (default: the folder's name)")
+    p.add_argument("--max-stray", type=float, default=STRAY_SHARE, metavar="SHARE",
+                   help="masks: values off the layout's levels on at most this share of a mask's pixels are "
+                        "snapped to the nearest level, with a warning (default 0.005 = 0.5%%)")
+    p.add_argument("--strict", action="store_true", help="masks: snap nothing (same as --max-stray 0)")
     p.add_argument("--n", type=int, default=200, help="synthetic: number of crops (default 200)")
     p.add_argument("--size", type=int, default=64, help="synthetic: crop side in pixels (default 64)")
     p.add_argument("--seed", type=int, default=0, help="synthetic: seed (default 0)")
@@ -33,10 +37,13 @@ def parse_args() -> argparse.Namespace:
 
 
 def layout_options(args: argparse.Namespace) -> dict:
+    max_stray = 0.0 if args.strict else args.max_stray
+    if not 0 <= max_stray <= 1:
+        raise ValueError(f"--max-stray {args.max_stray}: a share between 0 and 1")
     if args.layout == "zheng2018":
-        return {"subset": args.subset}
+        return {"subset": args.subset, "max_stray": max_stray}
     if args.layout == "folder":
-        return {"classes": args.classes, "name": args.name}
+        return {"classes": args.classes, "name": args.name, "max_stray": max_stray}
     return {"n": args.n, "size": args.size, "seed": args.seed, "domain": args.domain}
 
 
@@ -50,6 +57,10 @@ def main() -> int:
         return 2
     meta = dataset_metadata(path)
     print(f"wrote {path}: dataset {meta['name']}, classes {meta['classes']}, fingerprint {meta['fingerprint'][:16]}")
+    snapped = meta.get("provenance", {}).get("snapped_pixels")
+    if snapped:
+        print(f"{snapped} mask pixels in {meta['provenance']['snapped_masks']} masks were snapped to the nearest "
+              "level (recorded in the file's metadata; --strict refuses them)")
     return 0
 
 

@@ -1,4 +1,6 @@
 import os
+import subprocess
+import sys
 import warnings
 
 import numpy as np
@@ -6,6 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from conftest import ROOT
 from ncawss import DataError, convert, holdout_split, make_synthetic, read_dataset, stratified_folds, write_dataset
 from ncawss.data import dataset_metadata
 
@@ -159,12 +162,65 @@ def test_mask_of_another_size_is_named(tmp_path):
     expect_error(tmp_path, "folder", root, r"cell3\.png: mask is 5x5")
 
 
-def test_mask_value_outside_the_layout_is_named(tmp_path):
+def stray_pixels(path, values_at):
+    """Put stray values at the given pixels of a saved mask (anti-aliasing as real masks have it)."""
+    mask = np.asarray(Image.open(path)).copy()
+    for (row, col), value in values_at.items():
+        mask[row, col] = value
+    save(path, mask)
+    return mask
+
+
+def test_a_few_stray_mask_values_are_snapped_to_the_nearest_level_with_a_warning(tmp_path, caplog):
     root = make_zheng(tmp_path / "z")
-    bad = np.asarray(Image.open(root / "Dataset 1" / "003.png")).copy()
-    bad[0, 0] = 77
-    save(root / "Dataset 1" / "003.png", bad)
-    expect_error(tmp_path, "zheng2018", root, r"003\.png: mask has values \[77\]")
+    path = root / "Dataset 1" / "003.png"
+    raw = stray_pixels(path, {(0, 0): 7, (0, 1): 120, (5, 5): 250, (6, 6): 64})  # 4 of 14,160 pixels
+    with caplog.at_level("WARNING"):
+        dataset = read_dataset(convert("zheng2018", root, tmp_path / "d.parquet"))
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "003.png: 4 pixels" in warnings[0] and "[7, 64, 120, 250]" in warnings[0]
+    index = dataset.ids.index("003")
+    assert not dataset.masks[index][0, 0] and dataset.masks[index][0, 1] and not dataset.nucleus[index][0, 1]
+    assert dataset.nucleus[index][5, 5] and not dataset.masks[index][6, 6]  # 64: nearer 0 than 128 (a tie)
+    untouched = (raw == 0) | (raw == 128) | (raw == 255)
+    assert np.array_equal(dataset.masks[index][untouched], raw[untouched] > 0)
+    assert dataset.provenance["snapped_pixels"] == 4 and dataset.provenance["snapped_masks"] == 1
+
+
+def test_stray_mask_values_above_the_share_or_strict_stop_the_conversion(tmp_path):
+    root = make_zheng(tmp_path / "z")
+    stray_pixels(root / "Dataset 1" / "003.png", {(r, c): 77 for r in range(10) for c in range(10)})  # 0.7%
+    expect_error(tmp_path, "zheng2018", root, r"003\.png: mask has values \[77\] .* on 100 pixels \(0\.71%\)")
+    converted = convert("zheng2018", root, tmp_path / "loose.parquet", max_stray=0.01)
+    assert read_dataset(converted).provenance["snapped_pixels"] == 100
+    root = make_zheng(tmp_path / "z2")
+    stray_pixels(root / "Dataset 1" / "002.png", {(0, 0): 77})
+    expect_error(tmp_path, "zheng2018", root, r"002\.png: mask has values \[77\].*--strict", max_stray=0.0)
+
+
+def test_folder_masks_snap_antialiased_edges_but_keep_label_images(tmp_path):
+    root = make_folder(tmp_path / "raw", n=3, size=(40, 30))
+    stray_pixels(root / "masks" / "cell0.png", {(0, 0): 100, (0, 1): 200})  # 2 of 1,200 pixels
+    labelled = np.zeros((40, 30), np.uint8)  # a label image: several values, nonzero = cell
+    labelled[1:5, 1:5], labelled[6:10, 5:9] = 1, 2
+    save(root / "masks" / "cell1.png", labelled)
+    dataset = read_dataset(convert("folder", root, tmp_path / "d.parquet"))
+    assert not dataset.masks[0][0, 0] and dataset.masks[0][0, 1]
+    assert np.array_equal(dataset.masks[1], labelled > 0)
+    assert dataset.provenance["snapped_pixels"] == 2 and dataset.provenance["snapped_masks"] == 1
+
+
+def test_prepare_data_reports_snapped_pixels_and_strict_refuses_them(tmp_path):
+    root = make_zheng(tmp_path / "z")
+    stray_pixels(root / "Dataset 1" / "001.png", {(1, 1): 3, (1, 2): 3})
+    command = [sys.executable, "jobs/prepare_data.py", "zheng2018", "--source", str(root)]
+    run = subprocess.run([*command, "--output", str(tmp_path / "a.parquet")], cwd=ROOT, capture_output=True, text=True)
+    assert run.returncode == 0 and "001.png: 2 pixels (0.01%) with values [3] snapped" in run.stdout + run.stderr
+    assert "2 mask pixels in 1 masks were snapped" in run.stdout
+    run = subprocess.run([*command, "--output", str(tmp_path / "b.parquet"), "--strict"], cwd=ROOT,
+                         capture_output=True, text=True)
+    assert run.returncode == 2 and "001.png: mask has values [3]" in run.stderr
+    assert not (tmp_path / "b.parquet").exists()
 
 
 def test_unknown_label_is_named(tmp_path):

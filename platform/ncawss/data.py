@@ -34,6 +34,7 @@ METADATA_KEY = b"ncawss"
 MASK_ENCODINGS = {1: "PNG: 255 = white blood cell, 0 = background",
                   2: "PNG: 255 = nucleus, 128 = cytoplasm, 0 = background"}
 TARGETS = ("cell", "nucleus")
+STRAY_SHARE = 0.005  # share of a mask's pixels that may be snapped to the nearest level
 IMAGE_SUFFIXES = (".png", ".bmp", ".jpg", ".jpeg", ".tif", ".tiff")
 
 
@@ -110,8 +111,8 @@ def read_image(path: Path) -> np.ndarray:
         raise DataError(f"{path}: cannot read image ({exc})") from None
 
 
-def read_mask(path: Path, allowed: set[int] | None, image_shape: tuple[int, int]) -> np.ndarray:
-    """Read a label-image mask, check its values (None: any) and size; returns its uint8 values."""
+def read_mask(path: Path, image_shape: tuple[int, int]) -> np.ndarray:
+    """Read a label-image mask and check its size; returns its uint8 values."""
     try:
         with Image.open(path) as img:
             values = np.asarray(img.convert("L") if img.mode in ("1", "P", "RGB", "RGBA", "LA") else img)
@@ -122,12 +123,29 @@ def read_mask(path: Path, allowed: set[int] | None, image_shape: tuple[int, int]
     if values.shape != image_shape:
         raise DataError(f"{path}: mask is {values.shape[1]}x{values.shape[0]} (WxH) "
                         f"but its image is {image_shape[1]}x{image_shape[0]}")
-    if allowed is not None:
-        bad = sorted(set(np.unique(values).tolist()) - allowed)
-        if bad:
-            raise DataError(f"{path}: mask has values {bad[:8]} not allowed by this layout "
-                            f"(allowed: {sorted(allowed)})")
     return values
+
+
+def snap_to_levels(values: np.ndarray, levels: set[int], path: Path, max_stray: float) -> tuple[np.ndarray, int]:
+    """Masks as they come: values off `levels` (anti-aliased edges) on at most `max_stray` of the
+    pixels are set to the nearest level, with a warning naming the file; more is a DataError.
+    Returns the values and how many pixels were snapped."""
+    stray = ~np.isin(values, sorted(levels))
+    count = int(stray.sum())
+    if not count:
+        return values, 0
+    bad = sorted(np.unique(values[stray]).tolist())
+    share = count / values.size
+    if share > max_stray:
+        raise DataError(f"{path}: mask has values {bad[:8]} not allowed by this layout (allowed: {sorted(levels)}) "
+                        f"on {count} pixels ({share:.2%}); up to {max_stray:.2%} would be snapped to the nearest "
+                        f"level ({'--strict' if max_stray == 0 else '--max-stray'})")
+    ordered = np.array(sorted(levels))
+    snapped = values.copy()
+    snapped[stray] = ordered[np.abs(values[stray, None].astype(int) - ordered[None]).argmin(1)]
+    log.warning("%s: %d pixels (%.2f%%) with values %s snapped to the nearest of %s", path, count, 100 * share,
+                bad[:8], sorted(levels))
+    return snapped, count
 
 
 def encode_png(array: np.ndarray) -> bytes:

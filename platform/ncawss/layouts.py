@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import IMAGE_SUFFIXES, DataError, Dataset, read_image, read_mask, write_dataset
+from .data import IMAGE_SUFFIXES, STRAY_SHARE, DataError, Dataset, read_image, read_mask, snap_to_levels, write_dataset
 from .synthetic import make_synthetic
 
 ZHENG_CLASSES = ["neutrophil", "lymphocyte", "monocyte", "eosinophil", "basophil"]
@@ -35,8 +35,10 @@ def check_unique(keys: list[str], where: Path, what: str) -> None:
         seen.add(key)
 
 
-def read_zheng2018(source: str | os.PathLike, subset: int = 1) -> Dataset:
-    """Zheng et al. 2018: `Dataset N/NNN.bmp` images, `NNN.png` masks, `Class Labels of Dataset N.csv`."""
+def read_zheng2018(source: str | os.PathLike, subset: int = 1, max_stray: float = STRAY_SHARE) -> Dataset:
+    """Zheng et al. 2018: `Dataset N/NNN.bmp` images, `NNN.png` masks, `Class Labels of Dataset N.csv`.
+    Mask values other than 0/128/255 on at most `max_stray` of a mask's pixels are snapped to the
+    nearest of them (Dataset 2 has anti-aliased edges); more is an error."""
     root = Path(source)
     folder = root / f"Dataset {subset}"
     label_file = root / f"Class Labels of Dataset {subset}.csv"
@@ -57,7 +59,7 @@ def read_zheng2018(source: str | os.PathLike, subset: int = 1) -> Dataset:
         if image_id not in image_files:
             raise DataError(f"{label_file}: label row for image {image_id}, "
                             f"but {folder / (image_id + '.bmp')} is missing")
-    images, masks, nucleus, ids, sources = [], [], [], [], []
+    images, masks, nucleus, ids, sources, snapped = [], [], [], [], [], []
     for image_id in sorted(image_files):
         path = image_files[image_id]
         if image_id not in labels:
@@ -66,7 +68,8 @@ def read_zheng2018(source: str | os.PathLike, subset: int = 1) -> Dataset:
         mask_path = path.with_suffix(".png")
         if not mask_path.exists():
             raise DataError(f"{mask_path}: mask not found for image {path.name}")
-        levels = read_mask(mask_path, ZHENG_MASK_VALUES, image.shape[:2])
+        levels, count = snap_to_levels(read_mask(mask_path, image.shape[:2]), ZHENG_MASK_VALUES, mask_path, max_stray)
+        snapped.append(count)
         masks.append(levels > 0)
         nucleus.append(levels == 255)
         images.append(image)
@@ -77,14 +80,17 @@ def read_zheng2018(source: str | os.PathLike, subset: int = 1) -> Dataset:
     return Dataset(images, masks, np.array([labels[i] for i in ids]), list(ZHENG_CLASSES), ids,
                    name=f"zheng2018-dataset{subset}", sources=sources,
                    provenance={"layout": "zheng2018", "subset": subset,
-                               "origin": "Zheng et al. 2018, Micron 107:55-71 (segmentation_WBC)"},
+                               "origin": "Zheng et al. 2018, Micron 107:55-71 (segmentation_WBC)",
+                               **snap_record(snapped, max_stray)},
                    nucleus=nucleus)
 
 
-def read_folder(source: str | os.PathLike, classes: list[str] | None = None, name: str | None = None) -> Dataset:
+def read_folder(source: str | os.PathLike, classes: list[str] | None = None, name: str | None = None,
+                max_stray: float = STRAY_SHARE) -> Dataset:
     """Generic layout: images/ (PNG, BMP, TIFF, JPEG), optional masks/ (same file stem; any
     nonzero value = cell, so 0/255 and 0/1 both work), optional labels.csv (header id,label;
-    label = class name)."""
+    label = class name). A binary mask's stray grey values (anti-aliased 0/255 edges) on at most
+    `max_stray` of its pixels are snapped to the nearer of 0 and 255 first."""
     root = Path(source)
     image_dir, mask_dir, label_file = root / "images", root / "masks", root / "labels.csv"
     if not image_dir.is_dir():
@@ -101,16 +107,37 @@ def read_folder(source: str | os.PathLike, classes: list[str] | None = None, nam
     if mask_dir.is_dir():
         mask_files = {p.stem: p for p in mask_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
         masks = []
-    images = []
+    images, snapped = [], []
     for path in paths:
         image = read_image(path)
         images.append(image)
         if masks is not None:
             if path.stem not in mask_files:
                 raise DataError(f"{mask_dir}: no mask for image {path.name}")
-            masks.append(read_mask(mask_files[path.stem], None, image.shape[:2]) > 0)
+            values, count = binary_mask(mask_files[path.stem], image.shape[:2], max_stray)
+            masks.append(values > 0)
+            snapped.append(count)
     return Dataset(images, masks, labels, list(classes or []), ids, name=name or root.resolve().name,
-                   sources=[str(p.relative_to(root)) for p in paths], provenance={"layout": "folder"})
+                   sources=[str(p.relative_to(root)) for p in paths],
+                   provenance={"layout": "folder", **snap_record(snapped, max_stray)})
+
+
+def binary_mask(path: Path, shape: tuple[int, int], max_stray: float) -> tuple[np.ndarray, int]:
+    """A folder-layout mask; a 0/255 one with a few stray values is snapped, anything else (0/1,
+    label images with several values) is read as it is: nonzero = cell."""
+    values = read_mask(path, shape)
+    if values.max() <= 1:
+        return values, 0
+    try:
+        return snap_to_levels(values, {0, 255}, path, max_stray)
+    except DataError:  # not meant to be binary: several labels, or more grey than edges have
+        return values, 0
+
+
+def snap_record(counts: list[int], max_stray: float) -> dict:
+    """What the dataset's metadata keeps of snapping: pixels and masks snapped, and the limit."""
+    return {"snapped_pixels": int(sum(counts)), "snapped_masks": int(sum(c > 0 for c in counts)),
+            "max_stray": max_stray}
 
 
 def read_synthetic(source: None, **options) -> Dataset:
@@ -149,7 +176,7 @@ def load_layout(layout: str, source: str | os.PathLike | None, **options) -> Dat
 def convert(layout: str, source: str | os.PathLike | None, destination: str | os.PathLike, **options) -> Path:
     """Read a raw layout and write it as one Parquet dataset file; returns the file's path.
 
-    Options: zheng2018: subset (1 or 2); folder: classes, name;
+    Options: zheng2018: subset (1 or 2), max_stray; folder: classes, name, max_stray;
     synthetic (source ignored): n, size, seed, domain.
     """
     return write_dataset(load_layout(layout, source, **options), destination)
