@@ -109,7 +109,10 @@ def main() -> int:
     # A store on this machine keeps artifacts beside it; a server decides for itself.
     tracker = SweepTracker(uri, spec.name, artifact_root=(output / "mlartifacts").as_uri() if local_store else None,
                            parent_run_id=state.get("parent_run_id"))
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    # Fail fast where the store is unreachable at the start; during the sweep, retry with
+    # exponential backoff (MLflow's own: 7 retries, about 4 minutes) to ride out a server restart.
+    retries = os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "7")
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
     output.mkdir(parents=True, exist_ok=True)
     try:
@@ -127,6 +130,7 @@ def main() -> int:
     except (TrackingError, ncawss.DataError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = retries
     # The holdout leaves here: trials only ever receive the cross-validation part.
     cv_data, holdout = dataset.subset(kept), dataset.subset(held)
     (output / "holdout_ids.txt").write_text("".join(f"{i}\n" for i in holdout.ids))

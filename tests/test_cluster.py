@@ -44,3 +44,12 @@ def test_head_runs_mlflow_and_gives_jobs_its_tracking_uri(cluster):
     assert "mlflow server" in head and "MLFLOW_TRACKING_URI=http://127.0.0.1:5000" in head
     workers = cluster["available_node_types"]["gpu_worker"]
     assert workers["min_workers"] == 0 and workers["node_config"]["InstanceType"].startswith("g")
+
+
+def test_every_node_starts_ray_with_token_auth_and_services_bind_loopback(cluster):
+    starts = [c for c in cluster["head_start_ray_commands"] + cluster["worker_start_ray_commands"] if "ray start" in c]
+    assert len(starts) == 2 and all("RAY_AUTH_MODE=token ray start" in c for c in starts)
+    assert cluster["file_mounts"]["/home/ubuntu/.ray/auth_token"] == "~/.ray/auth_token"  # one token, every node
+    head = " ".join(cluster["head_start_ray_commands"])
+    assert "--dashboard-host=127.0.0.1" in head and "mlflow server --host 127.0.0.1" in head
+    assert "0.0.0.0" not in head

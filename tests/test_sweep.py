@@ -1,6 +1,7 @@
 """The distributed sweep on a real local Ray, with a real MLflow store (slow: minutes)."""
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -92,6 +93,18 @@ def test_ray_job_submit_runs_the_smoke_sweep_and_mlflow_holds_it(tiny_data, tmp_
         if "No available agent" not in submit.stderr:
             break
         time.sleep(3)
+    # Without the token, the head's job API refuses the same submission.
+    no_token = {k: v for k, v in env.items() if k not in ("RAY_AUTH_TOKEN", "RAY_AUTH_MODE")}
+    no_token["HOME"] = str(tmp_path)  # and no ~/.ray/auth_token to fall back on
+    refused = subprocess.run([f"{VENV_BIN}/ray", "job", "submit", "--address", address, "--submission-id", "smoke-2",
+                              "--no-wait", "--", "echo", "hi"], cwd=ROOT, env=no_token, capture_output=True,
+                             text=True, timeout=120)
+    assert refused.returncode != 0
+    assert re.search(r"(?i)auth|token|401|unauthori", refused.stdout + refused.stderr), refused.stderr[-2000:]
+    jobs = subprocess.run([sys.executable, "-c", "import sys; from ray.job_submission import JobSubmissionClient; "
+                           "print(sorted(j.submission_id for j in JobSubmissionClient(sys.argv[1]).list_jobs()))",
+                           address], env=client_env, capture_output=True, text=True, timeout=60)
+    assert jobs.stdout.strip() == "['smoke-1']", jobs.stdout + jobs.stderr[-2000:]  # the head stored no smoke-2
     status = subprocess.run([sys.executable, "-c", "import sys; from ray.job_submission import JobSubmissionClient; "
                              "print(JobSubmissionClient(sys.argv[1]).get_job_status('smoke-1'))", address],
                             env=client_env, capture_output=True, text=True, timeout=60)
@@ -328,3 +341,42 @@ def test_folds_batched_in_one_worker_equal_one_fold_per_worker(tiny_data, tmp_pa
     assert workers[None] == ["train_state_worker0.pt"]
     assert workers[1] == ["train_state_worker0.pt", "train_state_worker1.pt"]
     assert fold_iou[None] == pytest.approx(fold_iou[1], abs=1e-9)
+
+
+def test_asha_stops_a_planted_bad_trial_at_the_grace_period(tiny_data, tmp_path, ray_tmp):
+    """A first point with a fire rate of 1e-6 (no cell ever fires: the NCA stays the identity) and
+    PCA on the hidden channels only, which then stay zero: its masks are empty, so ASHA must stop
+    that trial at its first rung."""
+    space = yaml.safe_load((ROOT / "search_spaces/smoke.yaml").read_text())
+    space.update(name="asha", trials=2, holdout=0, scheduler={"grace_period": 1, "reduction_factor": 2})
+    space["train"]["epochs"] = 4
+    space["search"] = {"fire_rate": {"type": "float", "low": 1e-6, "high": 1.0},
+                       "readout.channels": {"type": "choice", "values": ["all", "hidden"]}}
+    space["first"] = [{"fire_rate": 0.5, "readout.channels": "all"}, {"fire_rate": 1e-6, "readout.channels": "hidden"}]
+    (tmp_path / "space.yaml").write_text(yaml.safe_dump(space))
+    output = tmp_path / "out"
+    command = sweep_command(tiny_data, output)
+    command[command.index("search_spaces/smoke.yaml")] = str(tmp_path / "space.yaml")
+    run = subprocess.run(command, cwd=ROOT, env=env_with(ray_tmp), capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+
+    client, parent, trials = trial_runs(output, "asha")
+    by_fire = {float(t.data.params["fire_rate"]): t for t in trials}
+    bad, good = by_fire[1e-6], by_fire[0.5]
+    # What the trials' fold workers reported, epoch by epoch, as MLflow holds it.
+    reported = {name: [m.step for m in client.get_metric_history(t.info.run_id, "iou_mean")]
+                for name, t in (("bad", bad), ("good", good))}
+    assert max(reported["bad"]) == 1 and max(reported["good"]) == 4
+    assert bad.data.tags["ncawss.status"] == "stopped early at epoch 1"
+    assert "stopped early at epoch 1" in bad.data.tags["mlflow.note.content"]
+    assert "ncawss.status" not in good.data.tags and "fold0_iou" in good.data.metrics
+    # The stopped trial's workers trained fewer epochs than the 4 of the others: their last
+    # checkpoint holds epoch 1 or 2 (the stop reaches a worker after the rung's report).
+    import torch
+    states = sorted((output / "ray").glob(f"folds-{bad.data.tags['ncawss.trial_id']}/checkpoint_*/train_state_worker0.pt"))
+    epochs = [s["epoch"] for s in torch.load(states[-1], weights_only=False)]
+    assert len(epochs) == 2 and epochs[0] == epochs[1] and 1 <= epochs[0] < 4
+    assert f"trial {bad.data.tags['ncawss.trial_id']} at epoch 1" in run.stdout
+    assert "stopped early at epoch 1" in (output / "trials.csv").read_text()
+    assert parent.data.metrics["trials_stopped_early"] == 1
+

@@ -18,7 +18,7 @@ from .data import Dataset
 from .evaluation import FoldModel, score_dataset
 from .space import Param, SweepSpec
 from .tracking import SweepTracker
-from .worker import METRIC
+from .worker import FOLDS_DONE, METRIC
 
 log = logging.getLogger(__name__)
 
@@ -28,10 +28,15 @@ def trial_rows(results: tune.ResultGrid) -> list[dict]:
     rows = []
     for result in results:
         metrics = result.metrics or {}
-        status = "error" if result.error else ("done" if metrics.get("done") else "stopped")
+        status = "error" if result.error else ("done" if metrics.get(FOLDS_DONE) else stopped_status(metrics))
         rows.append({**metrics, "trial": metrics.get("trial_id", "?"), "params": dict(result.config or {}),
                      "status": status})
     return sorted(rows, key=lambda r: (r["status"] != "done", -r.get(METRIC, -1.0)))
+
+
+def stopped_status(metrics: dict) -> str:
+    """A trial the scheduler (ASHA) ended before its last epoch, and the epoch it reached."""
+    return f"stopped early at epoch {metrics['epoch']}" if "epoch" in metrics else "stopped early"
 
 
 def optuna_figures(spec: SweepSpec, rows: list[dict]) -> dict[str, bytes]:
@@ -130,6 +135,11 @@ def summarise(spec: SweepSpec, results: tune.ResultGrid, tracker: SweepTracker, 
     metrics = {"trials_done": len(done), "trials_total": len(rows)}
     text = (f"\n{len(done)} of {len(rows)} trials finished (IoU in %, at the ground truth's resolution, "
             f"every baseline on the same test images; lift = IoU minus the best baseline)\n{table}")
+    stopped = [r for r in rows if r["status"].startswith("stopped early")]
+    if stopped:
+        text += ("\nstopped early by the scheduler (ASHA): "
+                 + ", ".join(f"trial {r['trial']} at epoch {r.get('epoch', '?')}" for r in stopped))
+    metrics["trials_stopped_early"] = len(stopped)
     if done:
         best = done[0]
         config = spec.train_config(best["params"])

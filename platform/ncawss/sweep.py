@@ -30,16 +30,16 @@ from .baselines import CNN_WIDTHS, CNNBaseline, cnn_settings, train_cnns
 from .config import TrainConfig
 from .data import Dataset, stratified_folds
 from .space import Param, SweepSpec
-from .summary import copy_checkpoint
+from .summary import copy_checkpoint, stopped_status
 from .tracking import SweepTracker, log_history
-from .worker import METRIC, fold_worker
+from .worker import FOLDS_DONE, METRIC, fold_worker
 
 log = logging.getLogger(__name__)
 progress = logging.getLogger("ncawss.progress")  # one line per finished fold: the job shows it
 
 PROGRESS_METRICS = ["epoch", METRIC, "lift", "accuracy_mean"]
 TUNE_BOOKKEEPING = {"pid", "timestamp", "time_this_iter_s", "time_total_s", "time_since_restore",
-                    "iterations_since_restore", "training_iteration", "done", "checkpoint_path"}
+                    "iterations_since_restore", "training_iteration", "done", FOLDS_DONE, "checkpoint_path"}
 
 
 # --- CAM baselines: trained once per fold, never per trial ----------------------
@@ -151,7 +151,7 @@ class TrackingCallback(tune.Callback):
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         run_id = self.tracker.trial_run_id(trial.trial_id)
-        if not result.get("done"):
+        if not result.get(FOLDS_DONE):
             self.tracker.log_metrics(run_id, {k: result[k] for k in (METRIC, "train_loss_mean", "train_accuracy_mean")
                                               if k in result}, step=int(result["epoch"]))
 
@@ -163,10 +163,15 @@ class TrackingCallback(tune.Callback):
             metrics.pop(name, None)
             metrics.update({f"{name.replace('fold_', f'fold{i}_')}": v for i, v in enumerate(result[name])})
         self.tracker.log_metrics(run_id, metrics, step=int(result.get("epoch", 0)))
-        if result.get("done") and result.get("checkpoint_path"):
+        if result.get(FOLDS_DONE) and result.get("checkpoint_path"):
             self.log_fold_files(run_id, result["checkpoint_path"])
         for line in fold_lines(trial.trial_id, result):
             progress.info(line)
+        if not result.get(FOLDS_DONE):
+            status = stopped_status(result)
+            self.tracker.note_trial(run_id, status, {"ncawss.status": status,
+                                                     "ncawss.stopped_at_epoch": str(result.get("epoch", ""))})
+            progress.info(f"trial {trial.trial_id}: {status} (ASHA: below the rung's cut-off)")
         self.tracker.finish_trial(run_id, "FINISHED")
 
     def on_trial_error(self, iteration, trials, trial, **info):

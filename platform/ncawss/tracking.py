@@ -144,6 +144,11 @@ class SweepTracker:
     def log_directory(self, run_id: str, local_dir: str, artifact_path: str) -> None:
         self.client.log_artifacts(run_id, local_dir, artifact_path=artifact_path)
 
+    def note_trial(self, run_id: str, note: str, tags: dict[str, str]) -> None:
+        """Tags and a description (MLflow's note, shown on the run's page) on a trial's run."""
+        for key, value in {**tags, "mlflow.note.content": note}.items():
+            self.client.set_tag(run_id, key, value)
+
     def finish_trial(self, run_id: str, status: str = "FINISHED") -> None:
         self.client.set_terminated(run_id, status=status)
 

@@ -34,6 +34,7 @@ from .train import FoldResult, FoldsHooks, train_folds
 log = logging.getLogger(__name__)
 
 METRIC = "iou_mean"
+FOLDS_DONE = "folds_done"  # in a trial's last report only (Tune marks any trial's last result "done")
 TRAIN_STATE = "train_state_worker{}.pt"
 
 
@@ -163,7 +164,7 @@ def trial_metrics(folds: list[dict], config: TrainConfig) -> dict:
     over the best baseline, every read-out variant, and every evaluation dataset."""
     iou = [f["iou"] for f in folds]
     metrics = {
-        "epoch": config.epochs, "done": True,
+        "epoch": config.epochs, FOLDS_DONE: True,
         METRIC: float(np.mean(iou)), "iou_std": float(np.std(iou)), "fold_iou": iou,
         "accuracy_mean": float(np.mean([f["accuracy"] for f in folds])),
         "fold_accuracy": [f["accuracy"] for f in folds],
