@@ -84,10 +84,12 @@ def main() -> int:
     output = Path(args.output)
     try:
         ensemble = load_ensemble(args)
+        predictor = Predictor(ensemble, args.device, args.runs)  # a bad --device or --runs fails here
         output.mkdir(parents=True, exist_ok=True)
         (output / "masks").mkdir(exist_ok=True)
         (output / "overlays").mkdir(exist_ok=True)
-    except (DataError, TrackingError, OSError, ValueError) as exc:
+    except (DataError, TrackingError, OSError, ValueError, RuntimeError, AssertionError) as exc:
+        # AssertionError: what a CPU-only torch raises for --device cuda
         print(f"error: {exc}", file=sys.stderr)
         return FATAL
     config = ensemble.config
@@ -95,7 +97,6 @@ def main() -> int:
           f"read-out {args.read_out} ({config.readout.name}); quality from {args.runs} runs per fold")
     items = gather(args.images, ensemble.min_side, config.readout.target)
     good = [item for item in items if item.error is None]
-    predictor = Predictor(ensemble, args.device, args.runs)
     rows: list[dict] = []
     with tqdm(total=len(good), unit="image", desc="predict", file=sys.stderr) as bar:
         for start in range(0, len(good), predictor.batch_size):

@@ -380,3 +380,54 @@ def test_asha_stops_a_planted_bad_trial_at_the_grace_period(tiny_data, tmp_path,
     assert "stopped early at epoch 1" in (output / "trials.csv").read_text()
     assert parent.data.metrics["trials_stopped_early"] == 1
 
+
+
+def test_losing_the_node_that_holds_the_folds_resumes_them_on_another_node(tmp_path, ray_tmp, monkeypatch):
+    """A real two-node Ray cluster on loopback: the head has no CPUs, so every fold worker runs on
+    the worker node. That node is removed mid-trial (as a spot instance goes) and a new one joins
+    (as the autoscaler brings one); the trial's folds resume there from their checkpoint. The
+    storage path is a local folder that both nodes reach, as a shared filesystem would be."""
+    from ray.cluster_utils import Cluster
+
+    monkeypatch.setenv("RAY_TMPDIR", ray_tmp)
+    data = convert("synthetic", None, tmp_path / "d.parquet", n=120, size=32)
+    space = yaml.safe_load((ROOT / "search_spaces/smoke.yaml").read_text())
+    space.update(trials=2, checkpoint_every=1, holdout=0.2)
+    space["first"] = [{"channels": 16, "steps": 16, "fire_rate": 0.5}]
+    space["train"].update(image_size=32, epochs=6)
+    space["search"] = {"channels": {"type": "int", "low": 16, "high": 16},
+                       "steps": {"type": "int", "low": 16, "high": 16},
+                       "fire_rate": {"type": "float", "low": 0.3, "high": 1.0}}
+    (tmp_path / "space.yaml").write_text(yaml.safe_dump(space))
+    output = tmp_path / "out"
+    command = sweep_command(data, output)
+    command[command.index("search_spaces/smoke.yaml")] = str(tmp_path / "space.yaml")
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    try:
+        node = cluster.add_node(num_cpus=2)
+        driver = subprocess.Popen(command, cwd=ROOT, env=env_with(ray_tmp, RAY_ADDRESS=cluster.address),
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        removed = False
+        deadline = time.time() + 600
+        while time.time() < deadline and not removed:
+            time.sleep(0.5)
+            snapshots = list((output / "ray").glob("folds-*/checkpoint_manager_snapshot.json"))
+            if snapshots and '"epoch":' in snapshots[0].read_text():  # a checkpoint Ray Train registered
+                cluster.remove_node(node, allow_graceful=False)
+                cluster.add_node(num_cpus=2)
+                removed = True
+        assert removed, "no checkpoint appeared in time"
+        stdout, _ = driver.communicate(timeout=900)
+    finally:
+        cluster.shutdown()
+    assert driver.returncode == 0, stdout[-4000:]
+    client, parent, trials = trial_runs(output)
+    assert parent.info.status == "FINISHED" and "holdout_iou" in parent.data.metrics
+    assert len(trials) == 2 and all(t.info.status == "FINISHED" for t in trials)
+    first = min(trials, key=lambda t: t.info.start_time)
+    # The trial that lost its node: both folds resumed from the checkpoint, neither from epoch 0.
+    assert first.data.metrics["resumed_folds"] == 2, first.data.metrics
+    for trial in trials:
+        assert {"fold0_iou", "fold1_iou", "iou_mean"} <= set(trial.data.metrics)
+        assert len(client.get_metric_history(trial.info.run_id, "fold0_train_loss")) == 6
+    assert (output / "best_model" / "weights_fold0.pt").exists()
