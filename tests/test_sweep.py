@@ -431,3 +431,72 @@ def test_losing_the_node_that_holds_the_folds_resumes_them_on_another_node(tmp_p
         assert {"fold0_iou", "fold1_iou", "iou_mean"} <= set(trial.data.metrics)
         assert len(client.get_metric_history(trial.info.run_id, "fold0_train_loss")) == 6
     assert (output / "best_model" / "weights_fold0.pt").exists()
+
+
+def start_mlflow_server(port, root, log):
+    """A real MLflow tracking server on loopback (SQLite runs, proxied artifacts), in its own
+    process group so that killing it kills its workers too."""
+    server = subprocess.Popen([f"{VENV_BIN}/mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+                               "--backend-store-uri", f"sqlite:///{root}/mlflow.db",
+                               "--artifacts-destination", str(root / "artifacts"), "--workers", "1"],
+                              stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    for _ in range(120):
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return server
+        except OSError:
+            time.sleep(0.5)
+    raise RuntimeError(f"mlflow server on port {port} did not start")
+
+
+def test_a_tracking_server_restart_mid_sweep_loses_nothing(tiny_data, tmp_path, ray_tmp):
+    port, root = free_port(), tmp_path / "server"
+    root.mkdir()
+    uri = f"http://127.0.0.1:{port}"
+    log = open(tmp_path / "server.log", "ab")
+    server = start_mlflow_server(port, root, log)
+    output = tmp_path / "out"
+    command = sweep_command(tiny_data, output)
+    command[command.index("--mlflow-uri") + 1] = uri
+    sweep = subprocess.Popen(command, cwd=ROOT, env=env_with(ray_tmp), stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+    try:
+        client = MlflowClient(uri)
+        deadline = time.time() + 600
+        while time.time() < deadline:  # kill the server once the first trial's run exists
+            experiment = client.get_experiment_by_name("smoke")
+            runs = client.search_runs([experiment.experiment_id]) if experiment else []
+            if any("mlflow.parentRunId" in r.data.tags for r in runs):
+                break
+            assert sweep.poll() is None, sweep.stdout.read()[-3000:]
+            time.sleep(1)
+        finished_before = sum(r.info.status == "FINISHED" for r in runs)
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait()
+        time.sleep(8)
+        server = start_mlflow_server(port, root, log)
+        out, _ = sweep.communicate(timeout=900)
+    finally:
+        if sweep.poll() is None:
+            sweep.kill()
+    try:
+        assert sweep.returncode == 0, out[-3000:]
+        assert finished_before == 0  # the server went down while the first trial ran
+        assert "MLflow call failed" not in out
+        experiment = client.get_experiment_by_name("smoke")
+        runs = client.search_runs([experiment.experiment_id])
+        parent = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+        trials = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+        assert len(parent) == 1 and parent[0].info.status == "FINISHED" and len(trials) == 2
+        assert "best_iou_mean" in parent[0].data.metrics and "holdout_iou" in parent[0].data.metrics
+        for run in trials:
+            assert run.info.status == "FINISHED"
+            assert {"fold0_iou", "fold1_iou", "iou_mean", "intensity_iou_mean", "lift"} <= set(run.data.metrics)
+            assert {"channels", "steps", "fire_rate"} <= set(run.data.params)
+            assert len(client.get_metric_history(run.info.run_id, "fold0_train_loss")) == 2
+            files = {a.path for a in client.list_artifacts(run.info.run_id, "folds")}
+            assert {"folds/weights_fold0.pt", "folds/weights_fold1.pt", "folds/gallery_fold0.png"} <= files
+        assert client.get_model_version("smoke", "1").run_id == parent[0].info.run_id
+    finally:
+        os.killpg(server.pid, signal.SIGKILL)
+        log.close()
