@@ -167,6 +167,7 @@ def test_resume_continues_an_interrupted_sweep_without_rerunning_finished_trials
     assert all(r.info.status == "FINISHED" for r in trials)
 
 
+@pytest.mark.fault
 def test_a_killed_fold_worker_resumes_from_its_checkpoint(tmp_path, ray_tmp):
     data = convert("synthetic", None, tmp_path / "d.parquet", n=120, size=32)
     space = yaml.safe_load((ROOT / "search_spaces/smoke.yaml").read_text())
@@ -382,6 +383,7 @@ def test_asha_stops_a_planted_bad_trial_at_the_grace_period(tiny_data, tmp_path,
 
 
 
+@pytest.mark.fault
 def test_losing_the_node_that_holds_the_folds_resumes_them_on_another_node(tmp_path, ray_tmp, monkeypatch):
     """A real two-node Ray cluster on loopback: the head has no CPUs, so every fold worker runs on
     the worker node. That node is removed mid-trial (as a spot instance goes) and a new one joins
@@ -449,6 +451,7 @@ def start_mlflow_server(port, root, log):
     raise RuntimeError(f"mlflow server on port {port} did not start")
 
 
+@pytest.mark.fault
 def test_a_tracking_server_restart_mid_sweep_loses_nothing(tiny_data, tmp_path, ray_tmp):
     port, root = free_port(), tmp_path / "server"
     root.mkdir()

@@ -152,7 +152,7 @@ class TrackingCallback(tune.Callback):
         self._calls: ThreadPoolExecutor | None = None
         self._pending: list[Future] = []
 
-    def __getstate__(self) -> dict:  # Tune keeps its callbacks with the experiment state
+    def __getstate__(self) -> dict:  # a thread pool does not pickle, should Tune pickle its callbacks
         return {**self.__dict__, "_calls": None, "_pending": []}
 
     def submit(self, fn, *args) -> None:
