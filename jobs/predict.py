@@ -40,13 +40,12 @@ from PIL import Image, ImageDraw
 from tqdm import tqdm
 
 import ncawss
-from ncawss.data import DataError, encode_png
+from ncawss.data import IMAGE_SUFFIXES, DataError, encode_png, replace_atomically
 from ncawss.models import load_records
 from ncawss.predict import Ensemble, Predictor, decode_image, overlay
 from ncawss.tracking import TrackingError
 
 FATAL = 255
-IMAGE_SUFFIXES = {".png", ".bmp", ".tif", ".tiff", ".jpg", ".jpeg"}
 COLUMNS = ["id", "source", "label", "probability", "area_fraction", "quality", "fold_agreement", "iou", "error"]
 
 
@@ -192,15 +191,8 @@ def safe_name(image_id: str) -> str:
 
 
 def write_atomic(path: Path, content: bytes | str) -> None:
-    """Write to a hidden file beside `path`, then rename: a reader never sees half a file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as handle:  # plain open: the file gets the user's umask
-            handle.write(content.encode() if isinstance(content, str) else content)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    data = content.encode() if isinstance(content, str) else content
+    replace_atomically(path, lambda tmp: Path(tmp).write_bytes(data))
 
 
 def csv_text(rows: list[dict]) -> str:

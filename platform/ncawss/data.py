@@ -19,6 +19,7 @@ import tempfile
 import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pyarrow as pa
@@ -182,10 +183,18 @@ def write_dataset(dataset: Dataset, destination: str | os.PathLike) -> Path:
                           else [int(v) if v >= 0 else None for v in dataset.labels], pa.int16()),
         "source": pa.array(dataset.sources or [""] * len(dataset), pa.string()),
     }).replace_schema_metadata({METADATA_KEY: json.dumps(meta).encode()})
+    replace_atomically(destination, lambda tmp: pq.write_table(table, tmp))
+    log.info("wrote %d samples of %s to %s", len(dataset), dataset.name, destination)
+    return destination
+
+
+def replace_atomically(destination: Path, write: Callable[[str], object]) -> None:
+    """`write(tmp)` fills a hidden file beside `destination`, which is then renamed into place:
+    a reader never sees half a file, and a failure leaves no file and keeps any earlier one."""
     fd, tmp = tempfile.mkstemp(prefix=f".{destination.name}.", suffix=".tmp", dir=destination.parent)
     os.close(fd)
     try:
-        pq.write_table(table, tmp)
+        write(tmp)
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
@@ -193,8 +202,6 @@ def write_dataset(dataset: Dataset, destination: str | os.PathLike) -> Path:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-    log.info("wrote %d samples of %s to %s", len(dataset), dataset.name, destination)
-    return destination
 
 
 def read_dataset(path_or_uri: str | os.PathLike) -> Dataset:

@@ -29,7 +29,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from .baselines import CNN_WIDTHS, CNNBaseline, cnn_settings, train_cnns
 from .config import TrainConfig
-from .data import Dataset, stratified_folds
+from .data import Dataset, replace_atomically, stratified_folds
 from .space import Param, SweepSpec
 from .summary import copy_checkpoint, stopped_status
 from .tracking import SweepTracker, log_history
@@ -81,9 +81,7 @@ def baseline_cnns(spec: SweepSpec, dataset: Dataset, dataset_ref, cache: Path) -
                  len(todo), spec.folds, len(CNN_WIDTHS))
         for size, ref in refs.items():
             for fold, cnn in zip(by_size[size], ray.get(ref)):
-                tmp = path(fold, size).with_suffix(".tmp")
-                torch.save(dataclasses.asdict(cnn), tmp)
-                os.replace(tmp, path(fold, size))
+                replace_atomically(path(fold, size), lambda tmp: torch.save(dataclasses.asdict(cnn), tmp))
                 with open(folder / "trainings.jsonl", "a") as f:
                     f.write(json.dumps({"fold": fold, "size": size, "seconds": cnn.seconds}) + "\n")
     return [{size: CNNBaseline(**torch.load(path(f, size), weights_only=False)) for size in CNN_WIDTHS}
