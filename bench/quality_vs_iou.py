@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from scipy.stats import spearmanr
 
 import ncawss
+from ncawss.predict import rank_by_score
 
 
 def main() -> None:
@@ -35,16 +35,15 @@ def main() -> None:
         "fold_agreement": np.array([float(rows[i]["fold_agreement"]) for i in data.ids]),
         "IoU with the threshold's mask": np.array([ncawss.iou(m, t) for m, t in zip(masks, thresholds)]),
     }
-    quarter = len(iou) // 4
-    worst = set(np.argsort(iou, kind="stable")[:quarter])
+    worst = set(rank_by_score(iou, iou).lowest)
     print(f"{len(iou)} images, mean IoU {100 * iou.mean():.1f} (threshold alone: "
           f"{100 * np.mean([ncawss.iou(t, m) for t, m in zip(thresholds, data.target_masks(args.target))]):.1f})")
     print(f"{'signal':<30} {'Spearman':>8} {'IoU low quarter':>16} {'IoU high quarter':>17} {'worst quarter caught':>21}")
     for name, signal in signals.items():
-        order = np.argsort(signal, kind="stable")
-        caught = len(worst & set(order[:quarter]))
-        print(f"{name:<30} {spearmanr(signal, iou).statistic:>8.2f} {100 * iou[order[:quarter]].mean():>16.1f} "
-              f"{100 * iou[order[-quarter:]].mean():>17.1f} {f'{caught}/{quarter}':>21}")
+        ranking = rank_by_score(signal, iou)
+        caught = f"{len(worst & set(ranking.lowest))}/{len(worst)}"
+        print(f"{name:<30} {ranking.spearman:>8.2f} {100 * ranking.low_iou:>16.1f} {100 * ranking.high_iou:>17.1f} "
+              f"{caught:>21}")
 
 
 if __name__ == "__main__":

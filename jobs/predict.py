@@ -42,7 +42,7 @@ from tqdm import tqdm
 import ncawss
 from ncawss.data import IMAGE_SUFFIXES, DataError, encode_png, replace_atomically
 from ncawss.models import load_records
-from ncawss.predict import Ensemble, Predictor, decode_image, overlay
+from ncawss.predict import Ensemble, Predictor, decode_image, overlay, rank_by_score
 from ncawss.tracking import TrackingError
 
 FATAL = 255
@@ -236,15 +236,11 @@ def report(rows: list[dict], failed: int, output: Path) -> None:
 
 
 def quality_lines(quality: np.ndarray, iou: np.ndarray) -> list[str]:
-    from scipy.stats import spearmanr
-
-    order = np.argsort(quality, kind="stable")
-    quarter = max(len(order) // 4, 1)
-    rho = spearmanr(quality, iou).statistic
+    ranking = rank_by_score(quality, iou)
     return [f"the inputs have masks: mean IoU {100 * iou.mean():.1f} over {len(iou)} images; Spearman(quality, IoU) "
-            f"= {rho:.2f}",
-            f"mean IoU of the least-agreeing quarter {100 * iou[order[:quarter]].mean():.1f}, "
-            f"of the most-agreeing quarter {100 * iou[order[-quarter:]].mean():.1f}"]
+            f"= {ranking.spearman:.2f}",
+            f"mean IoU of the least-agreeing quarter {100 * ranking.low_iou:.1f}, "
+            f"of the most-agreeing quarter {100 * ranking.high_iou:.1f}"]
 
 
 if __name__ == "__main__":

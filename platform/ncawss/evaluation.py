@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -213,6 +214,13 @@ class FoldModel:
         """From the dict a sweep saves as weights_fold<r>.pt."""
         cnns = {size: CNNBaseline(**values) for size, values in record.get("cnns", {}).items()} or None
         return cls(record["state_dict"], record["norm_mean"], record["norm_std"], record["n_classes"], cnns)
+
+
+def read_fold_records(folder: str | Path) -> list[dict]:
+    """The weights_fold<i>.pt dicts under `folder` (a sweep's best_model/, a cross_validate.py
+    --save folder, a downloaded MLflow model), in fold order, on CPU."""
+    return [torch.load(path, map_location="cpu", weights_only=False)
+            for path in sorted(Path(folder).rglob("weights_fold*.pt"))]
 
 
 def score_dataset(config: TrainConfig, folds: list[FoldModel], dataset: Dataset, device: str | torch.device = "cpu",

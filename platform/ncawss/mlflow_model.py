@@ -19,6 +19,7 @@ from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, Schema
 
 from .data import DataError, encode_png
+from .evaluation import read_fold_records
 from .predict import Ensemble, decode_image, predict
 
 MODEL_PATH = "model"
@@ -31,9 +32,8 @@ SIGNATURE = ModelSignature(
 class EnsembleModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
         config = context.model_config or {}
-        folder = Path(context.artifacts["folds"])
-        records = [torch.load(p, map_location="cpu", weights_only=False) for p in sorted(folder.glob("weights_fold*.pt"))]
-        self.ensemble = Ensemble.from_records(records, str(folder))
+        folder = context.artifacts["folds"]
+        self.ensemble = Ensemble.from_records(read_fold_records(folder), folder)
         self.device = str(config.get("device", "cpu"))
         self.runs = int(config.get("runs", 4))
 

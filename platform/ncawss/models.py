@@ -6,10 +6,10 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-import torch
 import yaml
 
 from .data import DataError
+from .evaluation import read_fold_records
 from .tracking import SweepTracker, TrackingError
 
 MODEL_URI_SCHEMES = ("models:/", "runs:/")
@@ -30,10 +30,10 @@ def load_records(spec: str, uri: str | None, scratch: str) -> tuple[list[dict], 
         folder = download_model(spec, uri, tempfile.mkdtemp(dir=scratch))
     else:
         folder = SweepTracker(uri, "unused").download_fold_files(spec, tempfile.mkdtemp(dir=scratch))
-    paths = sorted(folder.rglob("weights_fold*.pt"))
-    if not paths:
+    records = read_fold_records(folder)
+    if not records:
         raise DataError(f"{spec}: no weights_fold*.pt files (not a sweep output, fold folder, trial run or model?)")
-    return [torch.load(p, map_location="cpu", weights_only=False) for p in paths], uri
+    return records, uri
 
 
 def download_model(model_uri: str, uri: str, destination: str) -> Path:

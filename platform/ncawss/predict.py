@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -179,6 +180,23 @@ def predict(ensemble: Ensemble, images: list[np.ndarray], device: str | torch.de
     predictor = Predictor(ensemble, device, runs)
     return [p for start in range(0, len(images), predictor.batch_size)
             for p in predictor.chunk(images[start:start + predictor.batch_size])]
+
+
+class Ranking(NamedTuple):
+    """How well a label-free score orders images by their true IoU."""
+    spearman: float
+    low_iou: float          # mean true IoU of the quarter the score ranks lowest
+    high_iou: float         # ... and of the quarter it ranks highest
+    lowest: np.ndarray      # the indices of that lowest quarter
+
+
+def rank_by_score(score: np.ndarray, iou: np.ndarray) -> Ranking:
+    from scipy.stats import spearmanr
+
+    order = np.argsort(score, kind="stable")
+    quarter = max(len(order) // 4, 1)
+    return Ranking(float(spearmanr(score, iou).statistic), float(iou[order[:quarter]].mean()),
+                   float(iou[order[-quarter:]].mean()), order[:quarter])
 
 
 def outline(mask: np.ndarray) -> np.ndarray:

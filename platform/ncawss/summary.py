@@ -9,13 +9,12 @@ from pathlib import Path
 import numpy as np
 import optuna
 import pyarrow.fs as pafs
-import torch
 from ray import tune
 
 from .baselines import CAM_BASELINES, CNN_WIDTHS, baseline_name
 from .config import TrainConfig
 from .data import Dataset
-from .evaluation import FoldModel, score_dataset
+from .evaluation import FoldModel, read_fold_records, score_dataset
 from .space import Param, SweepSpec
 from .tracking import SweepTracker
 from .worker import FOLDS_DONE, METRIC
@@ -106,7 +105,7 @@ def copy_checkpoint(checkpoint_path: str, destination: Path) -> Path:
 
 def score_holdout(spec: SweepSpec, model_dir: Path, holdout: Dataset) -> dict[str, float]:
     """The best configuration's k fold models on the held-out images, beside every baseline."""
-    records = [torch.load(p, weights_only=False) for p in sorted(model_dir.glob("weights_fold*.pt"))]
+    records = read_fold_records(model_dir)
     config = TrainConfig.model_validate(records[0]["config"])
     scores = score_dataset(config, [FoldModel.from_record(r) for r in records], holdout,
                            cam_kinds=spec.cam_kinds)["readout"]
