@@ -24,6 +24,8 @@ from ncawss.space import load_space
 from ncawss.tracking import SweepTracker, TrackingError
 
 ROOT = Path(__file__).resolve().parent.parent
+# Ray's switch for multi-node clusters on Windows and macOS; "0" makes a Ray started here use loopback.
+LOOPBACK_ONLY = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 
 def parse_args() -> argparse.Namespace:
@@ -135,6 +137,10 @@ def main() -> int:
     cv_data, holdout = dataset.subset(kept), dataset.subset(held)
     (output / "holdout_ids.txt").write_text("".join(f"{i}\n" for i in holdout.ids))
 
+    # A Ray that this job starts itself (none to join: no RAY_ADDRESS, no `ray start` here) takes
+    # 127.0.0.1 as its node address, so that none of its servers listens beyond loopback: left to
+    # itself, Ray 2.60 binds its core services to every interface. Ray reads this when imported.
+    os.environ.setdefault(LOOPBACK_ONLY, "0")
     # Imports Ray: only once the inputs are valid.
     from ncawss.summary import summarise
     from ncawss.sweep import run_sweep

@@ -1,4 +1,5 @@
 """The distributed sweep on a real local Ray, with a real MLflow store (slow: minutes)."""
+import ipaddress
 import json
 import os
 import re
@@ -17,7 +18,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from conftest import ROOT
+from conftest import LOOPBACK_ONLY, ROOT
 from ncawss import convert
 
 pytestmark = pytest.mark.slow
@@ -131,6 +132,50 @@ def test_ray_job_submit_runs_the_smoke_sweep_and_mlflow_holds_it(tiny_data, tmp_
     best_config = yaml.safe_load((output / "best_config.yaml").read_text())
     assert any(all(str(best_config[key]) == r.data.params[key] for key in ("channels", "steps", "fire_rate"))
                for r in trials if r.data.metrics["iou_mean"] == top)  # one of the best (ties happen)
+
+
+def listening_sockets(root: psutil.Process) -> set[tuple[str, str]]:
+    """(address, program) of every socket that accepts connections in `root`'s process tree."""
+    found = set()
+    for proc in [root, *root.children(recursive=True)]:
+        try:
+            command = proc.cmdline()
+            program = command[0] if command[0].startswith("ray::") else Path(command[0]).name
+            for conn in proc.net_connections(kind="inet"):
+                if conn.status == psutil.CONN_LISTEN or (conn.type == socket.SOCK_DGRAM and not conn.raddr):
+                    found.add((conn.laddr.ip, program))
+        except (psutil.NoSuchProcess, psutil.AccessDenied, IndexError):
+            pass
+    return found
+
+
+def is_loopback(address: str) -> bool:
+    ip = ipaddress.ip_address(address.split("%")[0])
+    return (getattr(ip, "ipv4_mapped", None) or ip).is_loopback
+
+
+def test_a_sweep_that_starts_its_own_ray_listens_on_loopback_only(tiny_data, tmp_path, ray_tmp):
+    """Sampled while a local sweep runs: every socket its processes accept connections on (the
+    driver, GCS, raylet, agents, dashboard, Tune's and Train's workers) is bound to loopback."""
+    env = env_with(ray_tmp)
+    env.pop(LOOPBACK_ONLY, None)  # the job's own default is under test, not the test suite's
+    space = yaml.safe_load((ROOT / "search_spaces/smoke.yaml").read_text())
+    space["resources"]["folds_per_worker"] = 1  # two workers: a store with a client, gloo pairs between them
+    (tmp_path / "space.yaml").write_text(yaml.safe_dump(space))
+    command = sweep_command(tiny_data, tmp_path / "out", "--trials", "1")
+    command[command.index("search_spaces/smoke.yaml")] = str(tmp_path / "space.yaml")
+    with open(tmp_path / "sweep.log", "w") as log:
+        driver = psutil.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        seen = set()
+        while driver.poll() is None:
+            seen |= listening_sockets(driver)
+            time.sleep(0.3)
+    assert driver.returncode == 0, (tmp_path / "sweep.log").read_text()[-3000:]
+    programs = {program for _, program in seen}
+    # The sampling saw Ray's core services and the workers that train the folds.
+    assert {"gcs_server", "raylet"} <= programs and any("RayTrainWorker" in p for p in programs), programs
+    wide = sorted((address, program) for address, program in seen if not is_loopback(address))
+    assert not wide, f"listening beyond loopback: {wide}"
 
 
 def test_resume_continues_an_interrupted_sweep_without_rerunning_finished_trials(tiny_data, tmp_path, ray_tmp):

@@ -22,7 +22,7 @@ import ray
 import ray.train
 import torch
 from ray import tune
-from ray.train.torch import TorchConfig, TorchTrainer
+from ray.train.torch import TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
@@ -30,6 +30,7 @@ from ray.tune.search.optuna import OptunaSearch
 from .baselines import CNN_WIDTHS, CNNBaseline, cnn_settings, train_cnns
 from .config import TrainConfig
 from .data import Dataset, replace_atomically, stratified_folds
+from .process_group import GlooConfig
 from .space import Param, SweepSpec
 from .summary import copy_checkpoint, stopped_status
 from .tracking import SweepTracker, log_history
@@ -106,7 +107,7 @@ def run_trial(params: dict, *, spec_json: str, dataset: list, cnns: list, eval_s
                            "threads": max(1, int(res.cpus_per_worker)), "launched_at": time.time()},
         # gloo even on GPUs: workers only exchange small result objects, and NCCL refuses
         # several workers on one GPU, which fractional GPUs per worker need.
-        torch_config=TorchConfig(backend="gloo"),
+        torch_config=GlooConfig(),
         scaling_config=ray.train.ScalingConfig(num_workers=math.ceil(spec.folds / folds_per_worker),
                                                use_gpu=res.gpus_per_worker > 0, resources_per_worker=per_worker),
         run_config=ray.train.RunConfig(
