@@ -166,11 +166,13 @@ def test_a_sweep_that_starts_its_own_ray_listens_on_loopback_only(tiny_data, tmp
     command[command.index("search_spaces/smoke.yaml")] = str(tmp_path / "space.yaml")
     with open(tmp_path / "sweep.log", "w") as log:
         driver = psutil.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-        seen = set()
-        while driver.poll() is None:
+        seen, deadline = set(), time.time() + 900
+        while driver.poll() is None and time.time() < deadline:
             seen |= listening_sockets(driver)
             time.sleep(0.3)
-    assert driver.returncode == 0, (tmp_path / "sweep.log").read_text()[-3000:]
+        if driver.poll() is None:
+            driver.kill()
+    assert driver.wait() == 0, (tmp_path / "sweep.log").read_text()[-3000:]
     programs = {program for _, program in seen}
     # The sampling saw Ray's core services and the workers that train the folds.
     assert {"gcs_server", "raylet"} <= programs and any("RayTrainWorker" in p for p in programs), programs
