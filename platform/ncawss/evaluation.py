@@ -167,9 +167,14 @@ def read_chunk(model: NCAClassifier, chunk: torch.Tensor, readouts: dict[str, Re
     segments, logits = {}, {}
     for name, r in readouts.items():
         logits[name], state = states[r.inference, r.runs if r.inference == "stochastic" else 1]
-        features = state if r.channels == "all" else state[:, 3:]
-        segments[name] = pca_otsu(features, smooth=r.smooth, orient=r.orient, details=True)
+        segments[name] = segment_state(state, r)
     return segments, logits
+
+
+def segment_state(state: torch.Tensor, readout: Readout) -> PCAOtsu:
+    """PCA-Otsu of NCA states (B, channels, H, W) under a read-out's channels, smoothing and orientation."""
+    features = state if readout.channels == "all" else state[:, 3:]
+    return pca_otsu(features, smooth=readout.smooth, orient=readout.orient, details=True)
 
 
 def iou_each(masks: list[np.ndarray], truth: list[np.ndarray]) -> np.ndarray:

@@ -21,9 +21,9 @@ from PIL import Image, UnidentifiedImageError
 
 from .config import TrainConfig
 from .data import DataError
-from .evaluation import FoldModel, majority_vote, read_chunk, stochastic_generators
+from .evaluation import FoldModel, majority_vote, read_chunk, segment_state, stochastic_generators
 from .loop import normalise, resize_images
-from .segment import masks_at, pca_otsu
+from .segment import masks_at
 
 IMAGE_FORMATS = {"PNG", "BMP", "TIFF", "JPEG", "MPO"}  # MPO: JPEG with extra frames, as cameras write
 QUALITY_SEED = 7919  # offset of the quality runs' generators from the read-out's (seed + 2 + r)
@@ -168,9 +168,7 @@ class Predictor:
         image in one forward pass over the chunk repeated R times."""
         readout = self.ensemble.config.readout
         _, state = model(x.repeat(self.runs, 1, 1, 1), generator=generator)
-        features = state if readout.channels == "all" else state[:, 3:]
-        result = pca_otsu(features, smooth=readout.smooth, orient=readout.orient, details=True)
-        masks = masks_at(result, shapes * self.runs, readout.post)  # run-major: run r of image i at r * B + i
+        masks = masks_at(segment_state(state, readout), shapes * self.runs, readout.post)  # run-major: run r of image i at r * B + i
         return [np.stack(masks[i::len(shapes)]) for i in range(len(shapes))]
 
 
