@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 import ncawss
-from ncawss.evaluation import FoldModel, TestSet, evaluate
+from ncawss.evaluation import TestSet, evaluate
 from ncawss.models import load_records
 from ncawss.tracking import SweepTracker, TrackingError
 
@@ -45,9 +45,9 @@ def parse_args() -> argparse.Namespace:
 
 def score(records: list[dict], dataset: ncawss.Dataset, device: str) -> dict:
     """NCA-WSS and baseline IoU of one model on one dataset (see the module doc)."""
-    config = ncawss.TrainConfig.model_validate(records[0]["config"])
+    ensemble = ncawss.Ensemble.from_records(records)
+    config, folds = ensemble.config, ensemble.folds
     kinds = tuple(records[0].get("cam_kinds", ()))
-    folds = [FoldModel.from_record(r) for r in records]
     if dataset.fingerprint != records[0]["source"]["fingerprint"]:
         result = ncawss.score_dataset(config, folds, dataset, device, kinds)["readout"]
         return {"mode": "majority vote", **result}

@@ -12,9 +12,9 @@ import pyarrow.fs as pafs
 from ray import tune
 
 from .baselines import CAM_BASELINES, CNN_WIDTHS, baseline_name
-from .config import TrainConfig
 from .data import Dataset
-from .evaluation import FoldModel, read_fold_records, score_dataset
+from .evaluation import read_fold_records, score_dataset
+from .predict import Ensemble
 from .space import Param, SweepSpec
 from .tracking import SweepTracker
 from .worker import FOLDS_DONE, METRIC
@@ -105,10 +105,8 @@ def copy_checkpoint(checkpoint_path: str, destination: Path) -> Path:
 
 def score_holdout(spec: SweepSpec, model_dir: Path, holdout: Dataset) -> dict[str, float]:
     """The best configuration's k fold models on the held-out images, beside every baseline."""
-    records = read_fold_records(model_dir)
-    config = TrainConfig.model_validate(records[0]["config"])
-    scores = score_dataset(config, [FoldModel.from_record(r) for r in records], holdout,
-                           cam_kinds=spec.cam_kinds)["readout"]
+    ensemble = Ensemble.from_records(read_fold_records(model_dir), str(model_dir))
+    scores = score_dataset(ensemble.config, ensemble.folds, holdout, cam_kinds=spec.cam_kinds)["readout"]
     metrics = {f"holdout_{k}": v for k, v in scores.items() if k != "fold_iou"}
     metrics.update({f"holdout_fold{i}_iou": v for i, v in enumerate(scores["fold_iou"])})
     return metrics
