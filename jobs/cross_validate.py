@@ -24,6 +24,7 @@ import torch
 
 import ncawss
 from ncawss.baselines import BASELINES, CAM_BASELINES
+from ncawss.evaluation import FOLD_WEIGHTS
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -92,7 +93,7 @@ def save_models(folder: Path, config, dataset, result, held, cam_kinds) -> None:
     for i, fold in enumerate(result.folds):
         record = ncawss.FoldModel.of(fold, len(dataset.classes)).record(config, dataset.classes, i, fold.test_ids,
                                                                         source, cam_kinds)
-        torch.save(record, folder / f"weights_fold{i}.pt")
+        torch.save(record, folder / FOLD_WEIGHTS.format(i))
     if len(held):
         ncawss.write_dataset(held, folder / "holdout.parquet")
     print(f"wrote {len(result.folds)} fold models{' and holdout.parquet' if len(held) else ''} to {folder}")

@@ -23,6 +23,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+FOLD_WEIGHTS = "weights_fold{}.pt"  # one file per fold model, holding FoldModel.record's dict
+
 
 @dataclass
 class Evaluation:
@@ -225,7 +227,7 @@ def read_fold_records(folder: str | Path) -> list[dict]:
     """The weights_fold<i>.pt dicts under `folder` (a sweep's best_model/, a cross_validate.py
     --save folder, a downloaded MLflow model), in fold order, on CPU."""
     return [torch.load(path, map_location="cpu", weights_only=False)
-            for path in sorted(Path(folder).rglob("weights_fold*.pt"))]
+            for path in sorted(Path(folder).rglob(FOLD_WEIGHTS.format("*")))]
 
 
 def score_dataset(config: TrainConfig, folds: list[FoldModel], dataset: Dataset, device: str | torch.device = "cpu",

@@ -19,7 +19,7 @@ from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, Schema
 
 from .data import DataError, encode_png
-from .evaluation import read_fold_records
+from .evaluation import FOLD_WEIGHTS, read_fold_records
 from .predict import Ensemble, decode_image, predict
 
 MODEL_PATH = "model"
@@ -59,7 +59,7 @@ def save_model(records_dir: Path, example: bytes, destination: Path) -> Path:
 
     folds = destination.parent / "folds"  # the weights only: no galleries or data beside them
     folds.mkdir(parents=True)
-    for path in sorted(records_dir.glob("weights_fold*.pt")):
+    for path in sorted(records_dir.glob(FOLD_WEIGHTS.format("*"))):
         shutil.copy(path, folds / path.name)
     mlflow.pyfunc.save_model(
         str(destination), python_model=str(Path(__file__).with_name("pyfunc_entry.py")), artifacts={"folds": str(folds)},

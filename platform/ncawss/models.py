@@ -9,7 +9,7 @@ from pathlib import Path
 import yaml
 
 from .data import DataError
-from .evaluation import read_fold_records
+from .evaluation import FOLD_WEIGHTS, read_fold_records
 from .tracking import SweepTracker, TrackingError
 
 MODEL_URI_SCHEMES = ("models:/", "runs:/")
@@ -32,7 +32,7 @@ def load_records(spec: str, uri: str | None, scratch: str) -> tuple[list[dict], 
         folder = SweepTracker(uri, "unused").download_fold_files(spec, tempfile.mkdtemp(dir=scratch))
     records = read_fold_records(folder)
     if not records:
-        raise DataError(f"{spec}: no weights_fold*.pt files (not a sweep output, fold folder, trial run or model?)")
+        raise DataError(f"{spec}: no {FOLD_WEIGHTS.format('*')} files (not a sweep output, fold folder, trial run or model?)")
     return records, uri
 
 

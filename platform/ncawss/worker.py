@@ -27,7 +27,7 @@ import torch.distributed as dist
 
 from .config import TrainConfig
 from .data import Dataset, stratified_folds
-from .evaluation import FoldModel, TestSet, evaluate
+from .evaluation import FOLD_WEIGHTS, FoldModel, TestSet, evaluate
 from .gallery import mask_gallery
 from .train import FoldResult, FoldsHooks, train_folds
 
@@ -152,7 +152,7 @@ def write_fold_files(folder: Path, fold: int, result: FoldResult, train: Dataset
         mask_gallery(test.images, test.masks, ev.responses, ev.masks))
     record = FoldModel.of(result, len(train.classes)).record(config, train.classes, fold, result.test_ids, source,
                                                              cam_kinds)
-    torch.save(record, folder / f"weights_fold{fold}.pt")
+    torch.save(record, folder / FOLD_WEIGHTS.format(fold))
     (folder / f"fold{fold}.json").write_text(json.dumps({
         "train_ids": list(train.ids), "test_ids": result.test_ids, "iou": ev.iou.tolist(),
         "baseline_iou": {name: v.tolist() for name, v in ev.baseline_iou.items()},
