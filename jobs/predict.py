@@ -42,7 +42,7 @@ from tqdm import tqdm
 import ncawss
 from ncawss.data import IMAGE_SUFFIXES, DataError, encode_png, replace_atomically
 from ncawss.models import load_records
-from ncawss.predict import Ensemble, Predictor, decode_image, overlay, rank_by_score
+from ncawss.predict import QUALITY_RUNS, Ensemble, Predictor, decode_image, overlay, rank_by_score
 from ncawss.tracking import TrackingError
 
 FATAL = 255
@@ -68,8 +68,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.add_argument("--read-out", default="readout", metavar="NAME",
                    help="read-out of the model's configuration: 'readout' (default) or one of its variants")
-    p.add_argument("--runs", type=int, default=4, help="stochastic runs per fold for the quality score (default 4; "
-                                                       "0: no score)")
+    p.add_argument("--runs", type=int, default=QUALITY_RUNS,
+                   help=f"stochastic runs per fold for the quality score (default {QUALITY_RUNS}; 0: no score)")
     p.add_argument("--sheet", type=int, default=24, help="images on the contact sheet (default 24)")
     p.add_argument("--mlflow-uri", help="MLflow tracking URI for run ids and model URIs "
                                         "(default: $MLFLOW_TRACKING_URI)")

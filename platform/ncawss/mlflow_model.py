@@ -20,7 +20,7 @@ from mlflow.types import ColSpec, Schema
 
 from .data import DataError, encode_png
 from .evaluation import FOLD_WEIGHTS, read_fold_records
-from .predict import Ensemble, decode_image, predict
+from .predict import QUALITY_RUNS, Ensemble, decode_image, predict
 
 MODEL_PATH = "model"
 SIGNATURE = ModelSignature(
@@ -35,7 +35,7 @@ class EnsembleModel(mlflow.pyfunc.PythonModel):
         folder = context.artifacts["folds"]
         self.ensemble = Ensemble.from_records(read_fold_records(folder), folder)
         self.device = str(config.get("device", "cpu"))
-        self.runs = int(config.get("runs", 4))
+        self.runs = int(config.get("runs", QUALITY_RUNS))
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         if "image" not in model_input.columns:
@@ -65,7 +65,7 @@ def save_model(records_dir: Path, example: bytes, destination: Path) -> Path:
         str(destination), python_model=str(Path(__file__).with_name("pyfunc_entry.py")), artifacts={"folds": str(folds)},
         signature=SIGNATURE, input_example=pd.DataFrame({"image": [example]}),
         pip_requirements=[f"ncawss=={ncawss.__version__}", f"torch=={torch.__version__.split('+')[0]}"],
-        model_config={"device": "cpu", "runs": 4})
+        model_config={"device": "cpu", "runs": QUALITY_RUNS})
     return destination
 
 

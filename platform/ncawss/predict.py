@@ -26,6 +26,7 @@ from .loop import normalise, resize_images
 from .segment import masks_at
 
 IMAGE_FORMATS = {"PNG", "BMP", "TIFF", "JPEG", "MPO"}  # MPO: JPEG with extra frames, as cameras write
+QUALITY_RUNS = 4  # stochastic runs per fold model for the quality score, by default
 QUALITY_SEED = 7919  # offset of the quality runs' generators from the read-out's (seed + 2 + r)
 
 
@@ -123,7 +124,7 @@ class Predictor:
     carry on from chunk to chunk, so a run over a dataset in chunks of config.batch_size draws the
     same read-out noise that evaluation draws, and the folds vote with the same masks."""
 
-    def __init__(self, ensemble: Ensemble, device: str | torch.device = "cpu", runs: int = 4):
+    def __init__(self, ensemble: Ensemble, device: str | torch.device = "cpu", runs: int = QUALITY_RUNS):
         if runs < 0:
             raise ValueError(f"runs must be >= 0, got {runs}")
         self.ensemble, self.device, self.runs = ensemble, torch.device(device), runs
@@ -173,7 +174,7 @@ class Predictor:
 
 
 def predict(ensemble: Ensemble, images: list[np.ndarray], device: str | torch.device = "cpu",
-            runs: int = 4) -> list[Prediction]:
+            runs: int = QUALITY_RUNS) -> list[Prediction]:
     """Masks, classes and quality scores of (H, W, 3) uint8 images (see the module doc)."""
     predictor = Predictor(ensemble, device, runs)
     return [p for start in range(0, len(images), predictor.batch_size)
