@@ -16,17 +16,18 @@ baselines' CAMs) of every fold's test images, beside one training epoch.
 from __future__ import annotations
 
 import argparse
+import functools
 import time
 from pathlib import Path
 
 import torch
-from common import device_limits, machine
 
 import ncawss
-from ncawss.baselines import CNN_WIDTHS, train_cnns
-from ncawss.evaluation import TestSet, evaluate
-from ncawss.loop import BatchedTrainer, build_model, make_folds, normalised_training_set
-from ncawss.nca import FoldStack
+from common import device_limits, machine
+from ncawss.method.baselines import CNN_WIDTHS, train_cnns
+from ncawss.method.evaluation import TestSet, evaluate
+from ncawss.method.loop import BatchedTrainer, build_model, make_folds, normalised_training_set
+from ncawss.method.nca import FoldStack
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -75,7 +76,7 @@ def main() -> None:
     if "sequential" not in args.skip:
         seconds = sum(time_training(eager, [s], device, args.epochs) for s in splits)
         rows.append(("sequential (one fold at a time)", seconds))
-    grouped = lambda models: FoldStack(models, grouped=True)  # noqa: E731
+    grouped = functools.partial(FoldStack, grouped=True)
     rows.append(("batched", time_training(eager, splits, device, args.epochs)))
     rows.append(("batched, grouped convolutions", time_training(eager, splits, device, args.epochs, grouped)))
     if device.type == "cuda":

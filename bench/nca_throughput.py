@@ -11,10 +11,10 @@ from __future__ import annotations
 import argparse
 
 import torch
-from common import best_of, machine, matmul_gflops
-from reference_nca import reference_forward
 
-from ncawss.nca import NCA
+from common import best_of, machine, matmul_gflops
+from ncawss.method.nca import NCA
+from reference_nca import reference_forward
 
 
 def paper_flops_per_image(channels: int, hidden: int, steps: int, size: int) -> float:

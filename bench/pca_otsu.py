@@ -10,11 +10,11 @@ import time
 
 import numpy as np
 import torch
-from common import machine
 from skimage.filters import threshold_otsu
 
+from common import machine
 from ncawss import pca_otsu
-from ncawss.segment import OTSU_BINS
+from ncawss.method.segment import OTSU_BINS
 
 
 def reference_pca_otsu(features: np.ndarray) -> tuple[np.ndarray, float]:

@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image
 
 import ncawss
-from ncawss.predict import rank_by_score
+from ncawss.method.quality import rank_by_score
 
 
 def main() -> None:
@@ -38,7 +38,8 @@ def main() -> None:
     worst = set(rank_by_score(iou, iou).lowest)
     print(f"{len(iou)} images, mean IoU {100 * iou.mean():.1f} (threshold alone: "
           f"{100 * np.mean([ncawss.iou(t, m) for t, m in zip(thresholds, data.target_masks(args.target))]):.1f})")
-    print(f"{'signal':<30} {'Spearman':>8} {'IoU low quarter':>16} {'IoU high quarter':>17} {'worst quarter caught':>21}")
+    print(f"{'signal':<30} {'Spearman':>8} {'IoU low quarter':>16} {'IoU high quarter':>17} "
+          f"{'worst quarter caught':>21}")
     for name, signal in signals.items():
         ranking = rank_by_score(signal, iou)
         caught = f"{len(worst & set(ranking.lowest))}/{len(worst)}"

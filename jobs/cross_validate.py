@@ -23,8 +23,8 @@ import numpy as np
 import torch
 
 import ncawss
-from ncawss.baselines import BASELINES, CAM_BASELINES
-from ncawss.evaluation import FOLD_WEIGHTS
+from ncawss.method.baselines import CAM_BASELINES
+from ncawss.method.config import BASELINES
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -75,8 +75,8 @@ def main() -> int:
     seconds = time.perf_counter() - started
     holdout = None
     if len(held):
-        models = [ncawss.FoldModel.of(f, len(dataset.classes)) for f in result.folds]
-        holdout = ncawss.score_dataset(config, models, dataset.subset(held), args.device, cam_kinds)
+        holdout = ncawss.score_dataset(config, [f.model for f in result.folds], dataset.subset(held), args.device,
+                                       cam_kinds)
     print_report(config, result, holdout)
     print(f"\ncross-validation wall time: {seconds:.1f} s ({'sequential' if args.sequential else 'batched'} folds, "
           f"{args.device}, baselines trained and every read-out evaluated included)")
@@ -91,9 +91,7 @@ def save_models(folder: Path, config, dataset, result, held, cam_kinds) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     source = {"name": dataset.name, "fingerprint": dataset.fingerprint}
     for i, fold in enumerate(result.folds):
-        record = ncawss.FoldModel.of(fold, len(dataset.classes)).record(config, dataset.classes, i, fold.test_ids,
-                                                                        source, cam_kinds)
-        torch.save(record, folder / FOLD_WEIGHTS.format(i))
+        ncawss.FoldRecord(fold.model, config, dataset.classes, i, fold.test_ids, source, cam_kinds).save(folder)
     if len(held):
         ncawss.write_dataset(held, folder / "holdout.parquet")
     print(f"wrote {len(result.folds)} fold models{' and holdout.parquet' if len(held) else ''} to {folder}")
@@ -117,24 +115,22 @@ def print_report(config, result, holdout) -> None:
     width = max(len(name) for name in [*rows, "variant"])
     print(f"{'variant':<{width}} {'NCA-WSS':>8}" + "".join(f" {b:>14}" for b in baselines))
     for name, row in rows.items():
-        print(f"{name:<{width}} {100 * row['iou']:>8.1f}" + "".join(f" {100 * row.get(b + '_iou', np.nan):>14.1f}"
-                                                            for b in baselines))
+        print(f"{name:<{width}} {100 * row.iou:>8.1f}" + "".join(f" {100 * row.baselines.get(b, np.nan):>14.1f}"
+                                                          for b in baselines))
     if holdout is not None:
         score = holdout["readout"]
-        print(f"\nHeld-out images, majority vote of the {len(score['fold_iou'])} fold models: NCA-WSS "
-              f"{100 * score['iou']:.1f} (folds alone: {', '.join(f'{100 * v:.1f}' for v in score['fold_iou'])}); "
-              + "; ".join(f"{b} {100 * score[b + '_iou']:.1f}" for b in baselines) + f"; lift {100 * score['lift']:+.1f}")
+        print(f"\nHeld-out images, majority vote of the {len(score.fold_iou)} fold models: NCA-WSS "
+              f"{100 * score.iou:.1f} (folds alone: {', '.join(f'{100 * v:.1f}' for v in score.fold_iou)}); "
+              + "; ".join(f"{b} {100 * score.baselines[b]:.1f}" for b in baselines) + f"; lift {100 * score.lift:+.1f}")
     else:
         print("\nNo holdout: the cross-validation number is the only one.")
 
 
-def variant_table(config, result) -> dict[str, dict[str, float]]:
-    """Per read-out, the mean over folds of NCA-WSS's and each baseline's IoU and the lift."""
-    rows, readouts = {}, config.readouts()
-    for name in result.folds[0].evaluations:
-        summaries = [f.evaluations[name].summary() for f in result.folds]
-        rows[f"{name} ({readouts[name].name})"] = {k: float(np.mean([s[k] for s in summaries])) for k in summaries[0]}
-    return rows
+def variant_table(config, result) -> dict[str, ncawss.Scores]:
+    """Per read-out, the mean over folds of NCA-WSS's and each baseline's IoU."""
+    readouts = config.readouts()
+    return {f"{name} ({readouts[name].name})": ncawss.Scores.mean([f.evaluations[name].scores() for f in result.folds])
+            for name in result.folds[0].evaluations}
 
 
 def write_json(args, config, dataset, result, holdout, seconds: float) -> None:
@@ -146,7 +142,8 @@ def write_json(args, config, dataset, result, holdout, seconds: float) -> None:
         "fold_iou": result.fold_iou, "fold_baseline_iou": [f.baseline_iou for f in result.folds],
         "fold_accuracy": [f.accuracy for f in result.folds], "wall_seconds": seconds,
         "mean_iou": result.mean_iou, "std_iou": result.std_iou, "mean_accuracy": result.mean_accuracy,
-        "variants": variant_table(config, result), "holdout_scores": holdout,
+        "variants": {name: s.as_dict() for name, s in variant_table(config, result).items()},
+        "holdout_scores": None if holdout is None else {name: s.as_dict() for name, s in holdout.items()},
         "history": [f.history for f in result.folds],
     }
     Path(args.json).write_text(json.dumps(record, indent=1, default=lambda v: np.asarray(v).tolist()))

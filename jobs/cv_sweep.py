@@ -19,13 +19,12 @@ from pathlib import Path
 import yaml
 
 import ncawss
+from ncawss import environment
 from ncawss.data import encode_png
-from ncawss.space import load_space
-from ncawss.tracking import SweepTracker, TrackingError
+from ncawss.sweep.space import load_space
+from ncawss.tracking.tracker import SweepTracker, TrackingError
 
 ROOT = Path(__file__).resolve().parent.parent
-# Ray's switch for multi-node clusters on Windows and macOS; "0" makes a Ray started here use loopback.
-LOOPBACK_ONLY = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 
 def parse_args() -> argparse.Namespace:
@@ -78,7 +77,6 @@ def quiet_console(verbose: bool) -> None:
     progress.addHandler(handler)
     progress.setLevel(logging.INFO)
     progress.propagate = False
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     if not verbose:
         import optuna
 
@@ -89,8 +87,8 @@ def quiet_console(verbose: bool) -> None:
 
 def main() -> int:
     args = parse_args()
+    environment.for_sweep()
     quiet_console(args.verbose)
-    os.environ["RAY_TRAIN_V2_ENABLED"] = "1"
     try:
         spec = load_space(args.space)
         overrides = {k: v for k, v in (("trials", args.trials), ("folds", args.folds), ("name", args.name),
@@ -111,14 +109,10 @@ def main() -> int:
     # A store on this machine keeps artifacts beside it; a server decides for itself.
     tracker = SweepTracker(uri, spec.name, artifact_root=(output / "mlartifacts").as_uri() if local_store else None,
                            parent_run_id=state.get("parent_run_id"))
-    # Fail fast where the store is unreachable at the start; during the sweep, retry with
-    # exponential backoff (MLflow's own: 7 retries, about 4 minutes) to ride out a server restart.
-    retries = os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "7")
-    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
     output.mkdir(parents=True, exist_ok=True)
     try:
-        tracker.check()
+        with environment.tracking_fails_fast():  # during the sweep MLflow retries with backoff
+            tracker.check()
         dataset = ncawss.read_dataset(args.data) if args.data else \
             ncawss.make_synthetic(n=200, size=spec.train.get("image_size", 64))
         eval_sets = [read_eval_data(path) for path in args.eval_data]
@@ -132,18 +126,13 @@ def main() -> int:
     except (TrackingError, ncawss.DataError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = retries
     # The holdout leaves here: trials only ever receive the cross-validation part.
     cv_data, holdout = dataset.subset(kept), dataset.subset(held)
     (output / "holdout_ids.txt").write_text("".join(f"{i}\n" for i in holdout.ids))
 
-    # A Ray that this job starts itself (none to join: no RAY_ADDRESS, no `ray start` here) takes
-    # 127.0.0.1 as its node address, so that none of its servers listens beyond loopback: left to
-    # itself, Ray 2.60 binds its core services to every interface. Ray reads this when imported.
-    os.environ.setdefault(LOOPBACK_ONLY, "0")
     # Imports Ray: only once the inputs are valid.
-    from ncawss.summary import summarise
-    from ncawss.sweep import run_sweep
+    from ncawss.sweep.summary import summarise
+    from ncawss.sweep.tuner import run_sweep
 
     storage = args.storage or str(output / "ray")
     parent = tracker.start_sweep(

@@ -24,9 +24,10 @@ from pathlib import Path
 import numpy as np
 
 import ncawss
-from ncawss.evaluation import TestSet, evaluate
-from ncawss.models import load_records
-from ncawss.tracking import SweepTracker, TrackingError
+from ncawss import environment
+from ncawss.method.evaluation import TestSet, evaluate
+from ncawss.tracking.sources import load_records
+from ncawss.tracking.tracker import SweepTracker, TrackingError
 
 
 def parse_args() -> argparse.Namespace:
@@ -43,24 +44,21 @@ def parse_args() -> argparse.Namespace:
     return p.parse_args()
 
 
-def score(records: list[dict], dataset: ncawss.Dataset, device: str) -> dict:
-    """NCA-WSS and baseline IoU of one model on one dataset (see the module doc)."""
+def score(records: list[ncawss.FoldRecord], dataset: ncawss.Dataset, device: str) -> tuple[str, ncawss.Scores]:
+    """How one model was scored on one dataset, and its NCA-WSS and baseline IoU (see the module doc)."""
     ensemble = ncawss.Ensemble.from_records(records)
-    config, folds = ensemble.config, ensemble.folds
-    kinds = tuple(records[0].get("cam_kinds", ()))
-    if dataset.fingerprint != records[0]["source"]["fingerprint"]:
-        result = ncawss.score_dataset(config, folds, dataset, device, kinds)["readout"]
-        return {"mode": "majority vote", **result}
+    config, kinds = ensemble.config, records[0].cam_kinds
+    if dataset.fingerprint != records[0].source["fingerprint"]:
+        return "majority vote", ncawss.score_dataset(config, ensemble.folds, dataset, device, kinds)["readout"]
     position = {image_id: i for i, image_id in enumerate(dataset.ids)}
     per_fold = []
-    for fold, record in zip(folds, records):
-        test = dataset.subset([position[i] for i in record["test_ids"]])
+    for record in records:
+        fold = record.model
+        test = dataset.subset([position[i] for i in record.test_ids])
         prepared = TestSet.prepare(test, fold.norm_mean, fold.norm_std, config.image_size, fold.cnns, kinds, device)
         model = fold.nca(config).to(device)
-        per_fold.append(evaluate(model, prepared, config, device, {"readout": config.readout})["readout"])
-    summaries = [ev.summary() for ev in per_fold]
-    result = {k: float(np.mean([s[k] for s in summaries])) for k in summaries[0]}
-    return {"mode": "own test folds", **result, "fold_iou": [s["iou"] for s in summaries]}
+        per_fold.append(evaluate(model, prepared, config, device, {"readout": config.readout})["readout"].scores())
+    return "own test folds", ncawss.Scores.mean(per_fold)
 
 
 def heat_map(table: dict, rows: list[str], columns: list[str]) -> bytes:
@@ -91,7 +89,7 @@ def heat_map(table: dict, rows: list[str], columns: list[str]) -> bytes:
 
 def main() -> int:
     args = parse_args()
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    environment.for_job()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     table: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as scratch:
@@ -108,15 +106,13 @@ def main() -> int:
             return 2
     rows, columns = [], [d.name for d in datasets]
     for spec, (records, _) in zip(args.model, models):
-        row = f"{records[0]['source']['name']} [{Path(spec).name if Path(spec).is_dir() else spec}]"
+        row = f"{records[0].source['name']} [{Path(spec).name if Path(spec).is_dir() else spec}]"
         rows.append(row)
         table[row] = {}
         for dataset in datasets:
-            result = score(records, dataset, args.device)
-            baselines = {k.removesuffix("_iou"): v for k, v in result.items()
-                         if k.endswith("_iou") and k not in ("fold_iou",)}
-            best = max(baselines, key=baselines.get)
-            table[row][dataset.name] = {**result, "best_baseline": baselines[best], "best_baseline_name": best}
+            mode, scores = score(records, dataset, args.device)
+            table[row][dataset.name] = {"mode": mode, **scores.as_dict(), "best_baseline_name": scores.best_baseline,
+                                        "best_baseline": scores.baselines[scores.best_baseline]}
     lines = print_table(table, rows, columns)
     if args.json:
         Path(args.json).write_text(json.dumps(table, indent=1))

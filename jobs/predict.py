@@ -40,10 +40,14 @@ from PIL import Image, ImageDraw
 from tqdm import tqdm
 
 import ncawss
+from ncawss import environment
 from ncawss.data import IMAGE_SUFFIXES, DataError, encode_png, replace_atomically
-from ncawss.models import load_records
-from ncawss.predict import QUALITY_RUNS, Ensemble, Predictor, decode_image, overlay, rank_by_score
-from ncawss.tracking import TrackingError
+from ncawss.method.ensemble import Ensemble
+from ncawss.method.gallery import overlay
+from ncawss.method.predict import QUALITY_RUNS, Predictor, decode_image
+from ncawss.method.quality import rank_by_score
+from ncawss.tracking.sources import load_records
+from ncawss.tracking.tracker import TrackingError
 
 FATAL = 255
 COLUMNS = ["id", "source", "label", "probability", "area_fraction", "quality", "fold_agreement", "iou", "error"]
@@ -78,7 +82,7 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> int:
     args = parse_args()
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    environment.for_job()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     output = Path(args.output)
     try:
@@ -171,7 +175,8 @@ def dataset_items(spec: str, target: str) -> list[Item]:
         return [Item(Path(spec).stem, spec, error=str(exc))]
     truth = dataset.target_masks(target) if dataset.masks is not None else [None] * len(dataset)
     sources = dataset.sources or [f"{spec}#{i}" for i in dataset.ids]
-    return [Item(i, s or f"{spec}#{i}", image, t) for i, s, image, t in zip(dataset.ids, sources, dataset.images, truth)]
+    return [Item(i, s or f"{spec}#{i}", image, t)
+            for i, s, image, t in zip(dataset.ids, sources, dataset.images, truth)]
 
 
 def write_outputs(output: Path, item: Item, prediction, classes: list[str]) -> dict:
@@ -228,7 +233,8 @@ def report(rows: list[dict], failed: int, output: Path) -> None:
           f"{failed} failed")
     quality = np.array([r["quality"] for r in done])
     if len(done) and not np.isnan(quality).all():
-        print(f"quality: median {np.median(quality):.3f}, lowest {quality.min():.3f} ({done[int(quality.argmin())]['id']})")
+        lowest = done[int(quality.argmin())]["id"]
+        print(f"quality: median {np.median(quality):.3f}, lowest {quality.min():.3f} ({lowest})")
     scored = [r for r in done if "iou" in r]
     if len(scored) >= 4:
         for line in quality_lines(np.array([r["quality"] for r in scored]), np.array([r["iou"] for r in scored])):

@@ -4,13 +4,23 @@ from pathlib import Path
 
 import pytest
 
+from ncawss.environment import LOOPBACK_ONLY
+
 ROOT = Path(__file__).resolve().parent.parent
 REAL_DATA = ROOT.parent / "shared" / "data" / "zheng2018"
 sys.path.insert(0, str(ROOT / "bench"))  # the reference-style NCA lives beside its benchmark
 # Ray clusters that tests start in this process or with `ray start` take loopback as their node
 # address, as a sweep job's own local Ray does (Ray reads this when first imported).
-LOOPBACK_ONLY = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 os.environ.setdefault(LOOPBACK_ONLY, "0")
+
+
+@pytest.fixture
+def ray_tmp():
+    """A private Ray temp dir for one test; the Ray processes it started end with it."""
+    from sweeps import private_ray_tmp
+
+    with private_ray_tmp() as path:
+        yield path
 
 
 @pytest.fixture(scope="session")

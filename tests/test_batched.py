@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from ncawss import FoldsHooks, TrainConfig, make_synthetic, train_cnn, train_fold, train_folds
-from ncawss.baselines import train_cnns
+from ncawss.method.baselines import train_cnns
 
 TINY = TrainConfig(channels=6, hidden=8, head_hidden=8, steps=3, image_size=12, epochs=2, batch_size=32,
                    lr=1e-3, seed=3, variants={})
@@ -43,7 +43,7 @@ def test_each_batched_fold_equals_that_fold_trained_alone(uneven_splits):
     batched = train_folds(TINY, uneven_splits, hooks)
     for fold, (train, test) in zip(batched, uneven_splits):
         alone = train_fold(TINY, train, test)
-        assert_close_weights(fold.state_dict, alone.state_dict)
+        assert_close_weights(fold.model.state_dict, alone.model.state_dict)
         for h_batched, h_alone in zip(fold.history, alone.history):
             assert h_batched["train_loss"] == pytest.approx(h_alone["train_loss"], rel=1e-4)
             assert h_batched["train_accuracy"] == h_alone["train_accuracy"]
@@ -56,14 +56,14 @@ def test_each_batched_fold_equals_that_fold_trained_alone(uneven_splits):
 
 def test_batched_folds_differ_from_each_other(uneven_splits):
     folds = train_folds(TINY, uneven_splits[:2])
-    assert not torch.equal(folds[0].state_dict["nca.fc0.weight"], folds[1].state_dict["nca.fc0.weight"])
+    assert not torch.equal(folds[0].model.state_dict["nca.fc0.weight"], folds[1].model.state_dict["nca.fc0.weight"])
 
 
 def test_two_batched_runs_with_one_seed_are_identical(uneven_splits):
     a, b = train_folds(TINY, uneven_splits), train_folds(TINY, uneven_splits)
     for x, y in zip(a, b):
-        for key in x.state_dict:
-            assert torch.equal(x.state_dict[key], y.state_dict[key]), key
+        for key in x.model.state_dict:
+            assert torch.equal(x.model.state_dict[key], y.model.state_dict[key]), key
         assert x.history == y.history and x.iou == y.iou
 
 
@@ -87,8 +87,8 @@ def test_resuming_batched_folds_from_a_checkpoint_continues_bit_for_bit(uneven_s
 
     resumed = train_folds(TINY, uneven_splits, Resume())
     for a, b in zip(straight, resumed):
-        for key in a.state_dict:
-            assert torch.equal(a.state_dict[key], b.state_dict[key]), key
+        for key in a.model.state_dict:
+            assert torch.equal(a.model.state_dict[key], b.model.state_dict[key]), key
         assert a.history == b.history
 
 
@@ -97,7 +97,7 @@ def test_cuda_graph_training_equals_eager_training_on_cuda(uneven_splits):
     graphed = train_folds(TINY, uneven_splits, device="cuda")
     eager = train_folds(TINY.model_copy(update={"cuda_graph": False}), uneven_splits, device="cuda")
     for a, b in zip(graphed, eager):
-        assert_close_weights(a.state_dict, b.state_dict)
+        assert_close_weights(a.model.state_dict, b.model.state_dict)
         assert a.history[-1]["train_loss"] == pytest.approx(b.history[-1]["train_loss"], rel=1e-4)
 
 
@@ -108,4 +108,4 @@ def test_bf16_training_runs_and_stays_near_fp32_on_cuda(uneven_splits):
     for a, b in zip(fp32, bf16):
         assert all(np.isfinite(h["train_loss"]) for h in b.history)
         assert b.history[-1]["train_loss"] == pytest.approx(a.history[-1]["train_loss"], rel=0.05)
-        assert not torch.equal(a.state_dict["nca.fc0.weight"], b.state_dict["nca.fc0.weight"])
+        assert not torch.equal(a.model.state_dict["nca.fc0.weight"], b.model.state_dict["nca.fc0.weight"])

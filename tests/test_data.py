@@ -275,7 +275,9 @@ def test_synthetic_data_is_deterministic_given_its_seed():
 
 def test_synthetic_domains_differ_in_stain():
     a, b = make_synthetic(50, 32, seed=0, domain="a"), make_synthetic(50, 32, seed=0, domain="b")
-    background = lambda d: np.mean([im[~m].mean(axis=0) for im, m in zip(d.images, d.masks)], axis=0)  # noqa: E731
+    def background(d):
+        return np.mean([im[~m].mean(axis=0) for im, m in zip(d.images, d.masks)], axis=0)
+
     assert np.abs(background(a) - background(b)).max() > 8  # mean plasma colour, 0..255
 
 

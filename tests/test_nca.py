@@ -1,10 +1,10 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from reference_nca import reference_forward
 
 from ncawss import NCAClassifier
-from ncawss.nca import NCA, focal_loss
+from ncawss.method.nca import NCA, focal_loss
+from reference_nca import reference_forward
 
 
 def randomised(nca: NCA, seed: int = 0) -> NCA:
@@ -113,7 +113,7 @@ def test_focal_loss_is_cross_entropy_at_gamma_zero_and_smaller_at_gamma_two():
 
 
 def test_channel_padding_and_grouped_convolutions_leave_the_states_unchanged():
-    from ncawss.nca import FoldStack, PARAMETERS, fire_masks, fused_weights, run_nca, stacked
+    from ncawss.method.nca import PARAMETERS, FoldStack, fire_masks, fused_weights, run_nca, stacked
     models = [NCAClassifier(channels=8, hidden=6, steps=4, n_classes=3) for _ in range(3)]
     for i, m in enumerate(models):
         randomised(m.nca, seed=i)

@@ -12,10 +12,11 @@ from scipy.stats import spearmanr
 
 import ncawss
 from conftest import ROOT
-from ncawss import evaluation
-from ncawss.evaluation import FoldModel, evaluate, majority_vote
-from ncawss.loop import build_model
-from ncawss.predict import Ensemble, cross_fold_agreement, pairwise_iou, predict
+from ncawss import Ensemble, FoldModel, FoldRecord, predict
+from ncawss.method import evaluation
+from ncawss.method.evaluation import evaluate, majority_vote
+from ncawss.method.loop import build_model
+from ncawss.method.quality import cross_fold_agreement, pairwise_iou
 
 
 def random_ensemble(fire_rate: float, k: int = 3, size: int = 16) -> Ensemble:
@@ -84,7 +85,7 @@ def test_planted_hard_images_get_lower_quality_scores():
                                                                           post="largest")})
     train = ncawss.make_synthetic(n=100, size=32, seed=1)
     result = ncawss.cross_validate(config, train, k=2, seed=0)
-    ensemble = Ensemble(config, [FoldModel.of(f, 5) for f in result.folds], train.classes)
+    ensemble = Ensemble(config, [f.model for f in result.folds], train.classes)
     held_out = ncawss.make_synthetic(n=40, size=32, seed=2)  # never seen in training
     truth = held_out.target_masks("cell")
     amounts = [0.0] * 20 + list(np.linspace(0.5, 0.95, 20))
@@ -115,8 +116,7 @@ def model_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("model")
     ensemble = random_ensemble(fire_rate=0.5, k=2, size=24)
     for i, fold in enumerate(ensemble.folds):
-        torch.save(fold.record(ensemble.config, ensemble.classes, i, [], {"name": "x", "fingerprint": "0"}),
-                   folder / f"weights_fold{i}.pt")
+        FoldRecord(fold, ensemble.config, ensemble.classes, i, [], {"name": "x", "fingerprint": "0"}).save(folder)
     return folder
 
 
@@ -196,7 +196,7 @@ def test_predict_takes_the_registered_model_and_its_run_uri(model_dir, tmp_path,
     from mlflow.tracking import MlflowClient
 
     from ncawss.data import encode_png
-    from ncawss.mlflow_model import log_registered_model
+    from ncawss.tracking.mlflow_model import log_registered_model
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     client = MlflowClient(uri)

@@ -3,11 +3,10 @@ import numpy as np
 import torch
 
 from ncawss import Dataset, NCAClassifier, Readout, TrainConfig, iou, pca_otsu
-from ncawss.baselines import cam_maps
-from ncawss.segment import gaussian_blur, masks_at, post_process, read_response
-from ncawss.baselines import train_cnn
-from ncawss.evaluation import read_state
-from ncawss.loop import normalise, resize_images
+from ncawss.method.baselines import cam_maps, train_cnn
+from ncawss.method.loop import normalise, resize_images
+from ncawss.method.readout import read_state
+from ncawss.method.segment import gaussian_blur, masks_at, post_process, read_response
 
 
 def disk(h=32, w=32, r=6.0, cy=None, cx=None):

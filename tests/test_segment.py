@@ -1,11 +1,11 @@
 import numpy as np
 import pytest
 import torch
-from pca_otsu import reference_pca_otsu  # bench/pca_otsu.py: numpy + scikit-image, per image
 from skimage.filters import threshold_otsu
 
 from ncawss import intensity_baseline, iou, pca_otsu
-from ncawss.segment import OTSU_BINS, otsu_thresholds
+from ncawss.method.segment import OTSU_BINS, otsu_thresholds
+from pca_otsu import reference_pca_otsu  # bench/pca_otsu.py: numpy + scikit-image, per image
 
 
 def disk(h=32, w=32, r=8, cy=None, cx=None):
@@ -129,7 +129,7 @@ def test_constant_features_with_a_large_offset_are_degenerate_but_small_structur
 def test_fill_holes_equals_scipys_binary_fill_holes():
     from scipy import ndimage
 
-    from ncawss.segment import fill_holes
+    from ncawss.method.segment import fill_holes
     rng = np.random.default_rng(0)
     for _ in range(50):
         mask = ndimage.binary_opening(rng.random((40, 37)) < 0.6)

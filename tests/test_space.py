@@ -5,8 +5,8 @@ import time
 import pytest
 
 from conftest import ROOT
-from ncawss.config import ConfigError
-from ncawss.space import load_space
+from ncawss.method.config import ConfigError
+from ncawss.sweep.space import load_space
 
 GOOD = """
 name: t
@@ -113,8 +113,10 @@ def test_unreachable_tracking_server_fails_fast_before_training(tmp_path):
 
 
 def test_resources_take_folds_per_worker_and_refuse_the_old_per_fold_keys(tmp_path):
-    spec = load_space(write(tmp_path, GOOD + "resources: {cpus_per_worker: 2, gpus_per_worker: 0.5, folds_per_worker: 1}\n"))
-    assert (spec.resources.cpus_per_worker, spec.resources.gpus_per_worker, spec.resources.folds_per_worker) == (2, 0.5, 1)
+    spec = load_space(write(tmp_path, GOOD + "resources: {cpus_per_worker: 2, gpus_per_worker: 0.5, "
+                                             "folds_per_worker: 1}\n"))
+    res = spec.resources
+    assert (res.cpus_per_worker, res.gpus_per_worker, res.folds_per_worker) == (2, 0.5, 1)
     assert load_space(write(tmp_path, GOOD)).resources.folds_per_worker is None  # all folds in one worker
     with pytest.raises(ConfigError, match="resources.*cpus_per_fold.*renamed.*cpus_per_worker"):
         load_space(write(tmp_path, GOOD + "resources: {cpus_per_fold: 1}\n"))

@@ -1,6 +1,6 @@
 import pickle
 
-from ncawss.tracking import SweepTracker
+from ncawss.tracking.tracker import SweepTracker
 
 
 def make_tracker(tmp_path):

@@ -3,9 +3,9 @@ import pytest
 import torch
 
 from ncawss import FoldHooks, TrainConfig, cross_validate, load_config, make_synthetic, stratified_folds, train_fold
-from ncawss.config import ConfigError, make_config
-from ncawss.segment import intensity_baseline, iou
-from ncawss.loop import resize_images
+from ncawss.method.config import ConfigError, make_config
+from ncawss.method.loop import resize_images
+from ncawss.method.segment import intensity_baseline, iou
 
 TINY = TrainConfig(channels=8, hidden=8, steps=4, image_size=16, epochs=3, batch_size=8, lr=1e-3, seed=5)
 
@@ -38,10 +38,10 @@ def assert_same_weights(a, b):
 
 def test_training_is_deterministic_given_the_seed(split):
     a, b = train_fold(TINY, *split), train_fold(TINY, *split)
-    assert_same_weights(a.state_dict, b.state_dict)
+    assert_same_weights(a.model.state_dict, b.model.state_dict)
     assert a.iou == b.iou and a.history == b.history
     c = train_fold(TINY.model_copy(update={"seed": 6}), *split)
-    assert not torch.equal(a.state_dict["nca.fc0.weight"], c.state_dict["nca.fc0.weight"])
+    assert not torch.equal(a.model.state_dict["nca.fc0.weight"], c.model.state_dict["nca.fc0.weight"])
 
 
 def test_restored_checkpoint_continues_bit_for_bit(split):
@@ -53,7 +53,7 @@ def test_restored_checkpoint_continues_bit_for_bit(split):
     resumed_hooks = Recorder(resume_from=first_epoch.checkpoints[-1])
     resumed = train_fold(TINY, *split, hooks=resumed_hooks)
     assert [e for e, _ in resumed_hooks.epochs] == [2, 3]
-    assert_same_weights(uninterrupted.state_dict, resumed.state_dict)
+    assert_same_weights(uninterrupted.model.state_dict, resumed.model.state_dict)
     assert resumed.history == uninterrupted.history and resumed.iou == uninterrupted.iou
 
 
@@ -69,9 +69,9 @@ def test_normalisation_statistics_come_from_the_training_fold_only(split):
     train, test = split
     result = train_fold(TINY.model_copy(update={"epochs": 1}), train, test)
     expected = resize_images(train.images, 16).mean(dim=(0, 2, 3))
-    np.testing.assert_allclose(result.norm_mean, expected.numpy(), rtol=1e-6)
+    np.testing.assert_allclose(result.model.norm_mean, expected.numpy(), rtol=1e-6)
     everything = resize_images(train.images + test.images, 16).mean(dim=(0, 2, 3))
-    assert not np.allclose(result.norm_mean, everything.numpy(), rtol=1e-6)
+    assert not np.allclose(result.model.norm_mean, everything.numpy(), rtol=1e-6)
 
 
 def test_fold_result_reports_nca_and_baseline_on_the_same_test_images(split):

@@ -17,7 +17,6 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pyarrow.fs as pafs
 import ray
 import ray.train
@@ -25,22 +24,19 @@ import ray.train.torch
 import torch
 import torch.distributed as dist
 
-from .config import TrainConfig
-from .data import Dataset, stratified_folds
-from .evaluation import FOLD_WEIGHTS, FoldModel, TestSet, evaluate
-from .gallery import mask_gallery
-from .train import FoldResult, FoldsHooks, train_folds
+from ..data import Dataset, stratified_folds
+from ..method.config import TrainConfig
+from ..method.evaluation import TestSet, evaluate
+from ..method.folds import FoldRecord
+from ..method.gallery import mask_gallery
+from ..method.scores import Scores
+from ..method.train import FoldResult, FoldsHooks, train_folds
+from .metrics import FoldSummary, epoch_metrics, trial_metrics
+from .plan import TrialPlan
 
 log = logging.getLogger(__name__)
 
-METRIC = "iou_mean"
-FOLDS_DONE = "folds_done"  # in a trial's last report only (Tune marks any trial's last result "done")
 TRAIN_STATE = "train_state_worker{}.pt"
-
-
-def fold_share(rank: int, folds: int, per_worker: int) -> list[int]:
-    """The folds worker `rank` trains: a contiguous share, so that rank order is fold order."""
-    return list(range(rank * per_worker, min(folds, (rank + 1) * per_worker)))
 
 
 def gather(value: Any) -> list:
@@ -72,11 +68,7 @@ class RayFoldHooks(FoldsHooks):
         epoch = checkpoints[0]["epoch"]
         if epoch % self.config.eval_every or epoch >= self.config.epochs:
             return  # the last epoch is reported with the folds' results
-        folds = gather_folds(self.metrics)
-        report = {"epoch": epoch, METRIC: float(np.mean([f["test_iou"] for f in folds])),
-                  "fold_iou": [f["test_iou"] for f in folds],
-                  "train_loss_mean": float(np.mean([f["train_loss"] for f in folds])),
-                  "train_accuracy_mean": float(np.mean([f["train_accuracy"] for f in folds]))}
+        report = epoch_metrics(epoch, gather_folds(self.metrics))
         with tempfile.TemporaryDirectory() as tmp:
             torch.save(checkpoints, Path(tmp) / TRAIN_STATE.format(self.rank))
             ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(tmp))
@@ -102,85 +94,61 @@ def restored_state(rank: int, world: int) -> list[dict] | None:
         return torch.load(io.BytesIO(f.read()), weights_only=False)
 
 
-def fold_worker(loop: dict) -> None:
+def fold_worker(plan: TrialPlan) -> None:
     """Train this worker's share of the trial's k-fold split, then report all folds' results."""
     started = time.time()
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
-    torch.set_num_threads(loop["threads"])
-    config = TrainConfig.model_validate(loop["train"])
+    torch.set_num_threads(plan.threads)
+    config = plan.config
     device = ray.train.torch.get_device()
-    dataset: Dataset = ray.get(loop["dataset"][0])  # object store: fetched once per node
-    mine = fold_share(rank, loop["folds"], loop["folds_per_worker"])
-    all_cnns = ray.get(loop["cnns"][0]) if loop["cnns"] else None
+    dataset: Dataset = ray.get(plan.data.dataset)  # object store: fetched once per node
+    mine = plan.share(rank)
+    all_cnns = ray.get(plan.data.cnns) if plan.data.cnns is not None else None
     cnns = [all_cnns[i] for i in mine] if all_cnns else None
-    split = stratified_folds(dataset.labels, loop["folds"], loop["split_seed"])
+    split = stratified_folds(dataset.labels, plan.folds, plan.split_seed)
     splits = [(dataset.subset(split[i][0]), dataset.subset(split[i][1])) for i in mine]
     restored = restored_state(rank, world)
     if restored is not None:
         log.warning("folds %s resume from their checkpoint at epoch %d", mine, restored[0]["epoch"])
     results = train_folds(config, splits, RayFoldHooks(rank, config, restored), device=device,
-                          cnns=cnns, cam_kinds=tuple(loop["cam_kinds"]))
-    summaries = []
-    for i, result in enumerate(results):
-        eval_scores = {}
-        if loop["eval"]:
-            model = FoldModel.of(result, len(dataset.classes)).nca(config).to(device)
-            for ref in loop["eval"]:
-                other: Dataset = ray.get(ref)
-                prepared = TestSet.prepare(other, result.norm_mean, result.norm_std, config.image_size,
-                                           cnns[i] if cnns else None, tuple(loop["cam_kinds"]), device)
-                ev = evaluate(model, prepared, config, device, {"readout": config.readout})["readout"]
-                eval_scores[other.name] = ev.summary()
-        summaries.append({"iou": result.iou, "baseline_iou": result.baseline_iou, "accuracy": result.accuracy,
-                          "readout_iou": result.readout_iou, "seconds": result.seconds, "eval": eval_scores,
-                          "startup_s": started - loop["launched_at"],
-                          "resumed_from_epoch": restored[0]["epoch"] if restored else 0})
+                          cnns=cnns, cam_kinds=plan.cam_kinds)
+    summaries = [FoldSummary(result.evaluation.scores(), result.accuracy, result.readout_iou, result.seconds,
+                             started - plan.launched_at, restored[0]["epoch"] if restored else 0,
+                             eval_scores(plan, result, device))
+                 for result in results]
     folds = gather_folds(summaries)
     with tempfile.TemporaryDirectory() as tmp:
         for fold, result, (train, test) in zip(mine, results, splits):
-            write_fold_files(Path(tmp), fold, result, train, test, config, loop["source"], loop["cam_kinds"])
-        ray.train.report(trial_metrics(folds, config) if rank == 0 else {},
+            write_fold_files(Path(tmp), fold, result, train, test, plan)
+        ray.train.report(trial_metrics(folds, config.epochs) if rank == 0 else {},
                          checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
 
+def eval_scores(plan: TrialPlan, result: FoldResult, device) -> dict[str, Scores]:
+    """The fold's model on each --eval-data dataset, beside the baselines, by dataset name."""
+    if not plan.data.eval_sets:
+        return {}
+    config = plan.config
+    model = result.model.nca(config).to(device)
+    scores = {}
+    for ref in plan.data.eval_sets:
+        other: Dataset = ray.get(ref)
+        prepared = TestSet.prepare(other, result.model.norm_mean, result.model.norm_std, config.image_size,
+                                   result.model.cnns, plan.cam_kinds, device)
+        scores[other.name] = evaluate(model, prepared, config, device, {"readout": config.readout})["readout"].scores()
+    return scores
+
+
 def write_fold_files(folder: Path, fold: int, result: FoldResult, train: Dataset, test: Dataset,
-                     config: TrainConfig, source: dict, cam_kinds: list[str]) -> None:
+                     plan: TrialPlan) -> None:
     """Gallery, weights (NCA and baseline CNNs, with what evaluation needs) and per-image results."""
     ev = result.evaluation
     (folder / f"gallery_fold{fold}.png").write_bytes(
         mask_gallery(test.images, test.masks, ev.responses, ev.masks))
-    record = FoldModel.of(result, len(train.classes)).record(config, train.classes, fold, result.test_ids, source,
-                                                             cam_kinds)
-    torch.save(record, folder / FOLD_WEIGHTS.format(fold))
+    FoldRecord(result.model, plan.config, train.classes, fold, result.test_ids, plan.data.source,
+               plan.cam_kinds).save(folder)
     (folder / f"fold{fold}.json").write_text(json.dumps({
         "train_ids": list(train.ids), "test_ids": result.test_ids, "iou": ev.iou.tolist(),
         "baseline_iou": {name: v.tolist() for name, v in ev.baseline_iou.items()},
         "history": result.history}))
-
-
-def trial_metrics(folds: list[dict], config: TrainConfig) -> dict:
-    """Fold means: NCA-WSS IoU (the objective), each baseline's IoU on the same images, the lift
-    over the best baseline, every read-out variant, and every evaluation dataset."""
-    iou = [f["iou"] for f in folds]
-    metrics = {
-        "epoch": config.epochs, FOLDS_DONE: True,
-        METRIC: float(np.mean(iou)), "iou_std": float(np.std(iou)), "fold_iou": iou,
-        "accuracy_mean": float(np.mean([f["accuracy"] for f in folds])),
-        "fold_accuracy": [f["accuracy"] for f in folds],
-        "fold_seconds": [f["seconds"] for f in folds],
-        "launch_overhead_s": float(max(f["startup_s"] for f in folds)),
-        "resumed_folds": sum(f["resumed_from_epoch"] > 0 for f in folds),
-    }
-    for name in folds[0]["baseline_iou"]:
-        values = [f["baseline_iou"][name] for f in folds]
-        metrics.update({f"{name}_iou_mean": float(np.mean(values)), f"{name}_iou_std": float(np.std(values)),
-                        f"fold_{name}_iou": values})
-    metrics["best_baseline_iou_mean"] = max(metrics[f"{name}_iou_mean"] for name in folds[0]["baseline_iou"])
-    metrics["lift"] = metrics[METRIC] - metrics["best_baseline_iou_mean"]
-    for readout in folds[0]["readout_iou"]:
-        metrics[f"{readout}_iou_mean"] = float(np.mean([f["readout_iou"][readout] for f in folds]))
-    for name in folds[0]["eval"]:
-        for key in folds[0]["eval"][name]:
-            metrics[f"eval.{name}.{key}"] = float(np.mean([f["eval"][name][key] for f in folds]))
-    return metrics

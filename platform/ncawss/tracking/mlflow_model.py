@@ -18,9 +18,10 @@ import torch
 from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, Schema
 
-from .data import DataError, encode_png
-from .evaluation import FOLD_WEIGHTS, read_fold_records
-from .predict import QUALITY_RUNS, Ensemble, decode_image, predict
+from ..data import DataError, encode_png
+from ..method.ensemble import Ensemble
+from ..method.folds import fold_weight_files
+from ..method.predict import QUALITY_RUNS, decode_image, predict
 
 MODEL_PATH = "model"
 SIGNATURE = ModelSignature(
@@ -33,7 +34,7 @@ class EnsembleModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
         config = context.model_config or {}
         folder = context.artifacts["folds"]
-        self.ensemble = Ensemble.from_records(read_fold_records(folder), folder)
+        self.ensemble = Ensemble.load(folder)
         self.device = str(config.get("device", "cpu"))
         self.runs = int(config.get("runs", QUALITY_RUNS))
 
@@ -59,10 +60,11 @@ def save_model(records_dir: Path, example: bytes, destination: Path) -> Path:
 
     folds = destination.parent / "folds"  # the weights only: no galleries or data beside them
     folds.mkdir(parents=True)
-    for path in sorted(records_dir.glob(FOLD_WEIGHTS.format("*"))):
+    for path in fold_weight_files(records_dir):
         shutil.copy(path, folds / path.name)
     mlflow.pyfunc.save_model(
-        str(destination), python_model=str(Path(__file__).with_name("pyfunc_entry.py")), artifacts={"folds": str(folds)},
+        str(destination), python_model=str(Path(__file__).with_name("pyfunc_entry.py")),
+        artifacts={"folds": str(folds)},
         signature=SIGNATURE, input_example=pd.DataFrame({"image": [example]}),
         pip_requirements=[f"ncawss=={ncawss.__version__}", f"torch=={torch.__version__.split('+')[0]}"],
         model_config={"device": "cpu", "runs": QUALITY_RUNS})

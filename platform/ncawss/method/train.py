@@ -10,10 +10,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from ..data import Dataset, stratified_folds
 from .baselines import CNN_WIDTHS, CNNBaseline, train_cnns
 from .config import TrainConfig
-from .data import Dataset, stratified_folds
 from .evaluation import Evaluation, TestSet, evaluate
+from .folds import FoldModel
 from .loop import BatchedTrainer, build_model, make_folds, normalised_training_set
 from .nca import FoldStack
 
@@ -74,12 +75,9 @@ class FoldResult:
     evaluations: dict[str, Evaluation]  # "readout" (the configured one) and every variant
     test_ids: list[str]
     history: list[dict]
-    state_dict: dict
-    norm_mean: list[float]
-    norm_std: list[float]
+    model: FoldModel                    # the trained weights, normalisation and CAM baseline CNNs
     epochs: int
     seconds: float                      # wall time of the batch of folds this fold trained in
-    cnns: dict[str, CNNBaseline] | None = None  # the fold's CAM baseline CNNs, where trained
 
     @property
     def evaluation(self) -> Evaluation:
@@ -164,9 +162,9 @@ def train_folds(config: TrainConfig, splits: list[tuple[Dataset, Dataset]], hook
             baseline_iou={name: float(v.mean()) for name, v in ev.baseline_iou.items()},
             readout_iou={name: float(e.iou.mean()) for name, e in evaluations.items() if name != "readout"},
             evaluations=evaluations, test_ids=list(test_data.ids), history=fold.history,
-            state_dict={k: v.detach().cpu().clone() for k, v in fold.model.state_dict().items()},
-            norm_mean=mean.tolist(), norm_std=std.tolist(), epochs=config.epochs,
-            seconds=time.perf_counter() - started, cnns=cnns[i] if cnns else None))
+            model=FoldModel({k: v.detach().cpu().clone() for k, v in fold.model.state_dict().items()},
+                            mean.tolist(), std.tolist(), len(splits[0][0].classes), cnns[i] if cnns else None),
+            epochs=config.epochs, seconds=time.perf_counter() - started))
     return results
 
 

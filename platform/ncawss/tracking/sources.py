@@ -8,14 +8,14 @@ from pathlib import Path
 
 import yaml
 
-from .data import DataError
-from .evaluation import FOLD_WEIGHTS, read_fold_records
-from .tracking import SweepTracker, TrackingError
+from ..data import DataError
+from ..method.folds import FOLD_WEIGHTS, FoldRecord, read_fold_records
+from .tracker import SweepTracker, TrackingError
 
 MODEL_URI_SCHEMES = ("models:/", "runs:/")
 
 
-def load_records(spec: str, uri: str | None, scratch: str) -> tuple[list[dict], str | None]:
+def load_records(spec: str, uri: str | None, scratch: str) -> tuple[list[FoldRecord], str | None]:
     """The fold weight records MODEL `spec` names, and the tracking store it came from.
     `uri`: the MLflow tracking URI for run ids and model URIs (a sweep folder knows its own)."""
     folder = Path(spec)
@@ -32,7 +32,8 @@ def load_records(spec: str, uri: str | None, scratch: str) -> tuple[list[dict], 
         folder = SweepTracker(uri, "unused").download_fold_files(spec, tempfile.mkdtemp(dir=scratch))
     records = read_fold_records(folder)
     if not records:
-        raise DataError(f"{spec}: no {FOLD_WEIGHTS.format('*')} files (not a sweep output, fold folder, trial run or model?)")
+        raise DataError(f"{spec}: no {FOLD_WEIGHTS.format('*')} files "
+                        "(not a sweep output, fold folder, trial run or model?)")
     return records, uri
 
 

@@ -2,6 +2,6 @@
 the model class comes from the installed package, nothing is unpickled."""
 import mlflow.models
 
-from ncawss.mlflow_model import EnsembleModel
+from ncawss.tracking.mlflow_model import EnsembleModel
 
 mlflow.models.set_model(EnsembleModel())

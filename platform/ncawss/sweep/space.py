@@ -9,7 +9,16 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from .config import BASELINES, ConfigError, Readout, TrainConfig, describe_validation_error, read_yaml_mapping
+from ..method.baselines import CNN_WIDTHS, baseline_name
+from ..method.config import (
+    BASELINES,
+    Baseline,
+    ConfigError,
+    Readout,
+    TrainConfig,
+    describe_validation_error,
+    read_yaml_mapping,
+)
 
 # Read-out options are searched as "readout.<option>", e.g. readout.smooth.
 SEARCHABLE = (set(TrainConfig.model_fields) - {"seed", "eval_every", "betas", "variants", "cuda_graph"}) \
@@ -88,7 +97,7 @@ class SweepSpec(Strict):
     resources: Resources = Resources()
     holdout: float = Field(0.2, ge=0.0, lt=1.0, description="stratified share set aside before the folds, "
                            "never seen by a trial; the best configuration is scored on it at the end (0: none)")
-    baselines: list[Literal[BASELINES]] = Field(  # type: ignore[valid-type]
+    baselines: list[Baseline] = Field(
         default_factory=lambda: ["intensity"], description="baselines beside every number; intensity always on")
     train: dict[str, Any] = Field(default_factory=dict, description="fixed training options")
     search: dict[str, Param] = Field(default_factory=dict)
@@ -112,6 +121,18 @@ class SweepSpec(Strict):
     def cam_kinds(self) -> tuple[str, ...]:
         """The CAM baselines asked for (each needs a CNN trained per fold)."""
         return tuple(b for b in BASELINES if b != "intensity" and b in self.baselines)
+
+    @property
+    def baseline_names(self) -> list[str]:
+        """Every baseline a trial reports: intensity, then each CAM kind at each CNN size."""
+        return ["intensity"] + [baseline_name(kind, size) for kind in self.cam_kinds for size in CNN_WIDTHS]
+
+    @property
+    def max_epochs(self) -> int:
+        """The longest trial's epochs."""
+        if "epochs" in self.search:
+            return int(max(self.search["epochs"].candidates()))
+        return self.train_config({}).epochs
 
     def train_config(self, params: dict[str, Any]) -> TrainConfig:
         """The full training configuration of one trial: fixed options + sampled ones + seed."""

@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-
-BASELINES = ("intensity", "gradcam", "eigencam")  # intensity: grayscale Otsu; the others: CAMs of a CNN
+Baseline = Literal["intensity", "gradcam", "eigencam"]  # intensity: grayscale Otsu; the others: CAMs of a CNN
+BASELINES: tuple[str, ...] = get_args(Baseline)
 
 
 class Readout(BaseModel):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from skimage.filters import gaussian
 
-from .data import Dataset
+from .dataset import Dataset
 
 CLASSES = ["neutrophil", "lymphocyte", "monocyte", "eosinophil", "basophil"]
 
@@ -43,10 +43,14 @@ def make_synthetic(n: int = 200, size: int = 64, seed: int = 0, domain: str = "a
                    nucleus=list(nuclei))
 
 
-def draw_crop(label: int, size: int, stain: dict, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def draw_crop(label: int, size: int, stain: dict,
+              rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(image, white-cell mask, nucleus mask)."""
     yy, xx = np.mgrid[0:size, 0:size].astype(float)
-    jitter = lambda colour, s=0.04: np.clip(np.asarray(colour) + rng.normal(0, s, 3), 0, 1)  # noqa: E731
+
+    def jitter(colour, s: float = 0.04) -> np.ndarray:
+        return np.clip(np.asarray(colour) + rng.normal(0, s, 3), 0, 1)
+
     image = np.ones((size, size, 3)) * jitter(stain["plasma"], 0.03)
 
     scale = rng.uniform(0.85, 1.15)

@@ -11,13 +11,12 @@ import optuna
 import pyarrow.fs as pafs
 from ray import tune
 
-from .baselines import CAM_BASELINES, CNN_WIDTHS, baseline_name
-from .data import Dataset
-from .evaluation import read_fold_records, score_dataset
-from .predict import Ensemble
+from ..data import Dataset
+from ..method.ensemble import Ensemble, score_dataset
+from ..method.scores import Scores
+from ..tracking.tracker import SweepTracker
+from .metrics import FOLDS_DONE, METRIC, mean_key
 from .space import Param, SweepSpec
-from .tracking import SweepTracker
-from .worker import FOLDS_DONE, METRIC
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +87,7 @@ def table_lines(rows: list[dict], names: list[str], baselines: list[str]) -> lis
     for r in rows:
         lines.append([r["trial"], *(param(r["params"].get(n)) for n in names),
                       cell(r, METRIC, "{:.1f}", 100), cell(r, "iou_std", "{:.1f}", 100),
-                      *(cell(r, f"{b}_iou_mean", "{:.1f}", 100) for b in baselines), cell(r, "lift", "{:+.1f}", 100),
+                      *(cell(r, mean_key(b), "{:.1f}", 100) for b in baselines), cell(r, "lift", "{:+.1f}", 100),
                       cell(r, "accuracy_mean", "{:.3f}"), cell(r, "launch_overhead_s", "{:.0f}"), r["status"]])
     return lines
 
@@ -103,13 +102,10 @@ def copy_checkpoint(checkpoint_path: str, destination: Path) -> Path:
     return destination
 
 
-def score_holdout(spec: SweepSpec, model_dir: Path, holdout: Dataset) -> dict[str, float]:
+def score_holdout(spec: SweepSpec, model_dir: Path, holdout: Dataset) -> Scores:
     """The best configuration's k fold models on the held-out images, beside every baseline."""
-    ensemble = Ensemble.from_records(read_fold_records(model_dir), str(model_dir))
-    scores = score_dataset(ensemble.config, ensemble.folds, holdout, cam_kinds=spec.cam_kinds)["readout"]
-    metrics = {f"holdout_{k}": v for k, v in scores.items() if k != "fold_iou"}
-    metrics.update({f"holdout_fold{i}_iou": v for i, v in enumerate(scores["fold_iou"])})
-    return metrics
+    ensemble = Ensemble.load(model_dir)
+    return score_dataset(ensemble.config, ensemble.folds, holdout, cam_kinds=spec.cam_kinds)["readout"]
 
 
 def summarise(spec: SweepSpec, results: tune.ResultGrid, tracker: SweepTracker, output: Path,
@@ -121,8 +117,7 @@ def summarise(spec: SweepSpec, results: tune.ResultGrid, tracker: SweepTracker, 
 
     rows = trial_rows(results)
     done = [r for r in rows if r["status"] == "done"]
-    names = ["intensity"] + [baseline_name(kind, size) for kind in CAM_BASELINES for size in CNN_WIDTHS]
-    baselines = [b for b in names if any(f"{b}_iou_mean" in r for r in rows)]
+    baselines = [b for b in spec.baseline_names if any(mean_key(b) in r for r in rows)]
     lines = table_lines(rows, sorted(spec.search), baselines)
     widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
     table = "\n".join("  ".join(c.rjust(w) for c, w in zip(line, widths)) for line in lines)
@@ -146,9 +141,9 @@ def summarise(spec: SweepSpec, results: tune.ResultGrid, tracker: SweepTracker, 
         overheads = [r["launch_overhead_s"] for r in done]
         best_keys = (METRIC, "iou_std", "lift", "accuracy_mean")
         metrics.update({f"best_{k}": best[k] for k in best_keys})
-        metrics.update({f"best_{b}_iou_mean": best[f"{b}_iou_mean"] for b in baselines})
+        metrics.update({f"best_{mean_key(b)}": best[mean_key(b)] for b in baselines})
         metrics["launch_overhead_mean_s"] = float(np.mean(overheads))
-        against = ", ".join(f"{b} {100 * best[f'{b}_iou_mean']:.1f}" for b in baselines)
+        against = ", ".join(f"{b} {100 * best[mean_key(b)]:.1f}" for b in baselines)
         optimistic = "optimistic" if holdout is not None and len(holdout) else \
             "optimistic, and with no holdout it is also the only number"
         text += (f"\n\nbest: trial {best['trial']} {best['params']}: cross-validation IoU {100 * best[METRIC]:.1f} ± "
@@ -161,12 +156,12 @@ def summarise(spec: SweepSpec, results: tune.ResultGrid, tracker: SweepTracker, 
                 text += f"\nregistered model: {model_uri} (jobs/predict.py --model {model_uri})"
             if holdout is not None and len(holdout):
                 scores = score_holdout(spec, model_dir, holdout)
-                metrics.update(scores)
+                metrics.update({**scores.metrics("holdout_"), **scores.fold_metrics("holdout_")})
                 text += (f"\nheld-out test ({len(holdout)} images never seen by the search), majority vote of the "
-                         f"{spec.folds} fold models: IoU {100 * scores['holdout_iou']:.1f} vs "
-                         + ", ".join(f"{b} {100 * scores[f'holdout_{b}_iou']:.1f}" for b in baselines)
-                         + f" (lift {100 * scores['holdout_lift']:+.1f}); folds alone: "
-                         + ", ".join(f"{100 * scores[f'holdout_fold{i}_iou']:.1f}" for i in range(spec.folds)))
+                         f"{spec.folds} fold models: IoU {100 * scores.iou:.1f} vs "
+                         + ", ".join(f"{b} {100 * scores.baselines[b]:.1f}" for b in baselines)
+                         + f" (lift {100 * scores.lift:+.1f}); folds alone: "
+                         + ", ".join(f"{100 * v:.1f}" for v in scores.fold_iou))
         text += (f"\nRay Train launch overhead per trial (paid once for all {spec.folds} folds): "
                  f"mean {np.mean(overheads):.1f} s, max {np.max(overheads):.1f} s")
     tracker.finish_sweep(metrics, files)

@@ -24,8 +24,8 @@ from captum.attr import LayerGradCam
 from torch import nn
 from torch.func import functional_call, vmap
 
+from ..data import Dataset
 from .config import BASELINES, TrainConfig
-from .data import Dataset
 from .loop import BatchedTrainer, make_folds, normalised_training_set
 from .nca import stacked
 

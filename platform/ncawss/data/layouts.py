@@ -7,7 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import IMAGE_SUFFIXES, STRAY_SHARE, DataError, Dataset, read_image, read_mask, snap_to_levels, write_dataset
+from .dataset import DataError, Dataset
+from .files import IMAGE_SUFFIXES, STRAY_SHARE, read_image, read_mask, snap_to_levels
+from .parquet import write_dataset
 from .synthetic import make_synthetic
 
 ZHENG_CLASSES = ["neutrophil", "lymphocyte", "monocyte", "eosinophil", "basophil"]

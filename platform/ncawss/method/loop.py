@@ -28,8 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..data import Dataset
 from .config import TrainConfig
-from .data import Dataset
 from .nca import N_INPUT, NCAClassifier, fire_masks, focal_terms
 
 log = logging.getLogger(__name__)

@@ -1,4 +1,5 @@
-"""Mask galleries: input | ground truth | PC1 response | mask, one row per image, as a PNG."""
+"""Pictures of masks: galleries (input | ground truth | PC1 response | mask, one row per image, as
+a PNG) and outlines drawn on images."""
 from __future__ import annotations
 
 import io
@@ -28,3 +29,21 @@ def mask_gallery(images, truths, responses, masks, rows: int = 4) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(np.concatenate(lines, axis=0)).save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def outline(mask: np.ndarray) -> np.ndarray:
+    """The mask's one-pixel inner boundary."""
+    inner = mask.copy()
+    inner[1:-1, 1:-1] = mask[1:-1, 1:-1] & mask[:-2, 1:-1] & mask[2:, 1:-1] & mask[1:-1, :-2] & mask[1:-1, 2:]
+    return mask & ~inner
+
+
+def overlay(image: np.ndarray, mask: np.ndarray, colour=(255, 255, 0)) -> np.ndarray:
+    """The image with the mask's outline drawn on it (thickened to 2 pixels on large images)."""
+    edge = outline(mask)
+    if min(mask.shape) >= 200:
+        edge[1:] |= edge[:-1]
+        edge[:, 1:] |= edge[:, :-1]
+    out = image.copy()
+    out[edge] = colour
+    return out

@@ -13,46 +13,22 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass
-from typing import NamedTuple
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from .config import TrainConfig
-from .data import DataError
-from .evaluation import FoldModel, majority_vote, read_chunk, segment_state, stochastic_generators
+from ..data import DataError
+from .ensemble import Ensemble
+from .evaluation import majority_vote
 from .loop import normalise, resize_images
+from .quality import cross_fold_agreement
+from .readout import read_chunk, segment_state, stochastic_generators
 from .segment import masks_at
 
 IMAGE_FORMATS = {"PNG", "BMP", "TIFF", "JPEG", "MPO"}  # MPO: JPEG with extra frames, as cameras write
 QUALITY_RUNS = 4  # stochastic runs per fold model for the quality score, by default
 QUALITY_SEED = 7919  # offset of the quality runs' generators from the read-out's (seed + 2 + r)
-
-
-@dataclass
-class Ensemble:
-    """A trained configuration's k fold models: what predicting needs, with no data beside it."""
-    config: TrainConfig
-    folds: list[FoldModel]
-    classes: list[str]
-
-    @classmethod
-    def from_records(cls, records: list[dict], source: str = "model") -> Ensemble:
-        """From the weights_fold<i>.pt dicts a sweep or cross_validate.py --save writes."""
-        if not records:
-            raise DataError(f"{source}: no fold models")
-        configs = {repr(r["config"]) for r in records}
-        if len(configs) > 1:
-            raise DataError(f"{source}: the fold models were trained with different configurations")
-        config = TrainConfig.model_validate(records[0]["config"])
-        classes = records[0].get("classes") or [str(i) for i in range(records[0]["n_classes"])]
-        return cls(config, [FoldModel.from_record(r) for r in records], list(classes))
-
-    @property
-    def min_side(self) -> int:
-        """The smallest image side accepted: half the training resolution."""
-        return max(self.config.image_size // 2, 8)
 
 
 @dataclass
@@ -97,26 +73,6 @@ def conversion_note(name: str, mode: str) -> str | None:
     what = f"grayscale ({mode})" if gray else mode
     how = "alpha channel dropped" if "A" in mode else "channel repeated" if gray else "converted"
     return f"{name}: {what} image converted to RGB ({how})"
-
-
-def pairwise_iou(masks: np.ndarray) -> np.ndarray:
-    """(n, H, W) bool masks -> (n, n) IoU of every pair; both empty = 1."""
-    flat = masks.reshape(len(masks), -1).astype(np.float32)  # exact counts below 2^24 pixels
-    inter = (flat @ flat.T).astype(np.float64)
-    area = flat.sum(1, dtype=np.float64)
-    union = area[:, None] + area[None, :] - inter
-    return np.where(union == 0, 1.0, inter / np.maximum(union, 1))
-
-
-def cross_fold_agreement(masks: np.ndarray) -> float:
-    """(k, R, H, W) masks of k folds x R runs -> mean IoU over pairs from different folds
-    (k = 1: over pairs of runs)."""
-    k, runs = masks.shape[:2]
-    if k * runs < 2:
-        return 1.0
-    fold = np.repeat(np.arange(k), runs)
-    pairs = fold[:, None] != fold[None, :] if k > 1 else ~np.eye(runs, dtype=bool)
-    return float(pairwise_iou(masks.reshape(k * runs, *masks.shape[2:]))[pairs].mean())
 
 
 class Predictor:
@@ -169,7 +125,8 @@ class Predictor:
         image in one forward pass over the chunk repeated R times."""
         readout = self.ensemble.config.readout
         _, state = model(x.repeat(self.runs, 1, 1, 1), generator=generator)
-        masks = masks_at(segment_state(state, readout), shapes * self.runs, readout.post)  # run-major: run r of image i at r * B + i
+        # run-major: run r of image i at r * B + i
+        masks = masks_at(segment_state(state, readout), shapes * self.runs, readout.post)
         return [np.stack(masks[i::len(shapes)]) for i in range(len(shapes))]
 
 
@@ -179,38 +136,3 @@ def predict(ensemble: Ensemble, images: list[np.ndarray], device: str | torch.de
     predictor = Predictor(ensemble, device, runs)
     return [p for start in range(0, len(images), predictor.batch_size)
             for p in predictor.chunk(images[start:start + predictor.batch_size])]
-
-
-class Ranking(NamedTuple):
-    """How well a label-free score orders images by their true IoU."""
-    spearman: float
-    low_iou: float          # mean true IoU of the quarter the score ranks lowest
-    high_iou: float         # ... and of the quarter it ranks highest
-    lowest: np.ndarray      # the indices of that lowest quarter
-
-
-def rank_by_score(score: np.ndarray, iou: np.ndarray) -> Ranking:
-    from scipy.stats import spearmanr
-
-    order = np.argsort(score, kind="stable")
-    quarter = max(len(order) // 4, 1)
-    return Ranking(float(spearmanr(score, iou).statistic), float(iou[order[:quarter]].mean()),
-                   float(iou[order[-quarter:]].mean()), order[:quarter])
-
-
-def outline(mask: np.ndarray) -> np.ndarray:
-    """The mask's one-pixel inner boundary."""
-    inner = mask.copy()
-    inner[1:-1, 1:-1] = mask[1:-1, 1:-1] & mask[:-2, 1:-1] & mask[2:, 1:-1] & mask[1:-1, :-2] & mask[1:-1, 2:]
-    return mask & ~inner
-
-
-def overlay(image: np.ndarray, mask: np.ndarray, colour=(255, 255, 0)) -> np.ndarray:
-    """The image with the mask's outline drawn on it (thickened to 2 pixels on large images)."""
-    edge = outline(mask)
-    if min(mask.shape) >= 200:
-        edge[1:] |= edge[:-1]
-        edge[:, 1:] |= edge[:, :-1]
-    out = image.copy()
-    out[edge] = colour
-    return out

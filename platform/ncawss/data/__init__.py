@@ -1,0 +1,12 @@
+"""The data layer: the Dataset, its Parquet file, raw layouts, synthetic crops, splits.
+Pure numpy, pyarrow, Pillow, scikit-image and scikit-learn."""
+from .dataset import TARGETS, DataError, Dataset
+from .files import IMAGE_SUFFIXES, STRAY_SHARE, decode_png, encode_png, replace_atomically
+from .layouts import convert
+from .parquet import dataset_metadata, read_dataset, write_dataset
+from .splits import holdout_split, stratified_folds
+from .synthetic import make_synthetic
+
+__all__ = ["IMAGE_SUFFIXES", "STRAY_SHARE", "TARGETS", "DataError", "Dataset", "convert", "dataset_metadata",
+           "decode_png", "encode_png", "holdout_split", "make_synthetic", "read_dataset", "replace_atomically",
+           "stratified_folds", "write_dataset"]

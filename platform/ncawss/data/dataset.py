@@ -1,0 +1,73 @@
+"""The in-memory Dataset: images, masks (cell and nucleus), labels, ids and provenance."""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+TARGETS = ("cell", "nucleus")
+
+
+class DataError(ValueError):
+    """Bad input data; the message names the file and the fault."""
+
+
+@dataclass
+class Dataset:
+    images: list[np.ndarray]            # uint8 (H, W, 3), sizes may differ
+    masks: list[np.ndarray] | None      # bool (H, W), or None
+    labels: np.ndarray | None           # int (N,), index into classes; -1 = unlabelled
+    classes: list[str]
+    ids: list[str]
+    name: str = "dataset"
+    sources: list[str] = field(default_factory=list)
+    provenance: dict = field(default_factory=dict)
+    nucleus: list[np.ndarray] | None = None  # bool (H, W) nucleus masks where the source has two levels
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def subset(self, indices) -> Dataset:
+        idx = [int(i) for i in indices]
+        return replace(
+            self,
+            images=[self.images[i] for i in idx],
+            masks=None if self.masks is None else [self.masks[i] for i in idx],
+            nucleus=None if self.nucleus is None else [self.nucleus[i] for i in idx],
+            labels=None if self.labels is None else self.labels[idx],
+            ids=[self.ids[i] for i in idx],
+            sources=[self.sources[i] for i in idx] if self.sources else [],
+        )
+
+    @property
+    def fingerprint(self) -> str:
+        """sha256 over ids, pixels, masks and labels: equal content, equal fingerprint."""
+        digest = hashlib.sha256()
+        for i, image in enumerate(self.images):
+            digest.update(self.ids[i].encode() + b"\0" + str(image.shape).encode())
+            digest.update(np.ascontiguousarray(image).tobytes())
+            if self.masks is not None:
+                digest.update(np.packbits(self.masks[i]).tobytes())
+            if self.nucleus is not None:
+                digest.update(np.packbits(self.nucleus[i]).tobytes())
+            if self.labels is not None:
+                digest.update(int(self.labels[i]).to_bytes(4, "little", signed=True))
+        return digest.hexdigest()
+
+    def target_masks(self, target: str = "cell") -> list[np.ndarray]:
+        """Ground truth for a segmentation target: the whole cell, or the nucleus where recorded."""
+        if target not in TARGETS:
+            raise ValueError(f"unknown target {target!r}; choose one of {list(TARGETS)}")
+        masks = self.masks if target == "cell" else self.nucleus
+        if masks is None:
+            have = "no masks" if self.masks is None else "single-level masks (no nucleus level)"
+            raise DataError(f"{self.name}: target {target!r} needs {target} masks, but the dataset has {have}")
+        return masks
+
+    def mask_levels(self) -> list[np.ndarray]:
+        """uint8 masks as stored: 255 nucleus / 128 cytoplasm, or 255 cell."""
+        if self.nucleus is None:
+            return [m.astype(np.uint8) * 255 for m in self.masks]
+        return [np.where(n, 255, np.where(m, 128, 0)).astype(np.uint8) for m, n in zip(self.masks, self.nucleus)]
+

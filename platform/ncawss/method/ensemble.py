@@ -1,0 +1,69 @@
+"""A trained configuration's k fold models as one ensemble, and its scores on a dataset: the
+folds' majority vote beside each baseline's, every read-out."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..data import DataError, Dataset
+from .config import TrainConfig
+from .evaluation import TestSet, evaluate, iou_each, majority_vote
+from .folds import FoldModel, FoldRecord, read_fold_records
+from .scores import Scores
+
+
+@dataclass
+class Ensemble:
+    """A trained configuration's k fold models: what predicting needs, with no data beside it."""
+    config: TrainConfig
+    folds: list[FoldModel]
+    classes: list[str]
+
+    @classmethod
+    def from_records(cls, records: list[FoldRecord], source: str = "model") -> Ensemble:
+        """From the fold records a sweep or cross_validate.py --save writes."""
+        if not records:
+            raise DataError(f"{source}: no fold models")
+        if any(r.config != records[0].config for r in records):
+            raise DataError(f"{source}: the fold models were trained with different configurations")
+        return cls(records[0].config, [r.model for r in records], list(records[0].classes))
+
+    @classmethod
+    def load(cls, folder: str | Path) -> Ensemble:
+        """The fold models under `folder` (a sweep's best_model/, a cross_validate.py --save folder)."""
+        return cls.from_records(read_fold_records(folder), str(folder))
+
+    @property
+    def min_side(self) -> int:
+        """The smallest image side accepted: half the training resolution."""
+        return max(self.config.image_size // 2, 8)
+
+
+def score_dataset(config: TrainConfig, folds: list[FoldModel], dataset: Dataset, device: str | torch.device = "cpu",
+                  cam_kinds: tuple[str, ...] = ()) -> dict[str, Scores]:
+    """Every fold's model segments `dataset` (held-out or another domain's images; labels optional).
+
+    Per read-out: the IoU of the folds' majority-vote masks, of each fold alone, and of each
+    baseline's majority vote over the folds' CNNs (intensity needs no training), all on the
+    same images and target.
+    """
+    per_fold = []
+    for fold in folds:
+        test = TestSet.prepare(dataset, fold.norm_mean, fold.norm_std, config.image_size, fold.cnns, cam_kinds, device)
+        per_fold.append(evaluate(fold.nca(config).to(device), test, config, device))
+    readouts = config.readouts()
+    scores = {}
+    for name, evaluations in ((n, [f[n] for f in per_fold]) for n in per_fold[0]):
+        truth = dataset.target_masks(readouts[name].target)
+        baselines = {b: vote_iou([e.baseline_masks[b] for e in evaluations], truth)
+                     for b in evaluations[0].baseline_masks}
+        scores[name] = Scores(vote_iou([e.masks for e in evaluations], truth), baselines,
+                              [float(e.iou.mean()) for e in evaluations])
+    return scores
+
+
+def vote_iou(fold_masks: list[list], truth: list) -> float:
+    """Mean IoU of the folds' majority-vote masks."""
+    return float(iou_each(majority_vote(fold_masks), truth).mean())

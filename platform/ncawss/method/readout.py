@@ -1,0 +1,74 @@
+"""The read-out engine: a trained NCA's states for every read-out asked, in chunks, and their
+PCA-Otsu results. Read-outs that share a forward pass share its states."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .config import Readout, TrainConfig
+from .nca import NCAClassifier
+from .segment import PCAOtsu, pca_otsu
+
+
+def run_means(model: NCAClassifier, x: torch.Tensor, generators: list,
+              wanted: set[int]) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+    """Stochastic runs one after another, run r drawing from generators[r]: for each R in
+    `wanted`, the (logits, state) averaged over runs 0..R-1 (running sums: one run in memory)."""
+    out, total = {}, None
+    for run, generator in enumerate(generators, start=1):
+        logits, state = model(x, generator=generator)
+        total = (logits, state) if total is None else (total[0] + logits, total[1] + state)
+        if run in wanted:
+            out[run] = (total[0] / run, total[1] / run)
+    return out
+
+
+def read_state(model: NCAClassifier, x: torch.Tensor, readout: Readout, generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits, state) of one read-out; `runs` stochastic runs (one after another) averaged."""
+    if readout.inference == "mean_field":
+        return model(x, mean_field=True)
+    return run_means(model, x, [generator] * readout.runs, {readout.runs})[readout.runs]
+
+
+def concat(results: list[PCAOtsu]) -> PCAOtsu:
+    return PCAOtsu(*(torch.cat([getattr(r, f).cpu() for r in results]) for f in PCAOtsu._fields))
+
+
+def read_out(model: NCAClassifier, x: torch.Tensor, readouts: dict[str, Readout], config: TrainConfig,
+             device) -> tuple[dict[str, PCAOtsu], dict[str, np.ndarray]]:
+    """Per read-out, the PCA-Otsu result (on CPU) and the class predictions of normalised images x,
+    read in fixed chunks of config.batch_size images (the noise does not depend on `runs`)."""
+    generators = stochastic_generators(readouts, config, device)
+    parts = [read_chunk(model, x[start:start + config.batch_size].to(device), readouts, generators)
+             for start in range(0, len(x), config.batch_size)]
+    return ({name: concat([p[0][name] for p in parts]) for name in readouts},
+            {name: torch.cat([p[1][name].argmax(1).cpu() for p in parts]).numpy() for name in readouts})
+
+
+def stochastic_generators(readouts: dict[str, Readout], config: TrainConfig, device) -> list[torch.Generator]:
+    """Run r of every image draws from its own generator (seed + 2 + r), so a read-out of R runs
+    averages runs 0..R-1 and gets the same noise whatever else is asked."""
+    runs = max((r.runs for r in readouts.values() if r.inference == "stochastic"), default=0)
+    return [torch.Generator(device).manual_seed(config.seed + 2 + r) for r in range(runs)]
+
+
+def read_chunk(model: NCAClassifier, chunk: torch.Tensor, readouts: dict[str, Readout],
+               generators: list[torch.Generator]) -> tuple[dict[str, PCAOtsu], dict[str, torch.Tensor]]:
+    """Per read-out, the PCA-Otsu result and the logits of one chunk of normalised images. One
+    forward pass serves every mean-field read-out, one set of stochastic runs every stochastic one;
+    the generators carry on from chunk to chunk."""
+    wanted = {r.runs for r in readouts.values() if r.inference == "stochastic"}
+    states = {("stochastic", runs): v for runs, v in run_means(model, chunk, generators, wanted).items()}
+    if any(r.inference == "mean_field" for r in readouts.values()):
+        states["mean_field", 1] = model(chunk, mean_field=True)
+    segments, logits = {}, {}
+    for name, r in readouts.items():
+        logits[name], state = states[r.inference, r.runs if r.inference == "stochastic" else 1]
+        segments[name] = segment_state(state, r)
+    return segments, logits
+
+
+def segment_state(state: torch.Tensor, readout: Readout) -> PCAOtsu:
+    """PCA-Otsu of NCA states (B, channels, H, W) under a read-out's channels, smoothing and orientation."""
+    features = state if readout.channels == "all" else state[:, 3:]
+    return pca_otsu(features, smooth=readout.smooth, orient=readout.orient, details=True)

@@ -1,0 +1,43 @@
+"""A set of images' scores: NCA-WSS IoU beside each baseline's on the same images and target,
+the lift over the best baseline, and each fold's IoU; flattened to metric names in one place."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Scores:
+    iou: float                                   # NCA-WSS, mean over the images
+    baselines: dict[str, float]                  # baseline name (intensity, gradcam, ...) -> mean IoU
+    fold_iou: list[float] = field(default_factory=list)  # each fold alone, where folds voted
+
+    @property
+    def best_baseline(self) -> str:
+        return max(self.baselines, key=self.baselines.__getitem__)
+
+    @property
+    def lift(self) -> float:
+        """IoU minus the best baseline's IoU on the same images."""
+        return self.iou - self.baselines[self.best_baseline]
+
+    def metrics(self, prefix: str = "") -> dict[str, float]:
+        """`<prefix>iou`, `<prefix><baseline>_iou` of each baseline, `<prefix>lift`."""
+        return {f"{prefix}iou": self.iou, **{f"{prefix}{b}_iou": v for b, v in self.baselines.items()},
+                f"{prefix}lift": self.lift}
+
+    def fold_metrics(self, prefix: str = "") -> dict[str, float]:
+        """`<prefix>fold<i>_iou` of each fold alone."""
+        return {f"{prefix}fold{i}_iou": v for i, v in enumerate(self.fold_iou)}
+
+    def as_dict(self) -> dict[str, float | list[float]]:
+        """The flat form of the jobs' JSON files: metrics() and `fold_iou`."""
+        return {**self.metrics(), "fold_iou": list(self.fold_iou)}
+
+    @classmethod
+    def mean(cls, scores: list[Scores]) -> Scores:
+        """The mean over folds' scores of the same images (per-fold values: each fold's IoU)."""
+        return cls(float(np.mean([s.iou for s in scores])),
+                   {b: float(np.mean([s.baselines[b] for s in scores])) for b in scores[0].baselines},
+                   [s.iou for s in scores])

@@ -1,0 +1,88 @@
+"""What a trial reports, as typed records, and their one flattening to Tune and MLflow metric names.
+
+A fold worker hands each fold's FoldSummary to rank 0, which reports `trial_metrics` once all
+folds are done (and `epoch_metrics` at evaluation epochs). The driver reads results back by
+the same key functions, never by parsing names.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..method.scores import Scores
+
+METRIC = "iou_mean"          # the objective: fold-mean NCA-WSS IoU
+FOLDS_DONE = "folds_done"    # in a trial's last report only (Tune marks any trial's last result "done")
+
+
+def mean_key(name: str) -> str:
+    """Fold-mean IoU of NCA-WSS ("iou"), a baseline or a read-out variant."""
+    return f"{name}_iou_mean"
+
+
+def fold_key(fold: int, name: str) -> str:
+    """One fold's value: fold_key(0, "iou"), fold_key(1, "intensity_iou"), fold_key(0, "accuracy")."""
+    return f"fold{fold}_{name}"
+
+
+@dataclass(frozen=True)
+class FoldSummary:
+    """One fold's results, as its worker hands them to rank 0."""
+    scores: Scores                       # the configured read-out on the fold's test images
+    accuracy: float
+    readout_iou: dict[str, float]        # every read-out variant
+    seconds: float                       # wall time of the batch of folds it trained in
+    startup_s: float                     # from the trial's launch to the worker's start
+    resumed_from_epoch: int = 0
+    eval: dict[str, Scores] = field(default_factory=dict)  # other datasets, by name
+
+
+def trial_metrics(folds: list[FoldSummary], epochs: int) -> dict[str, float | bool]:
+    """Fold means and per-fold values: NCA-WSS IoU (the objective), each baseline's IoU on the
+    same images, the lift over the best baseline, every read-out variant and evaluation dataset."""
+    iou = [f.scores.iou for f in folds]
+    baselines = list(folds[0].scores.baselines)
+    metrics: dict[str, float | bool] = {
+        "epoch": epochs, FOLDS_DONE: True, METRIC: float(np.mean(iou)), "iou_std": float(np.std(iou)),
+        "accuracy_mean": float(np.mean([f.accuracy for f in folds])),
+        "launch_overhead_s": float(max(f.startup_s for f in folds)),
+        "resumed_folds": sum(f.resumed_from_epoch > 0 for f in folds),
+    }
+    for i, f in enumerate(folds):
+        metrics.update({fold_key(i, "iou"): f.scores.iou, fold_key(i, "accuracy"): f.accuracy,
+                        fold_key(i, "seconds"): f.seconds})
+        metrics.update({fold_key(i, f"{b}_iou"): v for b, v in f.scores.baselines.items()})
+    for b in baselines:
+        values = [f.scores.baselines[b] for f in folds]
+        metrics.update({mean_key(b): float(np.mean(values)), f"{b}_iou_std": float(np.std(values))})
+    metrics["best_baseline_iou_mean"] = max(metrics[mean_key(b)] for b in baselines)
+    metrics["lift"] = metrics[METRIC] - metrics["best_baseline_iou_mean"]
+    for readout in folds[0].readout_iou:
+        metrics[mean_key(readout)] = float(np.mean([f.readout_iou[readout] for f in folds]))
+    for name in folds[0].eval:
+        metrics.update(Scores.mean([f.eval[name] for f in folds]).metrics(f"eval.{name}."))
+    return metrics
+
+
+def epoch_metrics(epoch: int, folds: list[dict]) -> dict[str, float]:
+    """An evaluation epoch's report: the fold-mean test IoU (what ASHA compares) and training curves."""
+    # Key order matters: Tune's console table takes its columns from a result's first four metrics.
+    return {"epoch": epoch, METRIC: float(np.mean([f["test_iou"] for f in folds])),
+            "train_loss_mean": float(np.mean([f["train_loss"] for f in folds])),
+            "train_accuracy_mean": float(np.mean([f["train_accuracy"] for f in folds])),
+            **{fold_key(i, "iou"): f["test_iou"] for i, f in enumerate(folds)}}
+
+
+def fold_lines(trial_id: str, result: dict, folds: int, baselines: list[str]) -> list[str]:
+    """trial, fold, epoch, IoU beside the best baseline, for each fold of a finished trial."""
+    lines = []
+    for i in range(folds):
+        if fold_key(i, "iou") not in result:
+            break
+        values = {b: result[fold_key(i, f"{b}_iou")] for b in baselines if fold_key(i, f"{b}_iou") in result}
+        best = max(values, key=values.__getitem__, default=None)
+        against = f" vs {best} {100 * values[best]:.1f}" if best else ""
+        lines.append(f"trial {trial_id} fold {i + 1}/{folds}: epoch {result.get('epoch')}, "
+                     f"IoU {100 * result[fold_key(i, 'iou')]:.1f}{against}")
+    return lines

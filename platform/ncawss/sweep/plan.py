@@ -1,0 +1,40 @@
+"""The typed records a sweep hands down: the data every trial shares (object-store references)
+and one trial's plan for its fold workers."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..method.config import TrainConfig
+
+
+@dataclass(frozen=True)
+class SharedData:
+    """Ray object references, put once per sweep and fetched once per node. Nested in this record,
+    they reach a trial as references, not as their values."""
+    dataset: Any                         # ObjectRef of the cross-validation Dataset
+    source: dict[str, str]               # name and fingerprint of the file the data came from
+    cnns: Any | None = None              # ObjectRef of per-fold {size: CNNBaseline}, where CAM baselines run
+    eval_sets: list[Any] = field(default_factory=list)  # ObjectRefs of the --eval-data Datasets
+
+
+@dataclass(frozen=True)
+class TrialPlan:
+    """What each fold worker of a trial needs: the configuration, the data, its share of folds."""
+    config: TrainConfig
+    data: SharedData
+    folds: int                           # k of the trial's k-fold split
+    split_seed: int
+    folds_per_worker: int
+    threads: int                         # torch threads per worker
+    cam_kinds: tuple[str, ...]
+    launched_at: float                   # time.time() when the trial launched its workers
+
+    @property
+    def workers(self) -> int:
+        return math.ceil(self.folds / self.folds_per_worker)
+
+    def share(self, rank: int) -> list[int]:
+        """The folds worker `rank` trains: a contiguous share, so that rank order is fold order."""
+        return list(range(rank * self.folds_per_worker, min(self.folds, (rank + 1) * self.folds_per_worker)))

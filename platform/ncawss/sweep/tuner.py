@@ -1,0 +1,76 @@
+"""Ray orchestration of a sweep: Tune (Optuna TPE, optionally ASHA) proposes configurations,
+each trial runs its k folds as one Ray Train run (trial.py, worker.py). Workers checkpoint every
+`checkpoint_every` epochs; a failed worker group restarts from the last checkpoint
+(FailureConfig). The end of a sweep is in summary.py.
+
+Ray reads some settings from the environment when first imported (Train's v2 API, loopback,
+Tune's checkpoint period): the jobs set them first (ncawss.environment).
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import optuna
+import ray
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search.optuna import OptunaSearch
+
+from ..data import Dataset
+from ..tracking.tracker import SweepTracker
+from .callback import TrackingCallback
+from .cnn_cache import baseline_cnns
+from .metrics import METRIC
+from .plan import SharedData
+from .space import SweepSpec
+from .trial import trainable, tune_domain
+
+log = logging.getLogger(__name__)
+
+
+def build_tuner(spec: SweepSpec, data: SharedData, storage: str, tracker: SweepTracker,
+                verbose: bool = False) -> tune.Tuner:
+    searcher = None
+    if spec.search:
+        searcher = OptunaSearch(points_to_evaluate=spec.first or None,
+                                sampler=optuna.samplers.TPESampler(seed=spec.seed))
+    scheduler = None
+    if spec.scheduler:
+        scheduler = ASHAScheduler(time_attr="epoch", max_t=spec.max_epochs, grace_period=spec.scheduler.grace_period,
+                                  reduction_factor=spec.scheduler.reduction_factor)
+    return tune.Tuner(
+        trainable(spec, data, storage),
+        param_space={name: tune_domain(p) for name, p in spec.search.items()},
+        tune_config=tune.TuneConfig(metric=METRIC, mode="max", search_alg=searcher, scheduler=scheduler,
+                                    num_samples=spec.trials, max_concurrent_trials=spec.max_concurrent),
+        run_config=tune.RunConfig(name=spec.name, storage_path=storage, verbose=3 if verbose else 1,
+                                  callbacks=[TrackingCallback(tracker, spec)]),
+    )
+
+
+def run_sweep(spec: SweepSpec, dataset: Dataset, storage: str, tracker: SweepTracker, output: Path,
+              eval_sets: list[Dataset] = (), source: dict | None = None, resume: bool = False,
+              verbose: bool = False) -> tune.ResultGrid:
+    """Run (or, with resume, continue) the sweep on `dataset` (the holdout already removed);
+    MLflow runs end FAILED if it crashes. `source` (name, fingerprint of the file the data came
+    from) is stored with every fold's weights for later evaluation. Workers' output goes to Ray's
+    log files unless `verbose`."""
+    if not ray.is_initialized():
+        ray.init(log_to_driver=verbose)  # joins the cluster this runs in (ray job submit), else starts a local one
+    experiment = f"{storage.rstrip('/')}/{spec.name}"
+    try:
+        dataset_ref = ray.put(dataset)
+        cnns = baseline_cnns(spec, dataset, dataset_ref, output / "baselines")
+        data = SharedData(dataset_ref, source or {"name": dataset.name, "fingerprint": dataset.fingerprint},
+                          ray.put(cnns) if cnns is not None else None, [ray.put(d) for d in eval_sets])
+        if resume:
+            tuner = tune.Tuner.restore(experiment, trainable=trainable(spec, data, storage), resume_errored=True)
+        else:
+            tuner = build_tuner(spec, data, storage, tracker, verbose)
+        return tuner.fit()
+    except BaseException:
+        tracker.fail_sweep()
+        raise
+
+

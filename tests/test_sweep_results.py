@@ -1,0 +1,166 @@
+"""One sweep with a holdout, the CAM baselines, a read-out variant and --eval-data, run once for the
+module; each test reads one behaviour off its outputs: the sweep's files and MLflow runs, then
+evaluate.py, predict.py and the registered model on them (slow: minutes)."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import ROOT
+from ncawss import Ensemble, convert, read_dataset
+from ncawss.method.evaluation import TestSet, evaluate, majority_vote
+from sweeps import private_ray_tmp, run_sweep, smoke_space, trial_runs
+
+pytestmark = pytest.mark.slow
+CAM_BASELINES = ("intensity", "gradcam", "eigencam", "gradcam_large", "eigencam_large")
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    """3 trials with CAM baselines and --eval-data on 30 images (6 held out)."""
+    tmp_path = tmp_path_factory.mktemp("sweep")
+    data = convert("synthetic", None, tmp_path / "tiny.parquet", n=30, size=16)
+    other = convert("synthetic", None, tmp_path / "other.parquet", n=10, size=20, domain="b")
+    space = smoke_space(tmp_path, trials=3, first=[], holdout=0.2, baselines=["intensity", "gradcam", "eigencam"],
+                        train={"variants": {"largest": {"post": "largest"}}})
+    output = tmp_path / "out"
+    with private_ray_tmp() as ray_tmp:
+        run = run_sweep(data, output, ray_tmp, "--eval-data", str(other), space=space)
+    client, parent, trials = trial_runs(output)
+    return {"data": data, "other": other, "output": output, "stdout": run.stdout, "client": client,
+            "parent": parent, "trials": trials, "tmp": tmp_path}
+
+
+def test_the_holdout_is_set_aside_before_any_trial_sees_the_data(sweep):
+    assert "24 images in the folds, 6 held out" in sweep["stdout"]
+    holdout = set((sweep["output"] / "holdout_ids.txt").read_text().split())
+    assert len(holdout) == 6
+    for trial in sweep["trials"]:
+        received = set()
+        for fold in (0, 1):  # what the trial's folds were actually given
+            path = sweep["client"].download_artifacts(trial.info.run_id, f"folds/fold{fold}.json", str(sweep["tmp"]))
+            ids = json.loads(Path(path).read_text())
+            assert not holdout & set(ids["train_ids"]) and not holdout & set(ids["test_ids"])
+            received |= set(ids["train_ids"]) | set(ids["test_ids"])
+        assert len(received) == 24
+
+
+def test_the_best_configuration_is_scored_on_the_holdout_beside_every_baseline(sweep):
+    assert "held-out test (6 images" in sweep["stdout"]
+    metrics = sweep["parent"].data.metrics
+    assert {"holdout_iou", "holdout_fold0_iou", "holdout_fold1_iou", "holdout_lift"} <= set(metrics)
+    baselines = {b: metrics[f"holdout_{b}_iou"] for b in CAM_BASELINES}
+    assert metrics["holdout_lift"] == pytest.approx(metrics["holdout_iou"] - max(baselines.values()))
+
+
+def test_cam_baselines_are_trained_once_per_fold_and_size_not_per_trial(sweep):
+    trainings = [json.loads(line) for f in (sweep["output"] / "baselines").glob("*/trainings.jsonl")
+                 for line in f.read_text().splitlines()]
+    assert sorted((t["fold"], t["size"]) for t in trainings) == [(0, "large"), (0, "small"), (1, "large"),
+                                                                 (1, "small")]
+    assert len(sweep["trials"]) == 3
+
+
+def test_every_trial_reports_each_baseline_the_read_out_variant_and_the_eval_dataset(sweep):
+    for trial in sweep["trials"]:
+        metrics = trial.data.metrics
+        assert {"gradcam_iou_mean", "eigencam_large_iou_mean", "largest_iou_mean", "eval.synthetic-b.iou",
+                "eval.synthetic-b.intensity_iou", "eval.synthetic-b.lift"} <= set(metrics)
+        assert {f"fold{i}_{b}_iou" for i in (0, 1) for b in CAM_BASELINES} <= set(metrics)
+        assert metrics["lift"] == pytest.approx(metrics["iou_mean"] - max(
+            metrics[f"{b}_iou_mean"] for b in CAM_BASELINES))
+
+
+@pytest.mark.parametrize("source", ["output", "run id", "registered model"])
+def test_evaluate_reproduces_the_logged_fold_iou_and_logs_its_table(sweep, source):
+    output, client, trials = sweep["output"], sweep["client"], sweep["trials"]
+    best = max(trials, key=lambda r: r.data.metrics["iou_mean"])
+    model = {"output": str(output), "run id": best.info.run_id, "registered model": "models:/smoke/1"}[source]
+    result = sweep["tmp"] / f"cross-{source}.json"
+    experiment = client.get_experiment_by_name("cross_domain")
+    before = len(client.search_runs([experiment.experiment_id])) if experiment else 0
+    out = subprocess.run([sys.executable, "jobs/evaluate.py", "--model", model, "--data", str(sweep["data"]),
+                          str(sweep["other"]), "--mlflow-uri", f"sqlite:///{output}/mlflow.db", "--json", str(result)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    table = json.loads(result.read_text())
+    assert len(table) == 1 and list(next(iter(table.values()))) == ["synthetic-a", "synthetic-b"]
+    own = next(iter(table.values()))["synthetic-a"]
+    candidates = [best] if source == "run id" else trials  # the output's best_model: one of them
+    assert any(own["fold_iou"] == pytest.approx([t.data.metrics["fold0_iou"], t.data.metrics["fold1_iou"]],
+                                                abs=1e-9) for t in candidates)
+    runs = client.search_runs([client.get_experiment_by_name("cross_domain").experiment_id],
+                              order_by=["attributes.start_time DESC"])
+    assert len(runs) == before + 1
+    assert {"cross_domain.png", "cross_domain.txt", "cross_domain.json"} <= {
+        a.path for a in client.list_artifacts(runs[0].info.run_id)}
+
+
+def test_mlflow_shows_a_model_training_experiment_with_the_dataset_as_every_run_s_input(sweep):
+    client, parent = sweep["client"], sweep["parent"]
+    assert client.get_experiment_by_name("smoke").tags["mlflow.experimentKind"] == "custom_model_development"
+    for run in [parent, *sweep["trials"]]:
+        (entry,) = run.inputs.dataset_inputs
+        assert entry.dataset.name == "synthetic-a"
+        assert entry.dataset.digest == parent.data.tags["dataset.fingerprint"][:36]
+
+
+def test_the_best_fold_ensemble_is_registered_as_version_one_of_the_sweep_s_model(sweep):
+    (version,) = sweep["client"].search_model_versions("name = 'smoke'")
+    assert int(version.version) == 1 and version.run_id == sweep["parent"].info.run_id
+    assert "registered model: models:/smoke/1" in sweep["stdout"]
+
+
+@pytest.fixture(scope="module")
+def predicted(sweep):
+    """predict.py's masks of the other domain's images from the sweep's output."""
+    folder = sweep["tmp"] / "predicted"
+    run = subprocess.run([sys.executable, "jobs/predict.py", "--model", str(sweep["output"]), "--images",
+                          str(sweep["other"]), "--output", str(folder)], cwd=ROOT, capture_output=True, text=True,
+                         timeout=600)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    dataset = read_dataset(sweep["other"])
+    return dataset, [np.asarray(Image.open(folder / "masks" / f"{i}.png")) > 0 for i in dataset.ids]
+
+
+def test_predict_votes_with_the_masks_evaluation_computes(sweep, predicted):
+    dataset, masks = predicted
+    ensemble = Ensemble.load(sweep["output"] / "best_model")
+    config = ensemble.config
+    votes = []
+    for fold in ensemble.folds:  # what evaluate.py's majority vote computes (ncawss.score_dataset)
+        test = TestSet.prepare(dataset, fold.norm_mean, fold.norm_std, config.image_size)
+        votes.append(evaluate(fold.nca(config), test, config, readouts={"readout": config.readout})["readout"].masks)
+    assert all(m.shape == image.shape[:2] for m, image in zip(masks, dataset.images))
+    assert all(np.array_equal(m, e) for m, e in zip(masks, majority_vote(votes)))
+
+
+REGISTERED = """
+import io, sys
+import mlflow, numpy as np, pandas as pd
+from PIL import Image
+from ncawss import read_dataset
+from ncawss.data import encode_png
+mlflow.set_tracking_uri(sys.argv[1])
+images = pd.DataFrame({"image": [encode_png(image) for image in read_dataset(sys.argv[2]).images]})
+out = mlflow.pyfunc.load_model("models:/smoke/1").predict(images)
+masks = [np.asarray(Image.open(io.BytesIO(data))) > 0 for data in out["mask"]]
+np.save(sys.argv[3], np.array(masks, dtype=object), allow_pickle=True)
+print(list(out.columns), len(out))
+"""
+
+
+def test_the_registered_model_in_a_fresh_process_predicts_the_same_masks(sweep, predicted):
+    """No ncawss objects in memory: only the SQLite registry."""
+    _, masks = predicted
+    uri, saved = f"sqlite:///{sweep['output']}/mlflow.db", sweep["tmp"] / "served.npy"
+    served = subprocess.run([sys.executable, "-c", REGISTERED, uri, str(sweep["other"]), str(saved)],
+                            cwd=sweep["tmp"], capture_output=True, text=True, timeout=600)
+    assert served.returncode == 0, served.stderr[-3000:]
+    assert "['mask', 'label', 'probability', 'quality']" in served.stdout
+    served_masks = np.load(saved, allow_pickle=True)
+    assert len(served_masks) == len(masks) and all(np.array_equal(a, b) for a, b in zip(served_masks, masks))
