@@ -3,6 +3,7 @@
 
     python3 tasks.py quickstart   # a small NCA-WSS sweep (Ray Tune + Train, MLflow) on synthetic data
     python3 tasks.py test         # the test suite
+    python3 tasks.py lint         # ruff, with the rules in pyproject.toml
 
 Needs only Python 3.11+. The environment is created on first use and reinstalled
 when pyproject.toml changes. NCAWSS_TORCH overrides the torch requirement
@@ -44,6 +45,7 @@ def main() -> int:
     tasks = {
         "quickstart": [PYTHON, "jobs/cv_sweep.py"],
         "test": [PYTHON, "-m", "pytest", "-q", "-p", "no:cacheprovider"],
+        "lint": [PYTHON, "-m", "ruff", "check", "--no-cache", "."],
     }
     if len(sys.argv) < 2 or sys.argv[1] not in tasks:
         print(__doc__)

@@ -12,7 +12,7 @@ from scipy.stats import spearmanr
 
 import ncawss
 from conftest import ROOT
-from ncawss import Ensemble, FoldModel, FoldRecord, predict
+from ncawss import Ensemble, FoldModel, FoldRecord, Predictor, predict
 from ncawss.method import evaluation
 from ncawss.method.evaluation import evaluate, majority_vote
 from ncawss.method.loop import build_model
@@ -72,6 +72,13 @@ def test_with_fire_rate_one_the_quality_score_equals_the_folds_agreement(small_s
 
 def test_quality_runs_are_batched_and_reproducible(small_synthetic):
     ensemble = random_ensemble(fire_rate=0.5)
+    predictor = Predictor(ensemble, runs=4)
+    batches = [[] for _ in predictor.models]
+    for model, sizes in zip(predictor.models, batches):
+        model.register_forward_pre_hook(lambda module, args, sizes=sizes: sizes.append(args[0].shape[0]))
+    predictor.chunk(small_synthetic.images[:6])
+    # per fold: one pass for the read-out, one pass holding all 4 runs of the 6 images
+    assert batches == [[6, 24]] * len(predictor.models)
     first = predict(ensemble, small_synthetic.images[:10], runs=4)
     again = predict(ensemble, small_synthetic.images[:10], runs=4)
     assert [p.quality for p in first] == [p.quality for p in again]

@@ -1,6 +1,8 @@
 """Read-out options of the one pca_otsu path, and the CAM baselines."""
 import numpy as np
+import pytest
 import torch
+from scipy import ndimage
 
 from ncawss import Dataset, NCAClassifier, Readout, TrainConfig, iou, pca_otsu
 from ncawss.method.baselines import cam_maps, train_cnn
@@ -70,6 +72,18 @@ def test_gaussian_blur_keeps_constants_and_the_mean():
     x = torch.full((2, 9, 9), 3.0)
     assert torch.allclose(gaussian_blur(x, 1.0), x)
     assert torch.equal(gaussian_blur(x, 0.0), x)
+    impulse = torch.zeros(1, 15, 15)
+    impulse[0, 7, 7] = 1.0
+    spread = gaussian_blur(impulse, 1.0)[0]
+    assert spread.sum().item() == pytest.approx(1.0, abs=1e-6)  # an interior impulse keeps its mass
+    assert spread[7, 7] < 0.2 and spread[7, 8] == pytest.approx(spread[8, 7]) and spread[7, 6] == spread[7, 8]
+
+
+def test_gaussian_blur_equals_scipy_with_mirrored_edges():
+    x = torch.tensor(np.random.default_rng(4).normal(size=(2, 11, 13)), dtype=torch.float32)
+    for sigma in (1.0, 1.5, 2.0):  # radius ceil(3 sigma), as scipy's int(3 sigma + 0.5) at these
+        expected = [ndimage.gaussian_filter(m, sigma, mode="mirror", truncate=3.0) for m in x.numpy()]
+        np.testing.assert_allclose(gaussian_blur(x, sigma).numpy(), np.stack(expected), atol=1e-5)
 
 
 def test_masks_at_ground_truth_resolution_upsample_the_response_and_post_process():

@@ -27,7 +27,14 @@ def write(tmp_path, text, name="space.yaml"):
     return path
 
 
-@pytest.mark.parametrize("name", ["nca_wss", "paper", "smoke", "quickstart"])
+SHIPPED = sorted(path.stem for path in (ROOT / "search_spaces").glob("*.yaml"))
+
+
+def test_every_shipped_space_is_tested():
+    assert len(SHIPPED) == 6 and {"nca_wss", "paper", "smoke", "quickstart", "cross_domain", "d1_small"} <= set(SHIPPED)
+
+
+@pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_spaces_load(name):
     spec = load_space(ROOT / "search_spaces" / f"{name}.yaml")
     assert spec.name == name

@@ -12,7 +12,8 @@ from PIL import Image
 
 from conftest import ROOT
 from ncawss import Ensemble, convert, read_dataset
-from ncawss.method.evaluation import TestSet, evaluate, majority_vote
+from ncawss.method import evaluation
+from ncawss.method.evaluation import evaluate, majority_vote
 from sweeps import private_ray_tmp, run_sweep, smoke_space, trial_runs
 
 pytestmark = pytest.mark.slow
@@ -133,7 +134,7 @@ def test_predict_votes_with_the_masks_evaluation_computes(sweep, predicted):
     config = ensemble.config
     votes = []
     for fold in ensemble.folds:  # what evaluate.py's majority vote computes (ncawss.score_dataset)
-        test = TestSet.prepare(dataset, fold.norm_mean, fold.norm_std, config.image_size)
+        test = evaluation.TestSet.prepare(dataset, fold.norm_mean, fold.norm_std, config.image_size)
         votes.append(evaluate(fold.nca(config), test, config, readouts={"readout": config.readout})["readout"].masks)
     assert all(m.shape == image.shape[:2] for m, image in zip(masks, dataset.images))
     assert all(np.array_equal(m, e) for m, e in zip(masks, majority_vote(votes)))
