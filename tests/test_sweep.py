@@ -1,5 +1,8 @@
 """The distributed sweep on a real local Ray, with a real MLflow store (slow: minutes)."""
+import csv
+import dataclasses
 import ipaddress
+import json
 import os
 import re
 import secrets
@@ -16,7 +19,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from conftest import ROOT
-from ncawss import convert
+from ncawss import convert, make_synthetic, write_dataset
 from ncawss.environment import LOOPBACK_ONLY
 from sweeps import VENV_BIN, env_with, free_port, private_ray_tmp, run_sweep, smoke_space, sweep_command, trial_runs
 
@@ -260,3 +263,68 @@ def test_an_asha_stop_is_seen_in_mlflow_the_summary_and_trials_csv(asha):
     assert f"trial {bad.data.tags['ncawss.trial_id']} at epoch 1" in asha["run"].stdout
     assert "stopped early at epoch 1" in (asha["output"] / "trials.csv").read_text()
     assert asha["parent"].data.metrics["trials_stopped_early"] == 1
+
+
+# --- GPUs, simulated -------------------------------------------------------------
+
+def test_one_declared_gpu_runs_four_quarter_gpu_trials_at_once_on_the_cpu(tiny_data, tmp_path, ray_tmp, monkeypatch):
+    """A local Ray that declares one GPU it does not have: five trials asking 0.25 of it each.
+    Ray's own placement records show at most four trials' workers holding their GPU share at
+    once; each worker saw GPU id 0 and, by the space's device override, trained on the CPU."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    monkeypatch.setenv("RAY_TMPDIR", ray_tmp)
+    space = smoke_space(tmp_path, trials=5, max_concurrent=5, holdout=0, first=[], train={"epochs": 4},
+                        resources={"cpus_per_worker": 1, "gpus_per_worker": 0.25, "device": "cpu"})
+    output = tmp_path / "out"
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 8, "num_gpus": 1})
+    try:
+        ray.init(address=cluster.address)
+        driver = subprocess.Popen(sweep_command(tiny_data, output, space=space), cwd=ROOT,
+                                  env=env_with(ray_tmp, RAY_ADDRESS=cluster.address), stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, text=True)
+        most, deadline = 0, time.time() + 900
+        while driver.poll() is None and time.time() < deadline:
+            holding = [pg for pg in ray.util.placement_group_table().values() if pg["state"] == "CREATED"
+                       and any(bundle.get("GPU") for bundle in pg["bundles"].values())]
+            most = max(most, len(holding))
+            time.sleep(0.2)
+        stdout, _ = driver.communicate(timeout=60)
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+    assert driver.returncode == 0, stdout[-4000:]
+    assert most == 4  # 1 GPU / 0.25: four at once, and never the fifth beside them
+    client, _, trials = trial_runs(output)
+    assert len(trials) == 5 and all(t.info.status == "FINISHED" for t in trials)
+    for trial in trials:
+        assert trial.data.metrics["fold0_gpu_id"] == 0 and trial.data.metrics["fold1_gpu_id"] == 0
+        placement = json.loads(Path(client.download_artifacts(trial.info.run_id, "folds/fold0.json",
+                                                               str(tmp_path))).read_text())
+        assert placement["gpu_ids"] == [0] and placement["device"] == "cpu"
+
+
+# --- a trial out of retries ---------------------------------------------------------
+
+def test_a_trial_that_fails_on_every_retry_is_reported_with_its_cause(tmp_path, ray_tmp):
+    """A planted failure: one trial scores the nucleus on data whose masks have no nucleus level.
+    It is retried (max_failures 1), fails again, and the sweep reports why, finishing the rest."""
+    single = dataclasses.replace(make_synthetic(n=30, size=16), nucleus=None, name="single-level")
+    data = write_dataset(single, tmp_path / "single.parquet")
+    space = smoke_space(tmp_path, trials=2, holdout=0, max_failures=1,
+                        search={"readout.target": {"type": "choice", "values": ["cell", "nucleus"]}},
+                        first=[{"readout.target": "cell"}, {"readout.target": "nucleus"}])
+    output = tmp_path / "out"
+    run = run_sweep(data, output, ray_tmp, space=space)
+    assert "1 of 2 trials finished" in run.stdout
+    assert re.search(r"failed, out of retries: trial \w+: failed: .*DataError.*nucleus", run.stdout), run.stdout[-3000:]
+    client, parent, trials = trial_runs(output)
+    by_target = {t.data.params["readout"]: t for t in trials if "nucleus" in t.data.params["readout"]}
+    (failed,) = by_target.values()
+    assert failed.info.status == "FAILED" and failed.data.tags["ncawss.retries"] == "1"
+    assert failed.data.tags["ncawss.status"].startswith("failed: ") and "nucleus" in failed.data.tags["ncawss.status"]
+    rows = list(csv.reader((output / "trials.csv").open()))
+    assert sum(row[-1].startswith("failed: ") and "nucleus" in row[-1] for row in rows) == 1
+    assert parent.data.metrics["trials_failed"] == 1 and parent.info.status == "FINISHED"
+    assert client.get_model_version("smoke", "1").run_id == parent.info.run_id  # the finished trial's model

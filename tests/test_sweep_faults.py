@@ -99,6 +99,70 @@ def test_losing_the_node_that_holds_the_folds_resumes_them_on_another_node(tmp_p
     assert (output / "best_model" / "weights_fold0.pt").exists()
 
 
+def test_losing_the_node_that_holds_a_trial_s_own_actor_retries_the_trial_from_its_checkpoint(
+        tmp_path, ray_tmp, monkeypatch):
+    """A real two-node cluster whose head has CPUs. Trial actors reserve a custom resource that
+    both nodes offer, but the head's is taken while the trials start, so the first trial's own
+    actor (the Tune trainable driving its TorchTrainer) runs on the worker node. Once its folds
+    have checkpointed, the head's share is freed and the worker node is killed, with no node to
+    replace it: Tune retries the trial on the head and its folds resume from the checkpoint."""
+    import ray
+    from ray.cluster_utils import Cluster
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    class Blocker:  # defined here, so that Ray ships it by value: worker processes cannot import tests
+        """Holds a resource on the node it is placed on."""
+
+        def where(self) -> str:
+            return ray.get_runtime_context().get_node_id()
+
+    monkeypatch.setenv("RAY_TMPDIR", ray_tmp)
+    data = convert("synthetic", None, tmp_path / "d.parquet", n=120, size=32)
+    space = smoke_space(tmp_path, trials=2, checkpoint_every=1, holdout=0.2, max_failures=2,
+                        first=[{"channels": 16, "steps": 16, "fire_rate": 0.5}], train={"image_size": 32, "epochs": 6},
+                        search={"channels": {"type": "int", "low": 16, "high": 16},
+                                "steps": {"type": "int", "low": 16, "high": 16},
+                                "fire_rate": {"type": "float", "low": 0.3, "high": 1.0}},
+                        resources={"cpus_per_worker": 1, "trial_resources": {"trial_slot": 0.01}})
+    output = tmp_path / "out"
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "resources": {"trial_slot": 1}})
+    try:
+        node = cluster.add_node(num_cpus=2, resources={"trial_slot": 1})
+        ray.init(address=cluster.address)
+        head = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+        blocker = ray.remote(resources={"trial_slot": 1}, num_cpus=0)(Blocker).options(
+            scheduling_strategy=head).remote()
+        assert ray.get(blocker.where.remote()) == ray.get_runtime_context().get_node_id()
+        driver = subprocess.Popen(sweep_command(data, output, space=space), cwd=ROOT,
+                                  env=env_with(ray_tmp, RAY_ADDRESS=cluster.address), stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        removed = False
+        deadline = time.time() + 600
+        while time.time() < deadline and not removed:
+            time.sleep(0.5)
+            snapshots = list((output / "ray").glob("folds-*/checkpoint_manager_snapshot.json"))
+            if snapshots and '"epoch":' in snapshots[0].read_text():  # a checkpoint Ray Train registered
+                ray.kill(blocker)  # room for trial actors on the head again
+                cluster.remove_node(node, allow_graceful=False)
+                removed = True
+        assert removed, "no checkpoint appeared in time"
+        stdout, _ = driver.communicate(timeout=900)
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+    assert driver.returncode == 0, stdout[-4000:]
+    client, parent, trials = trial_runs(output)
+    assert parent.info.status == "FINISHED" and "holdout_iou" in parent.data.metrics
+    assert client.get_model_version("smoke", "1").run_id == parent.info.run_id
+    assert len(trials) == 2 and all(t.info.status == "FINISHED" for t in trials)
+    first = min(trials, key=lambda t: t.info.start_time)
+    assert first.data.tags.get("ncawss.retries") == "1", stdout[-4000:]  # Tune retried the trial itself
+    assert first.data.metrics["resumed_folds"] == 2, first.data.metrics  # from the checkpoint, not epoch 0
+    steps = [m.step for m in client.get_metric_history(first.info.run_id, "iou_mean")]
+    assert steps == sorted(steps) and steps.count(1) == 1 and max(steps) == 6, steps  # never back to epoch 1
+    for trial in trials:
+        assert len(client.get_metric_history(trial.info.run_id, "fold0_train_loss")) == 6
+
 
 def start_mlflow_server(port, root, log):
     """A real MLflow tracking server on loopback (SQLite runs, proxied artifacts), in its own

@@ -13,7 +13,7 @@ from ray import tune
 from ..tracking.tracker import SweepTracker, log_history
 from .metrics import FOLDS_DONE, METRIC, fold_lines
 from .space import SweepSpec
-from .summary import copy_checkpoint, stopped_status
+from .summary import copy_checkpoint, failure_cause, stopped_status
 
 log = logging.getLogger(__name__)
 progress = logging.getLogger("ncawss.progress")  # one line per finished fold: the job shows it
@@ -80,12 +80,27 @@ class TrackingCallback(tune.Callback):
                                                      "ncawss.stopped_at_epoch": str(result.get("epoch", ""))})
         self.tracker.finish_trial(run_id, "FINISHED")
 
-    def on_trial_error(self, iteration, trials, trial, **info):
-        self.submit(self.fail, trial.trial_id)
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        cause = failure_cause(trial_error(trial))
+        progress.info(f"trial {trial.trial_id}: retried after failure {trial.num_failures}: {cause}")
+        self.submit(self.note_retry, trial.trial_id, trial.num_failures, cause)
 
-    def fail(self, trial_id: str) -> None:
+    def note_retry(self, trial_id: str, failures: int, cause: str) -> None:
         run_id = self.tracker.trial_run_id(trial_id)
         if run_id:
+            self.tracker.note_trial(run_id, f"retried after failure {failures}: {cause}",
+                                    {"ncawss.retries": str(failures)})
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        cause = failure_cause(trial_error(trial))
+        progress.info(f"trial {trial.trial_id}: failed after {trial.num_failures} failure(s): {cause}")
+        self.submit(self.fail, trial.trial_id, cause)
+
+    def fail(self, trial_id: str, cause: str) -> None:
+        run_id = self.tracker.trial_run_id(trial_id)
+        if run_id:
+            status = f"failed: {cause}"
+            self.tracker.note_trial(run_id, status, {"ncawss.status": status})
             self.tracker.finish_trial(run_id, "FAILED")
 
     def log_fold_files(self, run_id: str, checkpoint_path: str) -> None:
@@ -95,3 +110,11 @@ class TrackingCallback(tune.Callback):
                 fold = int(fold_json.stem.removeprefix("fold"))
                 log_history(self.tracker, run_id, fold, json.loads(fold_json.read_text())["history"])
             self.tracker.log_directory(run_id, tmp, "folds")
+
+
+def trial_error(trial) -> BaseException | str | None:
+    """The last error Tune stored for a trial: the exception where it pickles, else its text."""
+    try:
+        return trial.get_pickled_error() or trial.get_error()
+    except Exception as exc:  # an unreadable error file must not stop the sweep's bookkeeping
+        return f"(error not readable: {type(exc).__name__}: {exc})"

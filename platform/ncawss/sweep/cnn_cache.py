@@ -20,12 +20,13 @@ log = logging.getLogger(__name__)
 
 
 def cnn_task(settings: dict, dataset: Dataset, folds: int, seed: int, todo: list[int], size: str,
-             threads: int) -> list[CNNBaseline]:
-    """One size's CNNs for the folds `todo`, trained as one batched model."""
+             threads: int, device: str | None) -> list[CNNBaseline]:
+    """One size's CNNs for the folds `todo`, trained as one batched model (on `device`, else on
+    the GPU Ray gave the task, else on the CPU)."""
     torch.set_num_threads(threads)
     config = TrainConfig.model_validate(settings)
     split = stratified_folds(dataset.labels, folds, seed)
-    device = "cuda" if ray.get_gpu_ids() else "cpu"
+    device = device or ("cuda" if ray.get_gpu_ids() else "cpu")
     return train_cnns(config, [dataset.subset(split[f][0]) for f in todo], size, device)
 
 
@@ -53,7 +54,8 @@ def baseline_cnns(spec: SweepSpec, dataset: Dataset, dataset_ref, cache: Path) -
         task = ray.remote(num_cpus=res.cpus_per_worker, num_gpus=res.gpus_per_worker)(cnn_task)
         by_size = {size: [f for f, s in todo if s == size] for size in CNN_WIDTHS}
         refs = {size: task.remote(config.model_dump(), dataset_ref, spec.folds, spec.seed, folds, size,
-                                  max(1, int(res.cpus_per_worker))) for size, folds in by_size.items() if folds}
+                                  max(1, int(res.cpus_per_worker)), res.device)
+                for size, folds in by_size.items() if folds}
         log.info("training %d baseline CNNs (%d folds x %d sizes, each size's folds batched) once for all trials",
                  len(todo), spec.folds, len(CNN_WIDTHS))
         for size, ref in refs.items():

@@ -36,6 +36,9 @@ class FoldSummary:
     startup_s: float                     # from the trial's launch to the worker's start
     resumed_from_epoch: int = 0
     eval: dict[str, Scores] = field(default_factory=dict)  # other datasets, by name
+    started_at: float = 0.0              # time.time() when its worker started, and when it finished
+    ended_at: float = 0.0
+    gpu_ids: tuple[int, ...] = ()        # the GPUs Ray assigned its worker
 
 
 def trial_metrics(folds: list[FoldSummary], epochs: int) -> dict[str, float | bool]:
@@ -48,10 +51,11 @@ def trial_metrics(folds: list[FoldSummary], epochs: int) -> dict[str, float | bo
         "accuracy_mean": float(np.mean([f.accuracy for f in folds])),
         "launch_overhead_s": float(max(f.startup_s for f in folds)),
         "resumed_folds": sum(f.resumed_from_epoch > 0 for f in folds),
+        "workers_started_at": min(f.started_at for f in folds), "workers_ended_at": max(f.ended_at for f in folds),
     }
     for i, f in enumerate(folds):
         metrics.update({fold_key(i, "iou"): f.scores.iou, fold_key(i, "accuracy"): f.accuracy,
-                        fold_key(i, "seconds"): f.seconds})
+                        fold_key(i, "seconds"): f.seconds, fold_key(i, "gpu_id"): f.gpu_ids[0] if f.gpu_ids else -1})
         metrics.update({fold_key(i, f"{b}_iou"): v for b, v in f.scores.baselines.items()})
     for b in baselines:
         values = [f.scores.baselines[b] for f in folds]

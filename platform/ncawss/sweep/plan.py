@@ -30,6 +30,7 @@ class TrialPlan:
     threads: int                         # torch threads per worker
     cam_kinds: tuple[str, ...]
     launched_at: float                   # time.time() when the trial launched its workers
+    device: str | None = None            # overrides the device Ray's assignment implies (resources.device)
 
     @property
     def workers(self) -> int:

@@ -7,7 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..method.baselines import CNN_WIDTHS, baseline_name
 from ..method.config import (
@@ -69,6 +70,22 @@ class Resources(Strict):
                                    "four workers (trials) share one GPU")
     folds_per_worker: int | None = Field(None, ge=1, description="folds one worker trains as one batched "
                                          "model (default: all k, one worker per trial)")
+    device: str | None = Field(None, description="torch device every fold worker trains on, whatever Ray "
+                               "assigned it (e.g. cpu on a Ray that declares GPUs it lacks); default: "
+                               "cuda where Ray gave the worker a GPU, else cpu")
+    trial_resources: dict[str, float] = Field(
+        default_factory=dict, description="custom Ray resources each trial's own actor reserves, to keep it "
+        "on chosen nodes (e.g. {on_demand: 0.01}); default: none, any node (a lost one is retried)")
+
+    @field_validator("device")
+    @classmethod
+    def known_device(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                torch.device(value)
+            except (RuntimeError, ValueError) as exc:
+                raise ValueError(f"not a torch device ({exc})") from None
+        return value
 
     @model_validator(mode="before")
     @classmethod
@@ -92,7 +109,8 @@ class SweepSpec(Strict):
     seed: int = Field(0, description="seeds the sampler (TPE), the fold split and training")
     max_concurrent: int = Field(1, ge=1)
     checkpoint_every: int = Field(2, ge=1, description="epochs between fold checkpoints and evaluations")
-    max_failures: int = Field(2, ge=0, description="fold worker failures tolerated per trial")
+    max_failures: int = Field(2, ge=0, description="failures tolerated per trial, each resumed from its last "
+                              "checkpoint: of its fold workers (Ray Train), and of its own actor (Ray Tune)")
     scheduler: Asha | None = None
     resources: Resources = Resources()
     holdout: float = Field(0.2, ge=0.0, lt=1.0, description="stratified share set aside before the folds, "

@@ -2,7 +2,10 @@
 best configuration, Optuna's figures, and the MLflow parent run's closing metrics and files."""
 from __future__ import annotations
 
+import csv
+import io
 import logging
+import re
 import warnings
 from pathlib import Path
 
@@ -26,10 +29,22 @@ def trial_rows(results: tune.ResultGrid) -> list[dict]:
     rows = []
     for result in results:
         metrics = result.metrics or {}
-        status = "error" if result.error else ("done" if metrics.get(FOLDS_DONE) else stopped_status(metrics))
+        status = f"failed: {failure_cause(result.error)}" if result.error else \
+            "done" if metrics.get(FOLDS_DONE) else stopped_status(metrics)
         rows.append({**metrics, "trial": metrics.get("trial_id", "?"), "params": dict(result.config or {}),
                      "status": status})
     return sorted(rows, key=lambda r: (r["status"] != "done", -r.get(METRIC, -1.0)))
+
+
+def failure_cause(error: BaseException | str | None) -> str:
+    """One line for why a trial failed: the innermost "SomeError: message" line of the error's
+    text (Ray wraps a worker's exception in its own), else its first line."""
+    if error is None:
+        return "unknown error"
+    text = str(error) if isinstance(error, str) else f"{type(error).__name__}: {error}"
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    raised = [line for line in lines if re.match(r"^[\w.]*(Error|Exception|Interrupt)\b.*:", line)]
+    return (raised[-1] if raised else lines[0] if lines else type(error).__name__)[:300]
 
 
 def stopped_status(metrics: dict) -> str:
@@ -39,8 +54,6 @@ def stopped_status(metrics: dict) -> str:
 
 def optuna_figures(spec: SweepSpec, rows: list[dict]) -> dict[str, bytes]:
     """Optuna's parameter-importance and parallel-coordinate plots of the finished trials."""
-    import io
-
     import matplotlib
     matplotlib.use("Agg")
     from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
@@ -121,9 +134,10 @@ def summarise(spec: SweepSpec, results: tune.ResultGrid, tracker: SweepTracker, 
     lines = table_lines(rows, sorted(spec.search), baselines)
     widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
     table = "\n".join("  ".join(c.rjust(w) for c, w in zip(line, widths)) for line in lines)
-    csv = "\n".join(",".join(line) for line in lines) + "\n"
-    (output / "trials.csv").write_text(csv)
-    files: dict[str, str | bytes] = {"trials.csv": csv, **optuna_figures(spec, rows)}
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerows(lines)  # quoted: a failure's cause may hold commas
+    (output / "trials.csv").write_text(buffer.getvalue())
+    files: dict[str, str | bytes] = {"trials.csv": buffer.getvalue(), **optuna_figures(spec, rows)}
     metrics = {"trials_done": len(done), "trials_total": len(rows)}
     text = (f"\n{len(done)} of {len(rows)} trials finished (IoU in %, at the ground truth's resolution, "
             f"every baseline on the same test images; lift = IoU minus the best baseline)\n{table}")
@@ -132,6 +146,10 @@ def summarise(spec: SweepSpec, results: tune.ResultGrid, tracker: SweepTracker, 
         text += ("\nstopped early by the scheduler (ASHA): "
                  + ", ".join(f"trial {r['trial']} at epoch {r.get('epoch', '?')}" for r in stopped))
     metrics["trials_stopped_early"] = len(stopped)
+    failed = [r for r in rows if r["status"].startswith("failed")]
+    if failed:
+        text += "\nfailed, out of retries: " + "; ".join(f"trial {r['trial']}: {r['status']}" for r in failed)
+    metrics["trials_failed"] = len(failed)
     if done:
         best = done[0]
         config = spec.train_config(best["params"])

@@ -25,7 +25,7 @@ def run_trial(params: dict, *, spec: SweepSpec, data: SharedData, storage: str) 
     trial_id = tune.get_context().get_trial_id()
     res = spec.resources
     plan = TrialPlan(config, data, spec.folds, spec.seed, res.folds_per_worker or spec.folds,
-                     max(1, int(res.cpus_per_worker)), spec.cam_kinds, time.time())
+                     max(1, int(res.cpus_per_worker)), spec.cam_kinds, time.time(), res.device)
     per_worker = {"CPU": res.cpus_per_worker, **({"GPU": res.gpus_per_worker} if res.gpus_per_worker else {})}
     trainer = TorchTrainer(
         functools.partial(fold_worker, plan),
@@ -54,7 +54,7 @@ def tune_domain(param: Param):
 
 def trainable(spec: SweepSpec, data: SharedData, storage: str):
     fn = tune.with_parameters(run_trial, spec=spec, data=data, storage=storage)
-    # The trial driver only waits on its folds, which hold the real resources.
-    fn = tune.with_resources(fn, {"memory": 256 * 1024 ** 2})
+    # The trial's actor only waits on its folds, which hold the real resources.
+    fn = tune.with_resources(fn, {"memory": 256 * 1024 ** 2, **spec.resources.trial_resources})
     fn._progress_metrics = PROGRESS_METRICS
     return fn

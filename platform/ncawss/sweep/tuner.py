@@ -45,6 +45,9 @@ def build_tuner(spec: SweepSpec, data: SharedData, storage: str, tracker: SweepT
         tune_config=tune.TuneConfig(metric=METRIC, mode="max", search_alg=searcher, scheduler=scheduler,
                                     num_samples=spec.trials, max_concurrent_trials=spec.max_concurrent),
         run_config=tune.RunConfig(name=spec.name, storage_path=storage, verbose=3 if verbose else 1,
+                                  # a trial whose own actor dies (its node lost) runs again; its new
+                                  # TorchTrainer, of the same name, resumes the folds' last checkpoint
+                                  failure_config=tune.FailureConfig(max_failures=spec.max_failures),
                                   callbacks=[TrackingCallback(tracker, spec)]),
     )
 

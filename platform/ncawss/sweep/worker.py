@@ -101,7 +101,8 @@ def fold_worker(plan: TrialPlan) -> None:
     rank, world = context.get_world_rank(), context.get_world_size()
     torch.set_num_threads(plan.threads)
     config = plan.config
-    device = ray.train.torch.get_device()
+    gpu_ids = [int(i) for i in ray.get_gpu_ids()]  # what Ray assigned this worker, whatever trains where
+    device = torch.device(plan.device) if plan.device else ray.train.torch.get_device()
     dataset: Dataset = ray.get(plan.data.dataset)  # object store: fetched once per node
     mine = plan.share(rank)
     all_cnns = ray.get(plan.data.cnns) if plan.data.cnns is not None else None
@@ -113,14 +114,15 @@ def fold_worker(plan: TrialPlan) -> None:
         log.warning("folds %s resume from their checkpoint at epoch %d", mine, restored[0]["epoch"])
     results = train_folds(config, splits, RayFoldHooks(rank, config, restored), device=device,
                           cnns=cnns, cam_kinds=plan.cam_kinds)
+    placement = {"device": str(device), "gpu_ids": gpu_ids}
     summaries = [FoldSummary(result.evaluation.scores(), result.accuracy, result.readout_iou, result.seconds,
                              started - plan.launched_at, restored[0]["epoch"] if restored else 0,
-                             eval_scores(plan, result, device))
+                             eval_scores(plan, result, device), started, time.time(), tuple(gpu_ids))
                  for result in results]
     folds = gather_folds(summaries)
     with tempfile.TemporaryDirectory() as tmp:
         for fold, result, (train, test) in zip(mine, results, splits):
-            write_fold_files(Path(tmp), fold, result, train, test, plan)
+            write_fold_files(Path(tmp), fold, result, train, test, plan, placement)
         ray.train.report(trial_metrics(folds, config.epochs) if rank == 0 else {},
                          checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
@@ -141,8 +143,9 @@ def eval_scores(plan: TrialPlan, result: FoldResult, device) -> dict[str, Scores
 
 
 def write_fold_files(folder: Path, fold: int, result: FoldResult, train: Dataset, test: Dataset,
-                     plan: TrialPlan) -> None:
-    """Gallery, weights (NCA and baseline CNNs, with what evaluation needs) and per-image results."""
+                     plan: TrialPlan, placement: dict) -> None:
+    """Gallery, weights (NCA and baseline CNNs, with what evaluation needs), per-image results and
+    where the fold trained (`placement`: the torch device and the GPU ids Ray assigned)."""
     ev = result.evaluation
     (folder / f"gallery_fold{fold}.png").write_bytes(
         mask_gallery(test.images, test.masks, ev.responses, ev.masks))
@@ -151,4 +154,4 @@ def write_fold_files(folder: Path, fold: int, result: FoldResult, train: Dataset
     (folder / f"fold{fold}.json").write_text(json.dumps({
         "train_ids": list(train.ids), "test_ids": result.test_ids, "iou": ev.iou.tolist(),
         "baseline_iou": {name: v.tolist() for name, v in ev.baseline_iou.items()},
-        "history": result.history}))
+        "history": result.history, **placement}))
