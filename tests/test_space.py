@@ -129,3 +129,14 @@ def test_resources_take_folds_per_worker_and_refuse_the_old_per_fold_keys(tmp_pa
         load_space(write(tmp_path, GOOD + "resources: {cpus_per_fold: 1}\n"))
     with pytest.raises(ConfigError, match="folds_per_worker"):
         load_space(write(tmp_path, GOOD + "resources: {folds_per_worker: 0}\n"))
+
+
+def test_resources_take_a_device_override_and_trial_resources(tmp_path):
+    spec = load_space(write(tmp_path, GOOD + "resources: {gpus_per_worker: 0.25, device: cpu, "
+                                             "trial_resources: {on_demand: 0.01}}\n"))
+    assert (spec.resources.device, spec.resources.trial_resources) == ("cpu", {"on_demand": 0.01})
+
+
+def test_an_unknown_device_is_refused_naming_the_key(tmp_path):
+    with pytest.raises(ConfigError, match=r"resources\.device.*not a torch device"):
+        load_space(write(tmp_path, GOOD + "resources: {device: gpu7}\n"))
