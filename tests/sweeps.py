@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import psutil
@@ -53,6 +54,17 @@ def trial_runs(output, name="smoke"):
     runs = client.search_runs([experiment.experiment_id])
     parent = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     return client, parent[0] if parent else None, [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+
+
+def wait_for_checkpoint(output: Path, timeout: float = 600) -> bool:
+    """Wait until Ray Train has registered a checkpoint of a trial's folds under OUTPUT/ray."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        snapshots = list((output / "ray").glob("folds-*/checkpoint_manager_snapshot.json"))
+        if snapshots and '"epoch":' in snapshots[0].read_text():
+            return True
+        time.sleep(0.5)
+    return False
 
 
 def free_port() -> int:

@@ -12,7 +12,16 @@ from mlflow.tracking import MlflowClient
 
 from conftest import ROOT
 from ncawss import convert
-from sweeps import VENV_BIN, env_with, free_port, smoke_space, started_here, sweep_command, trial_runs
+from sweeps import (
+    VENV_BIN,
+    env_with,
+    free_port,
+    smoke_space,
+    started_here,
+    sweep_command,
+    trial_runs,
+    wait_for_checkpoint,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.fault]
 
@@ -73,16 +82,9 @@ def test_losing_the_node_that_holds_the_folds_resumes_them_on_another_node(tmp_p
         node = cluster.add_node(num_cpus=2)
         driver = subprocess.Popen(command, cwd=ROOT, env=env_with(ray_tmp, RAY_ADDRESS=cluster.address),
                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-        removed = False
-        deadline = time.time() + 600
-        while time.time() < deadline and not removed:
-            time.sleep(0.5)
-            snapshots = list((output / "ray").glob("folds-*/checkpoint_manager_snapshot.json"))
-            if snapshots and '"epoch":' in snapshots[0].read_text():  # a checkpoint Ray Train registered
-                cluster.remove_node(node, allow_graceful=False)
-                cluster.add_node(num_cpus=2)
-                removed = True
-        assert removed, "no checkpoint appeared in time"
+        assert wait_for_checkpoint(output), "no checkpoint appeared in time"
+        cluster.remove_node(node, allow_graceful=False)
+        cluster.add_node(num_cpus=2)
         stdout, _ = driver.communicate(timeout=900)
     finally:
         cluster.shutdown()
@@ -136,16 +138,9 @@ def test_losing_the_node_that_holds_a_trial_s_own_actor_retries_the_trial_from_i
         driver = subprocess.Popen(sweep_command(data, output, space=space), cwd=ROOT,
                                   env=env_with(ray_tmp, RAY_ADDRESS=cluster.address), stdout=subprocess.PIPE,
                                   stderr=subprocess.STDOUT, text=True, start_new_session=True)
-        removed = False
-        deadline = time.time() + 600
-        while time.time() < deadline and not removed:
-            time.sleep(0.5)
-            snapshots = list((output / "ray").glob("folds-*/checkpoint_manager_snapshot.json"))
-            if snapshots and '"epoch":' in snapshots[0].read_text():  # a checkpoint Ray Train registered
-                ray.kill(blocker)  # room for trial actors on the head again
-                cluster.remove_node(node, allow_graceful=False)
-                removed = True
-        assert removed, "no checkpoint appeared in time"
+        assert wait_for_checkpoint(output), "no checkpoint appeared in time"
+        ray.kill(blocker)  # room for trial actors on the head again
+        cluster.remove_node(node, allow_graceful=False)  # and no node replaces it
         stdout, _ = driver.communicate(timeout=900)
     finally:
         ray.shutdown()
