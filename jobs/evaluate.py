@@ -25,7 +25,7 @@ import numpy as np
 
 import ncawss
 from ncawss import environment
-from ncawss.method.evaluation import TestSet, evaluate
+from ncawss.method.ensemble import fold_scores
 from ncawss.tracking.sources import load_records
 from ncawss.tracking.tracker import SweepTracker, TrackingError
 
@@ -51,13 +51,8 @@ def score(records: list[ncawss.FoldRecord], dataset: ncawss.Dataset, device: str
     if dataset.fingerprint != records[0].source["fingerprint"]:
         return "majority vote", ncawss.score_dataset(config, ensemble.folds, dataset, device, kinds)["readout"]
     position = {image_id: i for i, image_id in enumerate(dataset.ids)}
-    per_fold = []
-    for record in records:
-        fold = record.model
-        test = dataset.subset([position[i] for i in record.test_ids])
-        prepared = TestSet.prepare(test, fold.norm_mean, fold.norm_std, config.image_size, fold.cnns, kinds, device)
-        model = fold.nca(config).to(device)
-        per_fold.append(evaluate(model, prepared, config, device, {"readout": config.readout})["readout"].scores())
+    per_fold = [fold_scores(config, r.model, dataset.subset([position[i] for i in r.test_ids]), device, kinds)
+                for r in records]
     return "own test folds", ncawss.Scores.mean(per_fold)
 
 

@@ -64,6 +64,13 @@ def score_dataset(config: TrainConfig, folds: list[FoldModel], dataset: Dataset,
     return scores
 
 
+def fold_scores(config: TrainConfig, fold: FoldModel, dataset: Dataset, device: str | torch.device = "cpu",
+                cam_kinds: tuple[str, ...] = ()) -> Scores:
+    """One fold's model on `dataset` under the configured read-out, beside every baseline."""
+    test = TestSet.prepare(dataset, fold.norm_mean, fold.norm_std, config.image_size, fold.cnns, cam_kinds, device)
+    return evaluate(fold.nca(config).to(device), test, config, device, {"readout": config.readout})["readout"].scores()
+
+
 def vote_iou(fold_masks: list[list], truth: list) -> float:
     """Mean IoU of the folds' majority-vote masks."""
     return float(iou_each(majority_vote(fold_masks), truth).mean())

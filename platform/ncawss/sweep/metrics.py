@@ -36,32 +36,27 @@ class FoldSummary:
     startup_s: float                     # from the trial's launch to the worker's start
     resumed_from_epoch: int = 0
     eval: dict[str, Scores] = field(default_factory=dict)  # other datasets, by name
-    started_at: float = 0.0              # time.time() when its worker started, and when it finished
-    ended_at: float = 0.0
     gpu_ids: tuple[int, ...] = ()        # the GPUs Ray assigned its worker
 
 
 def trial_metrics(folds: list[FoldSummary], epochs: int) -> dict[str, float | bool]:
     """Fold means and per-fold values: NCA-WSS IoU (the objective), each baseline's IoU on the
     same images, the lift over the best baseline, every read-out variant and evaluation dataset."""
-    iou = [f.scores.iou for f in folds]
-    baselines = list(folds[0].scores.baselines)
+    mean = Scores.mean([f.scores for f in folds])
     metrics: dict[str, float | bool] = {
-        "epoch": epochs, FOLDS_DONE: True, METRIC: float(np.mean(iou)), "iou_std": float(np.std(iou)),
+        "epoch": epochs, FOLDS_DONE: True, METRIC: mean.iou, "iou_std": float(np.std(mean.fold_iou)),
         "accuracy_mean": float(np.mean([f.accuracy for f in folds])),
         "launch_overhead_s": float(max(f.startup_s for f in folds)),
         "resumed_folds": sum(f.resumed_from_epoch > 0 for f in folds),
-        "workers_started_at": min(f.started_at for f in folds), "workers_ended_at": max(f.ended_at for f in folds),
     }
     for i, f in enumerate(folds):
         metrics.update({fold_key(i, "iou"): f.scores.iou, fold_key(i, "accuracy"): f.accuracy,
                         fold_key(i, "seconds"): f.seconds, fold_key(i, "gpu_id"): f.gpu_ids[0] if f.gpu_ids else -1})
         metrics.update({fold_key(i, f"{b}_iou"): v for b, v in f.scores.baselines.items()})
-    for b in baselines:
-        values = [f.scores.baselines[b] for f in folds]
-        metrics.update({mean_key(b): float(np.mean(values)), f"{b}_iou_std": float(np.std(values))})
-    metrics["best_baseline_iou_mean"] = max(metrics[mean_key(b)] for b in baselines)
-    metrics["lift"] = metrics[METRIC] - metrics["best_baseline_iou_mean"]
+    for b, value in mean.baselines.items():
+        metrics.update({mean_key(b): value, f"{b}_iou_std": float(np.std([f.scores.baselines[b] for f in folds]))})
+    metrics["best_baseline_iou_mean"] = mean.baselines[mean.best_baseline]
+    metrics["lift"] = mean.lift
     for readout in folds[0].readout_iou:
         metrics[mean_key(readout)] = float(np.mean([f.readout_iou[readout] for f in folds]))
     for name in folds[0].eval:

@@ -26,7 +26,7 @@ import torch.distributed as dist
 
 from ..data import Dataset, stratified_folds
 from ..method.config import TrainConfig
-from ..method.evaluation import TestSet, evaluate
+from ..method.ensemble import fold_scores
 from ..method.folds import FoldRecord
 from ..method.gallery import mask_gallery
 from ..method.scores import Scores
@@ -117,7 +117,7 @@ def fold_worker(plan: TrialPlan) -> None:
     placement = {"device": str(device), "gpu_ids": gpu_ids}
     summaries = [FoldSummary(result.evaluation.scores(), result.accuracy, result.readout_iou, result.seconds,
                              started - plan.launched_at, restored[0]["epoch"] if restored else 0,
-                             eval_scores(plan, result, device), started, time.time(), tuple(gpu_ids))
+                             eval_scores(plan, result, device), tuple(gpu_ids))
                  for result in results]
     folds = gather_folds(summaries)
     with tempfile.TemporaryDirectory() as tmp:
@@ -129,16 +129,10 @@ def fold_worker(plan: TrialPlan) -> None:
 
 def eval_scores(plan: TrialPlan, result: FoldResult, device) -> dict[str, Scores]:
     """The fold's model on each --eval-data dataset, beside the baselines, by dataset name."""
-    if not plan.data.eval_sets:
-        return {}
-    config = plan.config
-    model = result.model.nca(config).to(device)
     scores = {}
     for ref in plan.data.eval_sets:
         other: Dataset = ray.get(ref)
-        prepared = TestSet.prepare(other, result.model.norm_mean, result.model.norm_std, config.image_size,
-                                   result.model.cnns, plan.cam_kinds, device)
-        scores[other.name] = evaluate(model, prepared, config, device, {"readout": config.readout})["readout"].scores()
+        scores[other.name] = fold_scores(plan.config, result.model, other, device, plan.cam_kinds)
     return scores
 
 
