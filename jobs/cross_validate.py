@@ -5,8 +5,9 @@ model (--sequential: one after another).
 With no arguments: 2 folds on built-in synthetic data with configs/quickstart.yaml.
 A stratified holdout (--holdout, default 0.2) is set aside before the folds are
 built; after cross-validation the k fold models segment it (majority vote).
-Every IoU is printed beside each baseline's on the same images: intensity
-always, gradcam and eigencam (a CNN trained per fold) with --baselines.
+Every IoU is printed beside each baseline's on the same images: the threshold
+baselines (intensity and the colour channels otsu_*) always, gradcam and eigencam
+(a CNN trained per fold) with --baselines.
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ import torch
 import ncawss
 from ncawss.method.baselines import CAM_BASELINES
 from ncawss.method.config import BASELINES
+from ncawss.method.scores import HINDSIGHT
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -37,7 +39,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="seed of the holdout and fold split (default 0)")
     p.add_argument("--holdout", type=float, default=0.2, help="stratified share set aside (default 0.2; 0: none)")
     p.add_argument("--baselines", nargs="+", default=["intensity"], choices=BASELINES,
-                   help="baselines beside NCA-WSS (intensity is always on)")
+                   help="baselines beside NCA-WSS (intensity and otsu_* are always on)")
     p.add_argument("--epochs", type=int, help="override the config's epochs")
     p.add_argument("--precision", choices=["fp32", "bf16"], help="override the config's precision")
     p.add_argument("--no-cuda-graph", action="store_true", help="on CUDA, run every batch eagerly")
@@ -99,13 +101,16 @@ def save_models(folder: Path, config, dataset, result, held, cam_kinds) -> None:
 
 def print_report(config, result, holdout) -> None:
     baselines = list(result.folds[0].baseline_iou)
+    col = max(len(b) for b in baselines) + 1
     print(f"\nIoU in %, at the ground truth's resolution; NCA-WSS read-out: {config.readout.name}; "
-          f"{config.epochs} epochs per fold; lift = NCA-WSS minus the best baseline")
-    print(f"{'fold':>4} {'test':>5} {'accuracy':>9} {'NCA-WSS':>8}" + "".join(f" {b:>14}" for b in baselines)
-          + f" {'lift':>6}")
+          f"{config.epochs} epochs per fold; iou64p: the authors' metric (64x64, pooled over batches of 32); "
+          f"{HINDSIGHT}")
+    print(f"{'fold':>4} {'test':>5} {'accuracy':>9} {'NCA-WSS':>8} {'iou64p':>7}"
+          + "".join(f"{b:>{col}}" for b in baselines) + f" {'lift':>6}")
     for i, fold in enumerate(result.folds, start=1):
-        print(f"{i:>4} {len(fold.test_ids):>5} {fold.accuracy:>9.3f} {100 * fold.iou:>8.1f}"
-              + "".join(f" {100 * fold.baseline_iou[b]:>14.1f}" for b in baselines) + f" {100 * fold.lift:>+6.1f}")
+        print(f"{i:>4} {len(fold.test_ids):>5} {fold.accuracy:>9.3f} {100 * fold.iou:>8.1f} "
+              f"{100 * fold.evaluation.iou64_pooled:>7.1f}" + "".join(f"{100 * fold.baseline_iou[b]:>{col}.1f}"
+                                                                   for b in baselines) + f" {100 * fold.lift:>+6.1f}")
     print(f"mean {100 * result.mean_iou:.1f} ± {100 * result.std_iou:.1f} (NCA-WSS); "
           + "; ".join("{} {:.1f} ± {:.1f}".format(b, *(100 * v for v in result.baseline(b))) for b in baselines)
           + f"; accuracy {result.mean_accuracy:.3f}")
@@ -113,10 +118,10 @@ def print_report(config, result, holdout) -> None:
           "orientation, post-processing and target):")
     rows = variant_table(config, result)
     width = max(len(name) for name in [*rows, "variant"])
-    print(f"{'variant':<{width}} {'NCA-WSS':>8}" + "".join(f" {b:>14}" for b in baselines))
+    print(f"{'variant':<{width}} {'NCA-WSS':>8} {'iou64p':>7}" + "".join(f"{b:>{col}}" for b in baselines))
     for name, row in rows.items():
-        print(f"{name:<{width}} {100 * row.iou:>8.1f}" + "".join(f" {100 * row.baselines.get(b, np.nan):>14.1f}"
-                                                          for b in baselines))
+        print(f"{name:<{width}} {100 * row.iou:>8.1f} {100 * row.iou64_pooled:>7.1f}"
+              + "".join(f"{100 * row.baselines.get(b, np.nan):>{col}.1f}" for b in baselines))
     if holdout is not None:
         score = holdout["readout"]
         print(f"\nHeld-out images, majority vote of the {len(score.fold_iou)} fold models: NCA-WSS "

@@ -5,6 +5,7 @@ import sys
 import pytest
 
 from conftest import ROOT
+from ncawss.method.thresholds import THRESHOLD_BASELINES
 
 
 def run_job(*args, check=True):
@@ -29,7 +30,7 @@ def test_prepare_then_cross_validate_prints_folds_beside_the_baseline(tmp_path):
     assert "24 images in the folds, 6 held out" in out.stdout
     assert any(line.split()[:2] == ["1", "12"] for line in lines)  # fold 1, 12 test images
     header = next(line for line in lines if line.split()[:2] == ["fold", "test"]).split()
-    assert header[3:] == ["NCA-WSS", "intensity", "gradcam", "gradcam_large", "lift"]
+    assert header[3:] == ["NCA-WSS", "iou64p", *THRESHOLD_BASELINES, "gradcam", "gradcam_large", "lift"]
     assert any(line.startswith("smooth (smooth1)") for line in lines)
     assert any(line.startswith("nucleus (nucleus)") for line in lines)
     assert any(line.startswith("Held-out images, majority vote of the 2 fold models") for line in lines)

@@ -14,10 +14,11 @@ from conftest import ROOT
 from ncawss import Ensemble, convert, read_dataset
 from ncawss.method import evaluation
 from ncawss.method.evaluation import evaluate, majority_vote
+from ncawss.method.thresholds import THRESHOLD_BASELINES
 from sweeps import private_ray_tmp, run_sweep, smoke_space, trial_runs
 
 pytestmark = pytest.mark.slow
-CAM_BASELINES = ("intensity", "gradcam", "eigencam", "gradcam_large", "eigencam_large")
+ALL_BASELINES = (*THRESHOLD_BASELINES, "gradcam", "eigencam", "gradcam_large", "eigencam_large")
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +55,7 @@ def test_the_best_configuration_is_scored_on_the_holdout_beside_every_baseline(s
     assert "held-out test (6 images" in sweep["stdout"]
     metrics = sweep["parent"].data.metrics
     assert {"holdout_iou", "holdout_fold0_iou", "holdout_fold1_iou", "holdout_lift"} <= set(metrics)
-    baselines = {b: metrics[f"holdout_{b}_iou"] for b in CAM_BASELINES}
+    baselines = {b: metrics[f"holdout_{b}_iou"] for b in ALL_BASELINES}
     assert metrics["holdout_lift"] == pytest.approx(metrics["holdout_iou"] - max(baselines.values()))
 
 
@@ -69,11 +70,12 @@ def test_cam_baselines_are_trained_once_per_fold_and_size_not_per_trial(sweep):
 def test_every_trial_reports_each_baseline_the_read_out_variant_and_the_eval_dataset(sweep):
     for trial in sweep["trials"]:
         metrics = trial.data.metrics
-        assert {"gradcam_iou_mean", "eigencam_large_iou_mean", "largest_iou_mean", "eval.synthetic-b.iou",
+        assert {"gradcam_iou_mean", "eigencam_large_iou_mean", "otsu_b_iou_mean", "largest_iou_mean",
+                "iou64_pooled_mean", "largest_iou64_pooled_mean", "fold0_iou64_pooled", "eval.synthetic-b.iou",
                 "eval.synthetic-b.intensity_iou", "eval.synthetic-b.lift"} <= set(metrics)
-        assert {f"fold{i}_{b}_iou" for i in (0, 1) for b in CAM_BASELINES} <= set(metrics)
+        assert {f"fold{i}_{b}_iou" for i in (0, 1) for b in ALL_BASELINES} <= set(metrics)
         assert metrics["lift"] == pytest.approx(metrics["iou_mean"] - max(
-            metrics[f"{b}_iou_mean"] for b in CAM_BASELINES))
+            metrics[f"{b}_iou_mean"] for b in ALL_BASELINES))
 
 
 @pytest.mark.parametrize("source", ["output", "run id", "registered model"])

@@ -5,7 +5,8 @@ import torch
 from ncawss import FoldHooks, TrainConfig, cross_validate, load_config, make_synthetic, stratified_folds, train_fold
 from ncawss.method.config import ConfigError, make_config
 from ncawss.method.loop import resize_images
-from ncawss.method.segment import intensity_baseline, iou
+from ncawss.method.segment import iou
+from ncawss.method.thresholds import COLOUR_BASELINES, colour_baseline, intensity_baseline
 
 TINY = TrainConfig(channels=8, hidden=8, steps=4, image_size=16, epochs=3, batch_size=8, lr=1e-3, seed=5)
 
@@ -83,9 +84,13 @@ def test_fold_result_reports_nca_and_baseline_on_the_same_test_images(split):
     assert result.iou == pytest.approx(ev.iou.mean()) and 0 <= result.accuracy <= 1
     assert set(result.readout_iou) == {"stochastic", "mean_field"}
     assert result.readout_iou["stochastic"] == pytest.approx(result.iou)
-    expected = np.mean([iou(intensity_baseline(im), gt) for im, gt in zip(test.images, test.masks)])
-    assert result.baseline_iou["intensity"] == pytest.approx(expected)
-    assert result.lift == pytest.approx(result.iou - expected)
+    expected = {"intensity": np.mean([iou(intensity_baseline(im), gt) for im, gt in zip(test.images, test.masks)])}
+    for name in COLOUR_BASELINES:
+        expected[name] = np.mean([iou(colour_baseline(im, name), gt) for im, gt in zip(test.images, test.masks)])
+    assert result.baseline_iou == pytest.approx(expected)
+    # The lift is measured against the best of all baselines, here a colour threshold, not gray.
+    assert result.lift == pytest.approx(result.iou - max(expected.values()))
+    assert max(expected, key=expected.__getitem__) != "intensity"
 
 
 def test_eval_every_adds_test_metrics_to_the_epoch(split):

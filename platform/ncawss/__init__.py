@@ -23,15 +23,16 @@ from .method.folds import FoldModel, FoldRecord, read_fold_records
 from .method.nca import NCAClassifier
 from .method.predict import Prediction, Predictor, predict
 from .method.scores import Scores
-from .method.segment import intensity_baseline, iou, pca_otsu
+from .method.segment import iou, pca_otsu
+from .method.thresholds import colour_baseline, intensity_baseline
 from .method.train import CVResult, FoldHooks, FoldResult, FoldsHooks, cross_validate, train_fold, train_folds
 
 __all__ = [
     "ConfigError", "CVResult", "DataError", "Dataset", "Ensemble", "FoldHooks", "FoldModel", "FoldRecord",
     "FoldResult", "FoldsHooks", "NCAClassifier", "Prediction", "Predictor", "Readout", "Scores", "TrainConfig",
-    "convert", "cross_validate", "holdout_split", "intensity_baseline", "iou", "load_config", "make_synthetic",
-    "pca_otsu", "predict", "read_dataset", "read_fold_records", "score_dataset", "stratified_folds", "train_cnn",
-    "train_fold", "train_folds", "write_dataset",
+    "colour_baseline", "convert", "cross_validate", "holdout_split", "intensity_baseline", "iou", "load_config",
+    "make_synthetic", "pca_otsu", "predict", "read_dataset", "read_fold_records", "score_dataset", "stratified_folds",
+    "train_cnn", "train_fold", "train_folds", "write_dataset",
 ]
 
 __version__ = _version("ncawss")

@@ -1,11 +1,11 @@
-"""Splits: stratified k folds and a stratified holdout (scikit-learn, seeded)."""
+"""Splits: stratified or plain k folds and a stratified holdout (scikit-learn, seeded)."""
 from __future__ import annotations
 
 import math
 import warnings
 
 import numpy as np
-from sklearn.model_selection import StratifiedKFold, train_test_split
+from sklearn.model_selection import KFold, StratifiedKFold, train_test_split
 
 from .dataset import DataError
 
@@ -34,6 +34,21 @@ def stratified_folds(labels, k: int, seed: int) -> list[tuple[np.ndarray, np.nda
     for train, test in splitter.split(common_idx, labels[common_idx]):
         folds.append((np.sort(np.concatenate([common_idx[train], rare_idx])), common_idx[test]))
     return folds
+
+
+SPLITS = ("stratified", "kfold")
+
+
+def fold_splits(labels, k: int, seed: int, kind: str = "stratified") -> list[tuple[np.ndarray, np.ndarray]]:
+    """k (train_idx, test_idx) pairs: `stratified_folds`, or with kind="kfold" scikit-learn's
+    KFold(k, shuffle=True, random_state=seed) over all samples (the NCA-WSS authors' split)."""
+    if kind not in SPLITS:
+        raise ValueError(f"unknown split {kind!r}; choose one of {list(SPLITS)}")
+    if kind == "stratified":
+        return stratified_folds(labels, k, seed)
+    if k < 2 or k > len(labels):
+        raise ValueError(f"cannot make {k} folds from {len(labels)} samples")
+    return [(train, test) for train, test in KFold(n_splits=k, shuffle=True, random_state=seed).split(labels)]
 
 
 def holdout_split(labels, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

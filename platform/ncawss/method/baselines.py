@@ -28,13 +28,15 @@ from ..data import Dataset
 from .config import BASELINES, TrainConfig
 from .loop import BatchedTrainer, make_folds, normalised_training_set
 from .nca import stacked
+from .thresholds import THRESHOLD_BASELINES
 
 log = logging.getLogger(__name__)
 
-CAM_BASELINES = tuple(b for b in BASELINES if b != "intensity")
+CAM_BASELINES = tuple(b for b in BASELINES if b not in THRESHOLD_BASELINES)
 CNN_WIDTHS = {"small": 6, "large": 16}
 # TrainConfig fields a CNN baseline's training uses: its cache key, never the NCA's settings.
-CNN_SETTINGS = ("epochs", "batch_size", "lr", "betas", "lr_decay", "focal_gamma", "image_size", "augment", "seed")
+CNN_SETTINGS = ("epochs", "batch_size", "lr", "betas", "lr_decay", "focal_gamma", "normalise", "split", "image_size",
+                "augment", "seed")
 
 
 def cnn_settings(config: TrainConfig) -> dict:
@@ -104,7 +106,7 @@ def train_cnns(config: TrainConfig, trains: list[Dataset], size: str = "small",
     loss, augmentation, optimiser, epochs and per-fold generators."""
     started = time.perf_counter()
     config = config.model_copy(update={"precision": "fp32"})  # baselines never change with the NCA's precision
-    prepared = [normalised_training_set(train, config.image_size) for train in trains]
+    prepared = [normalised_training_set(train, config.image_size, config.normalise) for train in trains]
     data = [(x.to(device), torch.as_tensor(t.labels, dtype=torch.long, device=device))
             for (x, _, _), t in zip(prepared, trains)]
     models = []

@@ -7,7 +7,8 @@ from typing import Any, Literal, get_args
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-Baseline = Literal["intensity", "gradcam", "eigencam"]  # intensity: grayscale Otsu; the others: CAMs of a CNN
+# intensity and otsu_*: per-image thresholds (thresholds.py), always on; gradcam, eigencam: CAMs of a CNN.
+Baseline = Literal["intensity", "otsu_r", "otsu_g", "otsu_b", "otsu_s", "otsu_a", "otsu_bstar", "gradcam", "eigencam"]
 BASELINES: tuple[str, ...] = get_args(Baseline)
 
 
@@ -21,9 +22,13 @@ class Readout(BaseModel):
         "fire_rate times the update to every cell, deterministically")
     runs: int = Field(1, ge=1, description="stochastic runs whose states are averaged before PCA")
     channels: Literal["all", "hidden"] = Field("all", description="hidden: PCA without the fixed RGB channels")
+    binarise: bool = Field(False, description="state > 0 -> 1, else 0, before PCA (the authors' code)")
+    standardise: bool = Field(False, description="per image, each channel to zero mean, unit variance before "
+                              "PCA; constant channels 0 (the authors' code)")
     smooth: float = Field(0.0, ge=0.0, description="Gaussian sigma (pixels at training resolution) on the response")
-    orient: Literal["signed", "deviation"] = Field(
-        "signed", description="Otsu on the response + sign rule, or on |response - border median|")
+    orient: Literal["signed", "deviation", "none"] = Field(
+        "signed", description="Otsu on the response + sign rule, or on |response - border median|, or "
+        "none: no sign rule, PC1's sign as scikit-learn's (the authors' code)")
     post: Literal["none", "largest", "centre"] = Field(
         "none", description="keep the largest or the central component, holes filled")
     target: Literal["cell", "nucleus"] = Field("cell", description="ground truth: whole cell or nucleus")
@@ -36,7 +41,8 @@ class Readout(BaseModel):
     @property
     def name(self) -> str:
         """A short label of the non-default choices, e.g. 'mean_field+smooth1+largest'."""
-        parts = [f"{k}{v:g}" if isinstance(v, float) else f"{k}{v}" if isinstance(v, int) else str(v)
+        parts = [k if isinstance(v, bool) else f"{k}{v:g}" if isinstance(v, float) else
+                 f"{k}{v}" if isinstance(v, int) else "unoriented" if (k, v) == ("orient", "none") else str(v)
                  for k, v in self.model_dump().items() if v != Readout.model_fields[k].default]
         return "+".join(parts) or "paper"
 
@@ -64,6 +70,14 @@ class TrainConfig(BaseModel):
     betas: tuple[float, float] = (0.9, 0.999)
     lr_decay: float = Field(0.9999, gt=0.0, le=1.0, description="ExponentialLR gamma, stepped per batch")
     focal_gamma: float = Field(2.0, ge=0.0)
+    pool: Literal["mean", "max"] = Field("mean", description="how the classifier head pools the state over "
+                                         "pixels (the authors: max in their Matek19 run, mean in Raabin)")
+    normalise: Literal["fold", "fixed"] = Field(
+        "fold", description="input normalisation: the training fold's channel mean and std, or fixed "
+        "mean = std = 0.5 (images in [-1, 1], the authors' code)")
+    split: Literal["stratified", "kfold"] = Field(
+        "stratified", description="cross-validation folds: stratified k-fold, or plain shuffled KFold over "
+        "all images (the authors' code); scikit-learn, seeded")
     image_size: int = Field(64, ge=8, description="training resolution (square)")
     augment: bool = Field(True, description="random rotation (0..360 degrees) and flips")
     seed: int = 0

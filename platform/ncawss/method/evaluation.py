@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from ..data import Dataset
 from .baselines import CNNBaseline, baseline_name, cam_maps
@@ -15,7 +16,8 @@ from .loop import normalise, resize_images
 from .nca import NCAClassifier
 from .readout import read_out
 from .scores import Scores
-from .segment import intensity_baseline, iou, masks_at, pca_otsu, post_process, read_response
+from .segment import iou, masks_at, pca_otsu, pooled_iou, post_process, read_response
+from .thresholds import THRESHOLD_BASELINES, threshold_masks
 
 log = logging.getLogger(__name__)
 
@@ -31,10 +33,12 @@ class Evaluation:
     baseline_masks: dict[str, list[np.ndarray]]
     responses: np.ndarray              # (N, S, S) oriented response at training resolution
     degenerate: int
+    iou64_pooled: float = float("nan")  # the authors' metric: at 64x64, pooled over batches of 32
 
     def scores(self) -> Scores:
         """Mean IoU of NCA-WSS and of each baseline on these images."""
-        return Scores(float(self.iou.mean()), {name: float(v.mean()) for name, v in self.baseline_iou.items()})
+        return Scores(float(self.iou.mean()), {name: float(v.mean()) for name, v in self.baseline_iou.items()},
+                      iou64_pooled=self.iou64_pooled)
 
 
 @dataclass
@@ -42,7 +46,7 @@ class TestSet:
     """Images prepared once for evaluation: normalised at the training resolution, baselines' inputs."""
     dataset: Dataset
     x: torch.Tensor                     # (N, 3, S, S), normalised with the training fold's statistics
-    intensity: list[np.ndarray]         # intensity baseline masks at the images' resolution
+    thresholds: dict[str, list[np.ndarray]]  # threshold baselines' masks at the images' resolution
     cams: dict[str, torch.Tensor]       # baseline name (gradcam, eigencam_large, ...) -> its maps
     # Baseline masks per (smooth, orient, post): they never change while the NCA trains.
     baseline_cache: dict[tuple, dict[str, list[np.ndarray]]] = field(default_factory=dict)
@@ -57,13 +61,15 @@ class TestSet:
         for cnn in (cnns or {}).values():
             maps = cam_maps(cnn.model().to(device), normalise(raw, cnn.norm_mean, cnn.norm_std).to(device))
             cams.update({baseline_name(kind, cnn.size): getattr(maps, kind) for kind in cam_kinds})
-        return cls(dataset, normalise(raw, mean, std), [intensity_baseline(im) for im in dataset.images], cams)
+        per_image = [threshold_masks(image) for image in dataset.images]
+        thresholds = {name: [masks[name] for masks in per_image] for name in THRESHOLD_BASELINES}
+        return cls(dataset, normalise(raw, mean, std), thresholds, cams)
 
 
 def baseline_masks(test: TestSet, readout: Readout) -> dict[str, list[np.ndarray]]:
     """Every baseline's masks at the images' resolution under a read-out's smoothing, orientation, post."""
     shapes = [m.shape for m in test.dataset.masks]
-    out = {"intensity": [post_process(m, readout.post) for m in test.intensity]}
+    out = {name: [post_process(m, readout.post) for m in masks] for name, masks in test.thresholds.items()}
     for name, maps in test.cams.items():
         if name.startswith("gradcam"):
             result = read_response(maps, smooth=readout.smooth, orient=readout.orient)
@@ -102,8 +108,21 @@ def evaluate(model: NCAClassifier, test: TestSet, config: TrainConfig, device: s
             iou=iou_each(masks, truth),
             baseline_iou={b: iou_each(m, truth) for b, m in baselines.items()},
             predictions=pred, masks=masks, baseline_masks=baselines,
-            responses=result.response.numpy(), degenerate=int(result.degenerate.sum()))
+            responses=result.response.numpy(), degenerate=int(result.degenerate.sum()),
+            iou64_pooled=authors_iou(result, truth, r.post))
     return out
+
+
+AUTHORS_SIZE, AUTHORS_BATCH = 64, 32
+
+
+def authors_iou(result, truth: list[np.ndarray], post: str) -> float:
+    """`pooled_iou` of masks at 64x64 against the ground truth resized (nearest) to 64x64."""
+    size = (AUTHORS_SIZE, AUTHORS_SIZE)
+    masks = masks_at(result, [size] * len(truth), post)
+    small = [F.interpolate(torch.from_numpy(t)[None, None].float(), size=size, mode="nearest")[0, 0].bool().numpy()
+             for t in truth]
+    return pooled_iou(masks, small, AUTHORS_BATCH)
 
 
 def iou_each(masks: list[np.ndarray], truth: list[np.ndarray]) -> np.ndarray:

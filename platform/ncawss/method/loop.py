@@ -52,12 +52,22 @@ def normalise(raw: torch.Tensor, mean, std) -> torch.Tensor:
     return (raw - mean[:, None, None]) / std[:, None, None]
 
 
-def normalised_training_set(train: Dataset, size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Resized training images normalised by their own channel mean/std (the training fold's only)."""
+FIXED_NORM = 0.5  # normalise "fixed": mean = std = 0.5 per channel, images in [-1, 1]
+
+
+def normalised_training_set(train: Dataset, size: int,
+                            normalise_by: str = "fold") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Resized training images normalised by their own channel mean/std (the training fold's only),
+    or with normalise_by="fixed" by mean = std = 0.5; returns (images, mean, std)."""
     if train.labels is None or (train.labels < 0).any():
         raise ValueError(f"{train.name}: every training image needs a label")
+    if normalise_by not in ("fold", "fixed"):
+        raise ValueError(f"unknown normalise {normalise_by!r}; choose fold or fixed")
     raw = resize_images(train.images, size)
-    mean, std = raw.mean(dim=(0, 2, 3)), raw.std(dim=(0, 2, 3)).clamp_min(1e-6)
+    if normalise_by == "fixed":
+        mean = std = torch.full((3,), FIXED_NORM)
+    else:
+        mean, std = raw.mean(dim=(0, 2, 3)), raw.std(dim=(0, 2, 3)).clamp_min(1e-6)
     return normalise(raw, mean, std), mean, std
 
 
@@ -87,7 +97,7 @@ def build_model(config: TrainConfig, n_classes: int) -> NCAClassifier:
     with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's RNG
         torch.manual_seed(config.seed)
         return NCAClassifier(config.channels, config.hidden, config.steps, config.fire_rate,
-                             n_classes, config.head_hidden)
+                             n_classes, config.head_hidden, config.pool)
 
 
 @dataclass

@@ -142,12 +142,18 @@ def run_nca(weights: Fused, rgb: torch.Tensor, steps: int, fire: torch.Tensor | 
     return torch.cat([rgb, state.view(b, k, m, h, w)[:, :, :n].to(rgb.dtype)], dim=2)
 
 
+POOLS = ("mean", "max")
+
+
 class NCAClassifier(nn.Module):
-    """NCA backbone + average pooling + MLP head (n -> 128 -> classes)."""
+    """NCA backbone + pooling over pixels (mean as in the paper, or max) + MLP head (n -> 128 -> classes)."""
 
     def __init__(self, channels: int = 32, hidden: int = 32, steps: int = 32, fire_rate: float = 0.5,
-                 n_classes: int = 5, head_hidden: int = 128):
+                 n_classes: int = 5, head_hidden: int = 128, pool: str = "mean"):
         super().__init__()
+        if pool not in POOLS:
+            raise ValueError(f"unknown pool {pool!r}; choose one of {list(POOLS)}")
+        self.pool = pool
         self.nca = NCA(channels, hidden, steps, fire_rate)
         self.head = nn.Sequential(nn.Linear(channels, head_hidden), nn.ReLU(), nn.Linear(head_hidden, n_classes))
 
@@ -192,7 +198,7 @@ def classify(models, x: torch.Tensor, fire: torch.Tensor | float, steps: int) ->
     align = 1 if x.device.type == "cpu" else 8  # padded channels cost CPUs 10% and buy GPUs tensor cores
     state = run_nca(fused_weights(stacked([m.nca for m in models], PARAMETERS)), x, steps, fire, align)
     head = stacked([m.head for m in models], HEAD)
-    pooled = state.mean(dim=(3, 4))                                              # (B, k, n)
+    pooled = state.mean(dim=(3, 4)) if models[0].pool == "mean" else state.amax(dim=(3, 4))  # (B, k, n)
     hidden = F.relu(torch.einsum("bkn,khn->bkh", pooled, head["0.weight"]) + head["0.bias"])
     return torch.einsum("bkh,kch->bkc", hidden, head["2.weight"]) + head["2.bias"], state
 

@@ -69,6 +69,8 @@ def read_chunk(model: NCAClassifier, chunk: torch.Tensor, readouts: dict[str, Re
 
 
 def segment_state(state: torch.Tensor, readout: Readout) -> PCAOtsu:
-    """PCA-Otsu of NCA states (B, channels, H, W) under a read-out's channels, smoothing and orientation."""
+    """PCA-Otsu of NCA states (B, channels, H, W) under a read-out's channels, binarisation,
+    standardisation, smoothing and orientation."""
     features = state if readout.channels == "all" else state[:, 3:]
-    return pca_otsu(features, smooth=readout.smooth, orient=readout.orient, details=True)
+    return pca_otsu(features, binarise=readout.binarise, standardise=readout.standardise, smooth=readout.smooth,
+                    orient=readout.orient, details=True)

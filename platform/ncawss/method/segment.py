@@ -1,11 +1,19 @@
-"""Masks from features: batched PCA + Otsu with its read-out options, the intensity
-baseline, and IoU.
+"""Masks from features: batched PCA + Otsu with its read-out options, and IoU.
+
+Features before PCA (the authors' code does both):
+- binarise: each value > 0 becomes 1, else 0;
+- standardise: per image, each channel to zero mean and unit variance over its
+  pixels (population variance, as scikit-learn's StandardScaler); a constant
+  channel becomes 0.
 
 Read-out of a response map (PC1 projection, or any other map such as a CAM):
 - smooth: Gaussian blur (sigma in pixels of the response) before thresholding;
 - orient "signed": Otsu on the response, then the sign rule below;
   orient "deviation": Otsu on |response - median response of the image border|,
   so that a cell part darker and one brighter than the background both count;
+  orient "none": Otsu on the response, foreground above the threshold, no sign
+  rule: PC1's sign is scikit-learn's (svd_flip: its largest-magnitude loading
+  is positive), as in the authors' code;
 - post "largest": the largest connected component, holes filled; "centre": the
   component at (or nearest to) the image centre, holes filled (crops are centred
   on their cell; red cells elsewhere may be larger).
@@ -29,12 +37,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy import ndimage
-from skimage.color import rgb2gray
-from skimage.filters import threshold_otsu
 
 OTSU_BINS = 256  # as scikit-image's threshold_otsu
 CPU_CHUNK_BYTES = 8 << 20
-ORIENTS = ("signed", "deviation")
+ORIENTS = ("signed", "deviation", "none")
 POSTS = ("none", "largest", "centre")
 
 
@@ -72,9 +78,11 @@ def border_frame(height: int, width: int, device: torch.device | None = None) ->
     return frame
 
 
-def pc1_projection(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def pc1_projection(features: torch.Tensor, *, binarise: bool = False, standardise: bool = False,
+                   sklearn_sign: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, C, H, W) -> ((B, H*W) projection of each image's centred pixels on its first principal
     component, (B,) largest |channel mean|, the scale of the rounding error left by centring).
+    binarise, standardise: see the module doc; sklearn_sign: PC1's sign as scikit-learn's.
 
     On CPU the batch is processed in chunks of about CPU_CHUNK_BYTES, so that the
     centred copy, its covariance and its projection stay in cache (measured 1.9x
@@ -86,26 +94,39 @@ def pc1_projection(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     out, offsets = [], []
     for start in range(0, len(x), step):
         chunk = x[start:start + step]
+        if binarise:
+            chunk = (chunk > 0).to(chunk.dtype)
         mean = chunk.mean(dim=2, keepdim=True)
         offsets.append(mean.abs().amax(dim=(1, 2)))
         chunk = chunk - mean
+        if standardise:
+            std = chunk.pow(2).mean(dim=2, keepdim=True).sqrt()
+            chunk = torch.where(std > 0, chunk / std.clamp_min(torch.finfo(chunk.dtype).tiny), 0.0)
         cov = (chunk @ chunk.transpose(1, 2)).double()                # (b, C, C), scale is irrelevant
         pc1 = torch.linalg.eigh(cov)[1][:, :, -1].to(chunk.dtype)     # eigenvalues ascend: PC1 is last
+        if sklearn_sign:
+            biggest = pc1.gather(1, pc1.abs().argmax(dim=1, keepdim=True))
+            pc1 = pc1 * torch.where(biggest < 0, -1.0, 1.0)
         out.append((pc1[:, None, :] @ chunk).squeeze(1))
     if not out:
         return x.new_zeros(0, x.shape[2]), x.new_zeros(0)
     return torch.cat(out), torch.cat(offsets)
 
 
-def pca_otsu(features: torch.Tensor, *, smooth: float = 0.0, orient: str = "signed", post: str = "none",
-             details: bool = False):
-    """Cell masks from (B, C, H, W) features: per image PC1 projection, then `read_response`.
+def pca_otsu(features: torch.Tensor, *, binarise: bool = False, standardise: bool = False, smooth: float = 0.0,
+             orient: str = "signed", post: str = "none", details: bool = False):
+    """Cell masks from (B, C, H, W) features: per image (optionally binarised and standardised)
+    PC1 projection, then `read_response`. The paper's text: the defaults; the authors' code:
+    binarise=True, standardise=True, orient="none".
 
     Returns (masks, response); with details=True a PCAOtsu that adds the
     threshold and the degenerate flag. Runs on the features' device.
     """
     b, _, h, w = features.shape
-    projection, offset = pc1_projection(features)                     # (B, HW), (B,)
+    if orient not in ORIENTS:
+        raise ValueError(f"unknown orient {orient!r}; choose one of {list(ORIENTS)}")
+    projection, offset = pc1_projection(features, binarise=binarise, standardise=standardise,
+                                        sklearn_sign=orient == "none")  # (B, HW), (B,)
     span = projection.amax(dim=1) - projection.amin(dim=1)
     # Constant features leave only centring's rounding error: no structure to threshold.
     degenerate = span <= 1e-5 * offset + torch.finfo(projection.dtype).tiny
@@ -211,15 +232,20 @@ def iou(pred, target):
     return float(value) if pred.ndim == 2 else value
 
 
+def pooled_iou(pred: list[np.ndarray], target: list[np.ndarray], batch: int = 32) -> float:
+    """The NCA-WSS authors' metric: IoU pooled over each run of `batch` consecutive images (sum of
+    intersections over sum of unions), then the mean over those batches. Empty unions count 1."""
+    values = []
+    for start in range(0, len(pred), batch):
+        pairs = [(_as_bool_array(p), _as_bool_array(t)) for p, t in zip(pred[start:start + batch],
+                                                                         target[start:start + batch])]
+        inter = sum(int(np.logical_and(p, t).sum()) for p, t in pairs)
+        union = sum(int(np.logical_or(p, t).sum()) for p, t in pairs)
+        values.append(inter / union if union else 1.0)
+    return float(np.mean(values)) if values else float("nan")
+
+
 def _as_bool_array(mask) -> np.ndarray:
     if isinstance(mask, torch.Tensor):
         mask = mask.detach().cpu().numpy()
     return np.asarray(mask).astype(bool)
-
-
-def intensity_baseline(image: np.ndarray) -> np.ndarray:
-    """The trivial baseline: Otsu on the grayscale image (scikit-image), dark side = cell."""
-    gray = rgb2gray(image)
-    if gray.min() == gray.max():
-        return np.zeros(gray.shape, dtype=bool)
-    return gray <= threshold_otsu(gray)

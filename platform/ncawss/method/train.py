@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..data import Dataset, stratified_folds
+from ..data import Dataset, fold_splits
 from .baselines import CNN_WIDTHS, CNNBaseline, train_cnns
 from .config import TrainConfig
 from .evaluation import Evaluation, TestSet, evaluate
@@ -72,6 +72,7 @@ class FoldResult:
     iou: float                          # configured read-out
     baseline_iou: dict[str, float]      # each baseline under the configured read-out's target and post
     readout_iou: dict[str, float]       # mean IoU of every read-out variant of the same weights
+    readout_iou64: dict[str, float]     # the same, by the authors' metric (evaluation.authors_iou)
     evaluations: dict[str, Evaluation]  # "readout" (the configured one) and every variant
     test_ids: list[str]
     history: list[dict]
@@ -124,7 +125,7 @@ def train_folds(config: TrainConfig, splits: list[tuple[Dataset, Dataset]], hook
     hooks = hooks or FoldsHooks()
     device = torch.device(device)
     started = time.perf_counter()
-    prepared = [normalised_training_set(train, config.image_size) for train, _ in splits]
+    prepared = [normalised_training_set(train, config.image_size, config.normalise) for train, _ in splits]
     data = [(x.to(device), torch.as_tensor(train.labels, dtype=torch.long, device=device))
             for (x, _, _), (train, _) in zip(prepared, splits)]
     tests = [TestSet.prepare(test, mean, std, config.image_size, (cnns or [None] * len(splits))[i], cam_kinds, device)
@@ -161,6 +162,7 @@ def train_folds(config: TrainConfig, splits: list[tuple[Dataset, Dataset]], hook
             accuracy=ev.accuracy, iou=float(ev.iou.mean()),
             baseline_iou={name: float(v.mean()) for name, v in ev.baseline_iou.items()},
             readout_iou={name: float(e.iou.mean()) for name, e in evaluations.items() if name != "readout"},
+            readout_iou64={name: e.iou64_pooled for name, e in evaluations.items() if name != "readout"},
             evaluations=evaluations, test_ids=list(test_data.ids), history=fold.history,
             model=FoldModel({k: v.detach().cpu().clone() for k, v in fold.model.state_dict().items()},
                             mean.tolist(), std.tolist(), len(splits[0][0].classes), cnns[i] if cnns else None),
@@ -179,9 +181,10 @@ def train_fold(config: TrainConfig, train: Dataset, test: Dataset, hooks: FoldHo
 def cross_validate(config: TrainConfig, dataset: Dataset, k: int = 5, seed: int = 0,
                    device: str | torch.device = "cpu", cam_kinds: tuple[str, ...] = (),
                    batched: bool = True) -> CVResult:
-    """Stratified k-fold cross-validation; with `cam_kinds` (gradcam, eigencam) each fold also trains
-    the two CNN baselines. batched: all folds as one model (default), else one after another."""
-    splits = [(dataset.subset(tr), dataset.subset(te)) for tr, te in stratified_folds(dataset.labels, k, seed)]
+    """k-fold cross-validation (config.split: stratified or plain KFold); with `cam_kinds` (gradcam,
+    eigencam) each fold also trains the two CNN baselines. batched: all folds as one model (default),
+    else one after another."""
+    splits = [(dataset.subset(tr), dataset.subset(te)) for tr, te in fold_splits(dataset.labels, k, seed, config.split)]
     groups = [splits] if batched else [[s] for s in splits]
     result = CVResult()
     for group in groups:

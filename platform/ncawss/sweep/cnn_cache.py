@@ -11,7 +11,7 @@ from pathlib import Path
 import ray
 import torch
 
-from ..data import Dataset, replace_atomically, stratified_folds
+from ..data import Dataset, fold_splits, replace_atomically
 from ..method.baselines import CNN_WIDTHS, CNNBaseline, cnn_settings, train_cnns
 from ..method.config import TrainConfig
 from .space import SweepSpec
@@ -25,7 +25,7 @@ def cnn_task(settings: dict, dataset: Dataset, folds: int, seed: int, todo: list
     the GPU Ray gave the task, else on the CPU)."""
     torch.set_num_threads(threads)
     config = TrainConfig.model_validate(settings)
-    split = stratified_folds(dataset.labels, folds, seed)
+    split = fold_splits(dataset.labels, folds, seed, config.split)
     device = device or ("cuda" if ray.get_gpu_ids() else "cpu")
     return train_cnns(config, [dataset.subset(split[f][0]) for f in todo], size, device)
 

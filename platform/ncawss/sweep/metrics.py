@@ -21,6 +21,12 @@ def mean_key(name: str) -> str:
     return f"{name}_iou_mean"
 
 
+def authors_key(name: str = "") -> str:
+    """Fold-mean of the authors' metric (64x64, pooled over batches of 32) of the configured
+    read-out (no name) or a variant."""
+    return f"{name}_iou64_pooled_mean" if name else "iou64_pooled_mean"
+
+
 def fold_key(fold: int, name: str) -> str:
     """One fold's value: fold_key(0, "iou"), fold_key(1, "intensity_iou"), fold_key(0, "accuracy")."""
     return f"fold{fold}_{name}"
@@ -32,6 +38,7 @@ class FoldSummary:
     scores: Scores                       # the configured read-out on the fold's test images
     accuracy: float
     readout_iou: dict[str, float]        # every read-out variant
+    readout_iou64: dict[str, float]      # every read-out variant, by the authors' metric
     seconds: float                       # wall time of the batch of folds it trained in
     startup_s: float                     # from the trial's launch to the worker's start
     resumed_from_epoch: int = 0
@@ -45,12 +52,13 @@ def trial_metrics(folds: list[FoldSummary], epochs: int) -> dict[str, float | bo
     mean = Scores.mean([f.scores for f in folds])
     metrics: dict[str, float | bool] = {
         "epoch": epochs, FOLDS_DONE: True, METRIC: mean.iou, "iou_std": float(np.std(mean.fold_iou)),
-        "accuracy_mean": float(np.mean([f.accuracy for f in folds])),
+        "accuracy_mean": float(np.mean([f.accuracy for f in folds])), authors_key(): mean.iou64_pooled,
         "launch_overhead_s": float(max(f.startup_s for f in folds)),
         "resumed_folds": sum(f.resumed_from_epoch > 0 for f in folds),
     }
     for i, f in enumerate(folds):
-        metrics.update({fold_key(i, "iou"): f.scores.iou, fold_key(i, "accuracy"): f.accuracy,
+        metrics.update({fold_key(i, "iou"): f.scores.iou, fold_key(i, "iou64_pooled"): f.scores.iou64_pooled,
+                        fold_key(i, "accuracy"): f.accuracy,
                         fold_key(i, "seconds"): f.seconds, fold_key(i, "gpu_id"): f.gpu_ids[0] if f.gpu_ids else -1})
         metrics.update({fold_key(i, f"{b}_iou"): v for b, v in f.scores.baselines.items()})
     for b, value in mean.baselines.items():
@@ -59,6 +67,7 @@ def trial_metrics(folds: list[FoldSummary], epochs: int) -> dict[str, float | bo
     metrics["lift"] = mean.lift
     for readout in folds[0].readout_iou:
         metrics[mean_key(readout)] = float(np.mean([f.readout_iou[readout] for f in folds]))
+        metrics[authors_key(readout)] = float(np.mean([f.readout_iou64[readout] for f in folds]))
     for name in folds[0].eval:
         metrics.update(Scores.mean([f.eval[name] for f in folds]).metrics(f"eval.{name}."))
     return metrics

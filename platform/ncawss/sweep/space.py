@@ -20,9 +20,11 @@ from ..method.config import (
     describe_validation_error,
     read_yaml_mapping,
 )
+from ..method.thresholds import THRESHOLD_BASELINES
 
-# Read-out options are searched as "readout.<option>", e.g. readout.smooth.
-SEARCHABLE = (set(TrainConfig.model_fields) - {"seed", "eval_every", "betas", "variants", "cuda_graph"}) \
+# Read-out options are searched as "readout.<option>", e.g. readout.smooth. The split is fixed:
+# trials compare on the same folds.
+SEARCHABLE = (set(TrainConfig.model_fields) - {"seed", "eval_every", "betas", "variants", "cuda_graph", "split"}) \
     | {f"readout.{name}" for name in Readout.model_fields}
 
 
@@ -116,7 +118,8 @@ class SweepSpec(Strict):
     holdout: float = Field(0.2, ge=0.0, lt=1.0, description="stratified share set aside before the folds, "
                            "never seen by a trial; the best configuration is scored on it at the end (0: none)")
     baselines: list[Baseline] = Field(
-        default_factory=lambda: ["intensity"], description="baselines beside every number; intensity always on")
+        default_factory=lambda: ["intensity"], description="baselines beside every number; the threshold "
+        "baselines (intensity, otsu_*) are always on")
     train: dict[str, Any] = Field(default_factory=dict, description="fixed training options")
     search: dict[str, Param] = Field(default_factory=dict)
     first: list[dict[str, Any]] = Field(default_factory=list, description="configurations evaluated first")
@@ -138,12 +141,12 @@ class SweepSpec(Strict):
     @property
     def cam_kinds(self) -> tuple[str, ...]:
         """The CAM baselines asked for (each needs a CNN trained per fold)."""
-        return tuple(b for b in BASELINES if b != "intensity" and b in self.baselines)
+        return tuple(b for b in BASELINES if b not in THRESHOLD_BASELINES and b in self.baselines)
 
     @property
     def baseline_names(self) -> list[str]:
-        """Every baseline a trial reports: intensity, then each CAM kind at each CNN size."""
-        return ["intensity"] + [baseline_name(kind, size) for kind in self.cam_kinds for size in CNN_WIDTHS]
+        """Every baseline a trial reports: the thresholds, then each CAM kind at each CNN size."""
+        return list(THRESHOLD_BASELINES) + [baseline_name(kind, size) for kind in self.cam_kinds for size in CNN_WIDTHS]
 
     @property
     def max_epochs(self) -> int:

@@ -140,7 +140,7 @@ def summarise(spec: SweepSpec, results: tune.ResultGrid, tracker: SweepTracker, 
     files: dict[str, str | bytes] = {"trials.csv": buffer.getvalue(), **optuna_figures(spec, rows)}
     metrics = {"trials_done": len(done), "trials_total": len(rows)}
     text = (f"\n{len(done)} of {len(rows)} trials finished (IoU in %, at the ground truth's resolution, "
-            f"every baseline on the same test images; lift = IoU minus the best baseline)\n{table}")
+            f"every baseline on the same test images; {HINDSIGHT})\n{table}")
     stopped = [r for r in rows if r["status"].startswith("stopped early")]
     if stopped:
         text += ("\nstopped early by the scheduler (ASHA): "

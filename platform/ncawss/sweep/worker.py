@@ -24,7 +24,7 @@ import ray.train.torch
 import torch
 import torch.distributed as dist
 
-from ..data import Dataset, stratified_folds
+from ..data import Dataset, fold_splits
 from ..method.config import TrainConfig
 from ..method.ensemble import fold_scores
 from ..method.folds import FoldRecord
@@ -107,7 +107,7 @@ def fold_worker(plan: TrialPlan) -> None:
     mine = plan.share(rank)
     all_cnns = ray.get(plan.data.cnns) if plan.data.cnns is not None else None
     cnns = [all_cnns[i] for i in mine] if all_cnns else None
-    split = stratified_folds(dataset.labels, plan.folds, plan.split_seed)
+    split = fold_splits(dataset.labels, plan.folds, plan.split_seed, config.split)
     splits = [(dataset.subset(split[i][0]), dataset.subset(split[i][1])) for i in mine]
     restored = restored_state(rank, world)
     if restored is not None:
@@ -115,8 +115,8 @@ def fold_worker(plan: TrialPlan) -> None:
     results = train_folds(config, splits, RayFoldHooks(rank, config, restored), device=device,
                           cnns=cnns, cam_kinds=plan.cam_kinds)
     placement = {"device": str(device), "gpu_ids": gpu_ids}
-    summaries = [FoldSummary(result.evaluation.scores(), result.accuracy, result.readout_iou, result.seconds,
-                             started - plan.launched_at, restored[0]["epoch"] if restored else 0,
+    summaries = [FoldSummary(result.evaluation.scores(), result.accuracy, result.readout_iou, result.readout_iou64,
+                             result.seconds, started - plan.launched_at, restored[0]["epoch"] if restored else 0,
                              eval_scores(plan, result, device), tuple(gpu_ids))
                  for result in results]
     folds = gather_folds(summaries)

@@ -1,0 +1,68 @@
+"""The threshold baselines: Otsu on one channel of the image, the side chosen by the border rule."""
+import numpy as np
+import pytest
+from skimage.color import rgb2hsv, rgb2lab
+from skimage.filters import threshold_otsu
+
+from ncawss import colour_baseline, intensity_baseline, iou
+from ncawss.method.thresholds import COLOUR_BASELINES, threshold_masks
+
+CHANNEL_OF = {"otsu_r": lambda im: im[..., 0], "otsu_g": lambda im: im[..., 1], "otsu_b": lambda im: im[..., 2],
+              "otsu_s": lambda im: rgb2hsv(im)[..., 1], "otsu_a": lambda im: rgb2lab(im)[..., 1],
+              "otsu_bstar": lambda im: rgb2lab(im)[..., 2]}
+
+
+def disc(size=40, r=9, cy=None, cx=None):
+    yy, xx = np.mgrid[0:size, 0:size]
+    return np.hypot(yy - (size / 2 if cy is None else cy), xx - (size / 2 if cx is None else cx)) < r
+
+
+def stained(cell_rgb, background_rgb, mask, seed=0):
+    """A uint8 image: one colour inside the mask, another outside, a little noise."""
+    rng = np.random.default_rng(seed)
+    image = np.where(mask[..., None], np.array(cell_rgb, float), np.array(background_rgb, float))
+    return np.clip(image + rng.normal(0, 4, image.shape), 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("name", COLOUR_BASELINES)
+def test_each_colour_baseline_is_scikit_image_otsu_on_its_channel_with_the_border_side(name):
+    cell = disc(cy=22, cx=18)
+    image = stained((120, 60, 170), (225, 190, 200), cell)
+    channel = CHANNEL_OF[name](image).astype(float)
+    above = channel > threshold_otsu(channel)
+    # The reference side: the frame lies mostly outside the cell, so the side off the frame is the cell.
+    frame = np.ones_like(above)
+    frame[1:-1, 1:-1] = False
+    expected = ~above if above[frame].mean() > 0.5 else above
+    mask = colour_baseline(image, name)
+    np.testing.assert_array_equal(mask, expected)
+    assert iou(mask, cell) > 0.9
+
+
+def test_the_border_rule_keeps_the_cell_whether_it_is_darker_or_brighter_than_the_background():
+    cell = disc()
+    darker = stained((40, 40, 90), (200, 200, 230), cell)
+    brighter = stained((200, 200, 250), (40, 40, 90), cell)
+    assert iou(colour_baseline(darker, "otsu_b"), cell) > 0.95
+    assert iou(colour_baseline(brighter, "otsu_b"), cell) > 0.95
+    # gray intensity always takes the dark side: it finds the background of the bright cell
+    assert iou(intensity_baseline(brighter), ~cell) > 0.95
+
+
+def test_the_best_channel_depends_on_the_stain():
+    """A cell that differs from its background only in blue is found by otsu_b and missed by otsu_r."""
+    cell = disc()
+    image = stained((200, 180, 90), (200, 180, 220), cell)
+    masks = threshold_masks(image)
+    assert iou(masks["otsu_b"], cell) > 0.95
+    assert iou(masks["otsu_r"], cell) < 0.5
+
+
+def test_a_constant_channel_gives_an_empty_mask():
+    image = np.full((16, 16, 3), 100, np.uint8)
+    assert not any(m.any() for m in threshold_masks(image).values())
+
+
+def test_unknown_colour_baseline_is_named():
+    with pytest.raises(ValueError, match="otsu_x"):
+        colour_baseline(np.zeros((4, 4, 3), np.uint8), "otsu_x")
