@@ -102,7 +102,9 @@ def test_authors_iou_compares_at_64x64_against_nearest_resized_masks():
     response[1, :, :8] = 1.0                           # a quarter of the image
     result = PCAOtsu(response > 0.5, response, torch.full((2,), 0.5), torch.zeros(2, dtype=torch.bool))
     # image 0: intersection 32*32 = union; image 1: 64*16 of 64*32: pooled (1024 + 1024) / (1024 + 2048)
-    assert authors_iou(result, truth, "none") == pytest.approx(2048 / 3072)
+    scores = authors_iou(result, truth, "none")
+    assert scores["iou64_pooled"] == pytest.approx(2048 / 3072)
+    np.testing.assert_allclose(scores["iou64"], [1.0, 0.5])
 
 
 def test_max_pooling_feeds_the_head_the_per_channel_maximum_of_the_state():

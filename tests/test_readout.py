@@ -8,7 +8,7 @@ from ncawss import Dataset, NCAClassifier, Readout, TrainConfig, iou, pca_otsu
 from ncawss.method.baselines import cam_maps, train_cnn
 from ncawss.method.loop import normalise, resize_images
 from ncawss.method.readout import read_state
-from ncawss.method.segment import gaussian_blur, masks_at, post_process, read_response
+from ncawss.method.segment import PCAOtsu, gaussian_blur, masks_at, post_process, read_response
 
 
 def disk(h=32, w=32, r=6.0, cy=None, cx=None):
@@ -93,6 +93,22 @@ def test_masks_at_ground_truth_resolution_upsample_the_response_and_post_process
     assert big.shape == (64, 64)
     yy, xx = np.mgrid[0:64, 0:64]
     assert iou(big, np.hypot(yy - 31.5, xx - 31.5) < 20.5) > 0.85
+
+
+def test_mask_upsampling_puts_the_boundary_midway_whatever_the_response_values():
+    """A square whose inside is far above the threshold and outside just below it: the response's
+    bilinear ramp crosses the threshold next to the outside pixels, the mask's at the midpoint."""
+    response = torch.full((1, 8, 8), 0.49)
+    response[0, 2:6, 2:6] = 10.0
+    result = PCAOtsu(response > 0.5, response, torch.full((1,), 0.5), torch.zeros(1, dtype=torch.bool))
+    by_response = masks_at(result, [(80, 80)])[0]
+    by_mask = masks_at(result, [(80, 80)], upsample="mask")[0]
+    square = np.zeros((80, 80), bool)
+    square[20:60, 20:60] = True                       # pixels 2..5 of 8 at ten times the size
+    assert iou(by_mask, square) > 0.97
+    assert by_response.sum() > by_mask.sum() and iou(by_response, square) < iou(by_mask, square)
+    with pytest.raises(ValueError, match="upsample 'nearest'"):
+        masks_at(result, [(80, 80)], upsample="nearest")
 
 
 def smooth_input(size=24):

@@ -29,6 +29,9 @@ class Readout(BaseModel):
     orient: Literal["signed", "deviation", "none"] = Field(
         "signed", description="Otsu on the response + sign rule, or on |response - border median|, or "
         "none: no sign rule, PC1's sign as scikit-learn's (the authors' code)")
+    upsample: Literal["response", "mask"] = Field(
+        "response", description="to the ground truth's size: the response bilinearly, cut at the threshold, or "
+        "the mask bilinearly, cut at 1/2")
     post: Literal["none", "largest", "centre"] = Field(
         "none", description="keep the largest or the central component, holes filled")
     target: Literal["cell", "nucleus"] = Field("cell", description="ground truth: whole cell or nucleus")

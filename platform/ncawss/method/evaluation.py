@@ -33,7 +33,8 @@ class Evaluation:
     baseline_masks: dict[str, list[np.ndarray]]
     responses: np.ndarray              # (N, S, S) oriented response at training resolution
     degenerate: int
-    iou64_pooled: float = float("nan")  # the authors' metric: at 64x64, pooled over batches of 32
+    iou64: np.ndarray | None = None    # per test image at 64x64 against the nearest-resized ground truth
+    iou64_pooled: float = float("nan")  # the authors' metric: the same masks, pooled over batches of 32
 
     def scores(self) -> Scores:
         """Mean IoU of NCA-WSS and of each baseline on these images."""
@@ -97,7 +98,7 @@ def evaluate(model: NCAClassifier, test: TestSet, config: TrainConfig, device: s
             continue
         truth = test.dataset.target_masks(r.target)
         result = segments[name]
-        masks = masks_at(result, [t.shape for t in truth], r.post)
+        masks = masks_at(result, [t.shape for t in truth], r.post, r.upsample)
         key = (r.smooth, r.orient, r.post)
         if key not in test.baseline_cache:
             test.baseline_cache[key] = baseline_masks(test, r)
@@ -109,20 +110,22 @@ def evaluate(model: NCAClassifier, test: TestSet, config: TrainConfig, device: s
             baseline_iou={b: iou_each(m, truth) for b, m in baselines.items()},
             predictions=pred, masks=masks, baseline_masks=baselines,
             responses=result.response.numpy(), degenerate=int(result.degenerate.sum()),
-            iou64_pooled=authors_iou(result, truth, r.post))
+            **authors_iou(result, truth, r.post, r.upsample))
     return out
 
 
 AUTHORS_SIZE, AUTHORS_BATCH = 64, 32
 
 
-def authors_iou(result, truth: list[np.ndarray], post: str) -> float:
-    """`pooled_iou` of masks at 64x64 against the ground truth resized (nearest) to 64x64."""
+def authors_iou(result, truth: list[np.ndarray], post: str,
+                upsample: str = "response") -> dict[str, float | np.ndarray]:
+    """Masks at 64x64 against the ground truth resized (nearest) to 64x64: per image (`iou64`)
+    and as the authors' `pooled_iou` over batches of 32 (`iou64_pooled`)."""
     size = (AUTHORS_SIZE, AUTHORS_SIZE)
-    masks = masks_at(result, [size] * len(truth), post)
+    masks = masks_at(result, [size] * len(truth), post, upsample)
     small = [F.interpolate(torch.from_numpy(t)[None, None].float(), size=size, mode="nearest")[0, 0].bool().numpy()
              for t in truth]
-    return pooled_iou(masks, small, AUTHORS_BATCH)
+    return {"iou64": iou_each(masks, small), "iou64_pooled": pooled_iou(masks, small, AUTHORS_BATCH)}
 
 
 def iou_each(masks: list[np.ndarray], truth: list[np.ndarray]) -> np.ndarray:

@@ -106,7 +106,7 @@ class Predictor:
                                                     self.quality_generators):
             x = normalise(raw, fold.norm_mean, fold.norm_std).to(self.device)
             segments, logits = read_chunk(model, x, self.readouts, generators)
-            votes.append(masks_at(segments["readout"], shapes, readout.post))
+            votes.append(masks_at(segments["readout"], shapes, readout.post, readout.upsample))
             probabilities.append(logits["readout"].float().softmax(1).cpu())
             if self.runs:
                 runs.append(self.quality_masks(model, x, shapes, quality))
@@ -126,7 +126,7 @@ class Predictor:
         readout = self.ensemble.config.readout
         _, state = model(x.repeat(self.runs, 1, 1, 1), generator=generator)
         # run-major: run r of image i at r * B + i
-        masks = masks_at(segment_state(state, readout), shapes * self.runs, readout.post)
+        masks = masks_at(segment_state(state, readout), shapes * self.runs, readout.post, readout.upsample)
         return [np.stack(masks[i::len(shapes)]) for i in range(len(shapes))]
 
 

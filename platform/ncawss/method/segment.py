@@ -26,7 +26,8 @@ returned oriented the same way: the foreground lies on its high side.
 
 Masks are compared at the ground truth's resolution (`masks_at`): the oriented
 response is upsampled bilinearly and cut at the threshold Otsu chose at the
-response's own resolution; post-processing runs on the upsampled mask.
+response's own resolution, or (upsample "mask") the mask itself is upsampled
+bilinearly and cut at 1/2; post-processing runs on the upsampled mask.
 """
 from __future__ import annotations
 
@@ -203,17 +204,30 @@ def fill_holes(mask: np.ndarray) -> np.ndarray:
     return ~np.isin(background, outside[outside > 0])
 
 
-def masks_at(result: PCAOtsu, shapes: list[tuple[int, int]], post: str = "none") -> list[np.ndarray]:
-    """Masks at other resolutions (e.g. each ground truth's): bilinear upsampling of the oriented
-    response, cut at the same threshold, then post-processing. One interpolation per target size."""
+UPSAMPLES = ("response", "mask")
+
+
+def masks_at(result: PCAOtsu, shapes: list[tuple[int, int]], post: str = "none",
+             upsample: str = "response") -> list[np.ndarray]:
+    """Masks at other resolutions (e.g. each ground truth's), then post-processing. upsample
+    "response": bilinear upsampling of the oriented response, cut at the same threshold; "mask":
+    bilinear upsampling of the 0/1 mask, cut at 1/2 (the boundary midway between pixel centres,
+    whatever the response's values on either side). One interpolation per target size."""
+    if upsample not in UPSAMPLES:
+        raise ValueError(f"unknown upsample {upsample!r}; choose one of {list(UPSAMPLES)}")
     out: list[np.ndarray | None] = [None] * len(shapes)
     by_shape: dict[tuple[int, int], list[int]] = {}
     for i, shape in enumerate(shapes):
         by_shape.setdefault(tuple(shape), []).append(i)
     for shape, indices in by_shape.items():
-        up = F.interpolate(result.response[indices].float().cpu()[:, None], size=shape, mode="bilinear",
-                           align_corners=False)[:, 0]
-        cut = up > result.threshold[indices].float().cpu()[:, None, None]
+        if upsample == "mask":
+            up = F.interpolate(result.masks[indices].float().cpu()[:, None], size=shape, mode="bilinear",
+                               align_corners=False)[:, 0]
+            cut = up > 0.5
+        else:
+            up = F.interpolate(result.response[indices].float().cpu()[:, None], size=shape, mode="bilinear",
+                               align_corners=False)[:, 0]
+            cut = up > result.threshold[indices].float().cpu()[:, None, None]
         cut &= ~result.degenerate[indices].cpu()[:, None, None]  # degenerate: empty
         for i, mask in zip(indices, cut.numpy()):
             out[i] = post_process(mask, post)

@@ -16,7 +16,7 @@ from ray import tune
 
 from ..data import Dataset
 from ..method.ensemble import Ensemble, score_dataset
-from ..method.scores import Scores
+from ..method.scores import HINDSIGHT, Scores
 from ..tracking.tracker import SweepTracker
 from .metrics import FOLDS_DONE, METRIC, mean_key
 from .space import Param, SweepSpec

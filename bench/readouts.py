@@ -1,0 +1,119 @@
+#!/usr/bin/env python3
+"""Every read-out of the same weights as one fold trains: IoU at the ground truth's resolution,
+per image at 64x64, and the authors' pooled 64x64 IoU, beside the threshold baselines.
+
+One fold of the project's split (after the stratified holdout) trains to each epoch count in
+turn, continuing from the previous one; epoch 0 is the untrained NCA (its state is the input).
+
+    .venv/bin/python bench/readouts.py --data data/zheng2018-d1.parquet --config configs/paper.yaml \
+        --epochs 0 6 12 24 --readouts readout mean_field authors authors_signed binarised
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+
+import numpy as np
+import torch
+
+import ncawss
+from ncawss.data import fold_splits
+from ncawss.method.evaluation import TestSet, authors_iou, evaluate
+from ncawss.method.loop import build_model, normalised_training_set
+from ncawss.method.segment import PCAOtsu
+from ncawss.method.thresholds import threshold_masks
+
+
+class Continue(ncawss.FoldHooks):
+    """Carries the fold's checkpoint from one train_fold call to the next."""
+
+    def __init__(self):
+        self.last = None
+
+    def save_checkpoint(self, checkpoint: dict) -> None:
+        self.last = checkpoint
+
+    def load_checkpoint(self) -> dict | None:
+        return self.last
+
+
+def untrained(config, train, test, readouts) -> dict:
+    """Every read-out of the untrained NCA (its hidden channels stay 0) on the test fold."""
+    _, mean, std = normalised_training_set(train, config.image_size, config.normalise)
+    prepared = TestSet.prepare(test, mean.tolist(), std.tolist(), config.image_size)
+    return evaluate(build_model(config, len(train.classes)), prepared, config, readouts=readouts)
+
+
+def thresholds_at_64(test) -> dict[str, float]:
+    """Each threshold baseline's per-image IoU at 64x64 (masks resized nearest, as the truth)."""
+    out: dict[str, list[float]] = {}
+    for image, truth in zip(test.images, test.masks):
+        for name, mask in threshold_masks(image).items():
+            response = torch.from_numpy(mask.astype(np.float32))[None]
+            result = PCAOtsu(response > 0.5, response, torch.full((1,), 0.5), torch.zeros(1, dtype=torch.bool))
+            out.setdefault(name, []).append(float(authors_iou(result, [truth], "none")["iou64"][0]))
+    return {name: float(np.mean(v)) for name, v in out.items()}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", required=True)
+    p.add_argument("--config", default="configs/paper.yaml")
+    p.add_argument("--epochs", type=int, nargs="+", default=[0, 12, 24, 36, 48])
+    p.add_argument("--readouts", nargs="+", default=["readout", "mean_field", "authors", "authors_signed", "binarised"],
+                   help="names of the config's read-outs ('readout' and its variants)")
+    p.add_argument("--fold", type=int, default=0, help="which fold of --folds (0-based)")
+    p.add_argument("--folds", type=int, default=5)
+    p.add_argument("--holdout", type=float, default=0.2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int)
+    args = p.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    config = ncawss.load_config(args.config)
+    known = config.readouts()
+    unknown = sorted(set(args.readouts) - set(known))
+    if unknown:
+        raise SystemExit(f"--readouts: {unknown} are not read-outs of {args.config}; it has {sorted(known)}")
+    readouts = {name: known[name] for name in args.readouts}
+    data = ncawss.read_dataset(args.data)
+    kept, _ = ncawss.holdout_split(data.labels, args.holdout, args.seed)
+    data = data.subset(kept)
+    train_idx, test_idx = fold_splits(data.labels, args.folds, args.seed, config.split)[args.fold]
+    train, test = data.subset(train_idx), data.subset(test_idx)
+    print(f"{data.name}: fold {args.fold + 1} of {args.folds} after a {args.holdout} holdout, {len(train)} "
+          f"training and {len(test)} test images; {args.config}; torch threads {torch.get_num_threads()}")
+    print("cells: IoU % at the ground truth's resolution / per image at 64x64 / the authors' pooled 64x64")
+    print("read-outs: " + "; ".join(f"{name} = {r.name}" for name, r in readouts.items()))
+    hooks, rows = Continue(), []
+    for epochs in sorted(args.epochs):
+        started = time.perf_counter()
+        if epochs == 0:
+            evaluations = untrained(config, train, test, readouts)
+        else:
+            result = ncawss.train_fold(config.model_copy(update={"epochs": epochs, "variants": {}}), train, test,
+                                       hooks)
+            model = build_model(config, len(train.classes))
+            model.load_state_dict(result.model.state_dict)
+            prepared = TestSet.prepare(test, result.model.norm_mean, result.model.norm_std, config.image_size)
+            evaluations = evaluate(model, prepared, config, readouts=readouts)
+        first = next(iter(evaluations.values()))
+        cells = [f"{100 * e.iou.mean():.1f} / {100 * e.iou64.mean():.1f} / {100 * e.iou64_pooled:.1f}"
+                 for e in evaluations.values()]
+        rows.append([str(epochs), f"{first.accuracy:.3f}", *cells, f"{time.perf_counter() - started:.0f}"])
+        print(f"epoch {epochs}: accuracy {first.accuracy:.3f}; " + "; ".join(
+            f"{name} {cell}" for name, cell in zip(readouts, cells)), flush=True)
+    at_gt = {name: float(np.mean(v)) for name, v in first.baseline_iou.items()}
+    at_64 = thresholds_at_64(test)
+    header = ["epochs", "accuracy", *readouts, "seconds"]
+    print("\n| " + " | ".join(header) + " |\n|" + "---:|" * len(header))
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
+    print("\nthreshold baselines on the same test images, IoU % at the ground truth's resolution / per image at "
+          "64x64: " + "; ".join(f"{name} {100 * at_gt[name]:.1f} / {100 * at_64[name]:.1f}" for name in at_64))
+
+
+if __name__ == "__main__":
+    main()
