@@ -4,7 +4,7 @@ import pytest
 from PIL import Image
 
 from conftest import REAL_DATA
-from ncawss import convert, intensity_baseline, iou, read_dataset
+from ncawss import colour_baseline, convert, intensity_baseline, iou, read_dataset
 
 pytestmark = pytest.mark.skipif(not (REAL_DATA / "Dataset 1").is_dir(),
                                 reason=f"real data not present at {REAL_DATA.name}/ beside the project")
@@ -32,3 +32,11 @@ def test_dataset1_cell_and_nucleus_targets_are_the_pngs_levels(dataset1):
 def test_intensity_baseline_scores_81_on_dataset1(dataset1):
     scores = [iou(intensity_baseline(im), m) for im, m in zip(dataset1.images, dataset1.masks)]
     assert 100 * np.mean(scores) == pytest.approx(81.2, abs=0.5)
+
+
+def test_blue_channel_otsu_beats_gray_on_dataset1(dataset1):
+    """The strongest trivial baseline on this stain is the blue channel, not gray."""
+    scores = {name: np.mean([iou(colour_baseline(im, name), m) for im, m in zip(dataset1.images, dataset1.masks)])
+              for name in ("otsu_r", "otsu_g", "otsu_b", "otsu_s")}
+    assert 100 * scores["otsu_b"] == pytest.approx(88.4, abs=0.5)
+    assert max(scores, key=scores.__getitem__) == "otsu_b"

@@ -31,7 +31,8 @@ SHIPPED = sorted(path.stem for path in (ROOT / "search_spaces").glob("*.yaml"))
 
 
 def test_every_shipped_space_is_tested():
-    assert len(SHIPPED) == 6 and {"nca_wss", "paper", "smoke", "quickstart", "cross_domain", "d1_small"} <= set(SHIPPED)
+    assert len(SHIPPED) == 7 and {"nca_wss", "paper", "smoke", "quickstart", "cross_domain", "d1_small",
+                                  "d1_wide"} <= set(SHIPPED)
 
 
 @pytest.mark.parametrize("name", SHIPPED)
@@ -50,6 +51,16 @@ def test_default_space_searches_channels_steps_and_fire_rate_and_tries_the_paper
     paper = spec.train_config(spec.first[0])
     assert paper.readout.name == "paper" and spec.holdout == 0.2
     assert spec.cam_kinds == ("gradcam", "eigencam")
+
+
+def test_wide_space_searches_the_authors_options_and_the_read_out_with_asha():
+    spec = load_space(ROOT / "search_spaces" / "d1_wide.yaml")
+    assert {"lr", "epochs", "pool", "normalise", "readout.binarise", "readout.standardise", "readout.upsample",
+            "readout.inference", "readout.smooth", "readout.post"} <= set(spec.search)
+    assert spec.scheduler is not None and spec.trials >= 12 and spec.folds == 5 and spec.holdout == 0.2
+    variants = spec.train_config(spec.first[0]).readouts()
+    assert variants["authors"].name == "binarise+standardise+unoriented"
+    assert spec.baseline_names[:7] == ["intensity", "otsu_r", "otsu_g", "otsu_b", "otsu_s", "otsu_a", "otsu_bstar"]
 
 
 def test_paper_space_is_one_fixed_point_with_five_folds():
@@ -86,6 +97,10 @@ def test_read_out_options_are_searched_as_dotted_keys(tmp_path):
     (GOOD.replace("channels: {type", "chanels: {type").replace("- {channels: 8, ", "- {"),
      r"cannot search \['chanels'\]"),
     (GOOD.replace("epochs: 2", "epochs: two"), r"space\.yaml: train: key 'epochs'"),
+    (GOOD.replace("search:\n", "search:\n  split: {type: choice, values: [stratified, kfold]}\n"),
+     r"cannot search \['split'\]"),
+    (GOOD.replace("search:\n", "search:\n  pool: {type: choice, values: [mean, sum]}\n"),
+     r"search\.pool: key 'pool'"),
     ("- just a list\n", r"expected a mapping"),
 ])
 def test_bad_space_files_name_the_file_and_key(tmp_path, text, pattern):

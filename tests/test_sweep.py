@@ -107,6 +107,9 @@ def test_each_trial_run_holds_fold_means_and_the_lift_over_the_baseline(submitte
         best = max(metrics[f"{b}_iou_mean"] for b in THRESHOLD_BASELINES)  # the colour thresholds included
         assert metrics["lift"] == pytest.approx(metrics["iou_mean"] - best)
         assert metrics["best_baseline_iou_mean"] == pytest.approx(best)
+        assert 0 < metrics["iou64_pooled_mean"] <= 1  # the authors' metric beside ours
+        params = run.data.params
+        assert (params["pool"], params["normalise"], params["split"]) == ("mean", "fold", "stratified")
         assert abs(metrics["iou_mean"] - (metrics["fold0_iou"] + metrics["fold1_iou"]) / 2) < 1e-9
         assert 0 <= metrics["iou_mean"] <= 1 and metrics["launch_overhead_s"] > 0
 

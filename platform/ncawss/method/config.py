@@ -44,10 +44,20 @@ class Readout(BaseModel):
     @property
     def name(self) -> str:
         """A short label of the non-default choices, e.g. 'mean_field+smooth1+largest'."""
-        parts = [k if isinstance(v, bool) else f"{k}{v:g}" if isinstance(v, float) else
-                 f"{k}{v}" if isinstance(v, int) else "unoriented" if (k, v) == ("orient", "none") else str(v)
-                 for k, v in self.model_dump().items() if v != Readout.model_fields[k].default]
+        parts = [option_label(k, v) for k, v in self.model_dump().items() if v != Readout.model_fields[k].default]
         return "+".join(parts) or "paper"
+
+
+def option_label(key: str, value: Any) -> str:
+    """One read-out choice in a read-out's name: 'binarise', 'smooth1', 'runs8', 'mean_field', ..."""
+    if isinstance(value, bool):
+        return key
+    if isinstance(value, float):
+        return f"{key}{value:g}"
+    if isinstance(value, int):
+        return f"{key}{value}"
+    special = {("orient", "none"): "unoriented", ("upsample", "mask"): "mask_up"}
+    return special.get((key, value), str(value))
 
 
 # Read-outs every fold reports beside its configured one (extra metrics, never the objective).
