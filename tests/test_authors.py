@@ -70,6 +70,15 @@ def test_an_all_constant_state_gives_an_empty_mask_as_the_reference_does():
     assert not pixels.any()                          # the reference's standardised pixels are all 0 too
 
 
+def test_a_channel_constant_up_to_rounding_is_zero_after_standardising_not_amplified_noise():
+    states = planted_states(seed=2).float()[:, :6]
+    wobble = 0.3 + torch.randn(4, 1, 24, 24, generator=torch.Generator().manual_seed(0)) * 1e-7  # a few ulps
+    with_constant = torch.cat([states, wobble], dim=1)
+    result = pca_otsu(with_constant, standardise=True, details=True)
+    alone = pca_otsu(states, standardise=True, details=True)
+    torch.testing.assert_close(result.response.abs(), alone.response.abs(), rtol=1e-4, atol=1e-4)
+
+
 def test_standardise_alone_makes_the_read_out_blind_to_channel_scale():
     states = planted_states(seed=1).float()
     scaled = states * torch.tensor([1, 100, 1, 0.01, 1, 1, 5, 1.0])[None, :, None, None]

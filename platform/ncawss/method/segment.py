@@ -101,8 +101,10 @@ def pc1_projection(features: torch.Tensor, *, binarise: bool = False, standardis
         offsets.append(mean.abs().amax(dim=(1, 2)))
         chunk = chunk - mean
         if standardise:
+            # Constant up to centring's rounding error: 0, as scikit-learn's StandardScaler bounds it.
             std = chunk.pow(2).mean(dim=2, keepdim=True).sqrt()
-            chunk = torch.where(std > 0, chunk / std.clamp_min(torch.finfo(chunk.dtype).tiny), 0.0)
+            constant = std <= chunk.shape[2] * torch.finfo(chunk.dtype).eps * mean.abs()
+            chunk = torch.where(constant | (std == 0), 0.0, chunk / std.clamp_min(torch.finfo(chunk.dtype).tiny))
         cov = (chunk @ chunk.transpose(1, 2)).double()                # (b, C, C), scale is irrelevant
         pc1 = torch.linalg.eigh(cov)[1][:, :, -1].to(chunk.dtype)     # eigenvalues ascend: PC1 is last
         if sklearn_sign:
