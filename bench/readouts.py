@@ -45,15 +45,19 @@ def untrained(config, train, test, readouts) -> dict:
     return evaluate(build_model(config, len(train.classes)), prepared, config, readouts=readouts)
 
 
-def thresholds_at_64(test) -> dict[str, float]:
-    """Each threshold baseline's per-image IoU at 64x64 (masks resized nearest, as the truth)."""
-    out: dict[str, list[float]] = {}
+def thresholds(test) -> tuple[dict[str, float], dict[str, float]]:
+    """Each threshold baseline's mean IoU at the ground truth's resolution, and per image at 64x64
+    (its mask and the truth resized nearest)."""
+    at_gt: dict[str, list[float]] = {}
+    at_64: dict[str, list[float]] = {}
     for image, truth in zip(test.images, test.masks):
         for name, mask in threshold_masks(image).items():
+            at_gt.setdefault(name, []).append(ncawss.iou(mask, truth))
             response = torch.from_numpy(mask.astype(np.float32))[None]
             result = PCAOtsu(response > 0.5, response, torch.full((1,), 0.5), torch.zeros(1, dtype=torch.bool))
-            out.setdefault(name, []).append(float(authors_iou(result, [truth], "none")["iou64"][0]))
-    return {name: float(np.mean(v)) for name, v in out.items()}
+            at_64.setdefault(name, []).append(float(authors_iou(result, [truth], "none")["iou64"][0]))
+    return ({name: float(np.mean(v)) for name, v in at_gt.items()},
+            {name: float(np.mean(v)) for name, v in at_64.items()})
 
 
 def main() -> None:
@@ -87,6 +91,9 @@ def main() -> None:
           f"training and {len(test)} test images; {args.config}; torch threads {torch.get_num_threads()}")
     print("cells: IoU % at the ground truth's resolution / per image at 64x64 / the authors' pooled 64x64")
     print("read-outs: " + "; ".join(f"{name} = {r.name}" for name, r in readouts.items()))
+    at_gt, at_64 = thresholds(test)
+    print("threshold baselines on the same test images, IoU % at the ground truth's resolution / per image at "
+          "64x64: " + "; ".join(f"{name} {100 * at_gt[name]:.1f} / {100 * at_64[name]:.1f}" for name in at_64))
     hooks, rows = Continue(), []
     for epochs in sorted(args.epochs):
         started = time.perf_counter()
@@ -105,15 +112,10 @@ def main() -> None:
         rows.append([str(epochs), f"{first.accuracy:.3f}", *cells, f"{time.perf_counter() - started:.0f}"])
         print(f"epoch {epochs}: accuracy {first.accuracy:.3f}; " + "; ".join(
             f"{name} {cell}" for name, cell in zip(readouts, cells)), flush=True)
-    at_gt = {name: float(np.mean(v)) for name, v in first.baseline_iou.items()}
-    at_64 = thresholds_at_64(test)
     header = ["epochs", "accuracy", *readouts, "seconds"]
     print("\n| " + " | ".join(header) + " |\n|" + "---:|" * len(header))
     for row in rows:
         print("| " + " | ".join(row) + " |")
-    print("\nthreshold baselines on the same test images, IoU % at the ground truth's resolution / per image at "
-          "64x64: " + "; ".join(f"{name} {100 * at_gt[name]:.1f} / {100 * at_64[name]:.1f}" for name in at_64))
-
 
 if __name__ == "__main__":
     main()
