@@ -8,7 +8,8 @@ from sklearn.decomposition import PCA
 from sklearn.model_selection import KFold
 from sklearn.preprocessing import StandardScaler
 
-from ncawss import ConfigError, Readout, iou, pca_otsu, train_fold
+from conftest import ROOT
+from ncawss import ConfigError, Readout, iou, load_config, pca_otsu, train_fold
 from ncawss.data import fold_splits
 from ncawss.method.config import make_config
 from ncawss.method.evaluation import authors_iou
@@ -169,3 +170,17 @@ def test_unknown_option_values_stop_with_one_message_naming_the_key(values, key)
 
 def test_read_out_names_show_the_authors_options():
     assert Readout(binarise=True, standardise=True, orient="none").name == "binarise+standardise+unoriented"
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_shipped_config_loads(path):
+    assert load_config(path).epochs >= 1
+
+
+def test_authors_config_sets_every_option_their_script_differs_in():
+    config = load_config(ROOT / "configs" / "authors.yaml")
+    assert (config.pool, config.normalise, config.split, config.epochs) == ("max", "fixed", "kfold", 128)
+    assert (config.readout.binarise, config.readout.standardise, config.readout.orient) == (True, True, "none")
+    paper = load_config(ROOT / "configs" / "paper.yaml")
+    assert (paper.pool, paper.normalise, paper.split, paper.readout.binarise) == ("mean", "fold", "stratified", False)
+    assert {"authors", "authors_signed", "binarised"} <= set(paper.readouts())
