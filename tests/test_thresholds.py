@@ -5,7 +5,9 @@ from skimage.color import rgb2hsv, rgb2lab
 from skimage.filters import threshold_otsu
 
 from ncawss import colour_baseline, intensity_baseline, iou
-from ncawss.method.thresholds import COLOUR_BASELINES, threshold_masks
+from ncawss.method.baselines import CAM_BASELINES
+from ncawss.method.config import BASELINES
+from ncawss.method.thresholds import COLOUR_BASELINES, THRESHOLD_BASELINES, threshold_masks
 
 CHANNEL_OF = {"otsu_r": lambda im: im[..., 0], "otsu_g": lambda im: im[..., 1], "otsu_b": lambda im: im[..., 2],
               "otsu_s": lambda im: rgb2hsv(im)[..., 1], "otsu_a": lambda im: rgb2lab(im)[..., 1],
@@ -66,3 +68,8 @@ def test_a_constant_channel_gives_an_empty_mask():
 def test_unknown_colour_baseline_is_named():
     with pytest.raises(ValueError, match="otsu_x"):
         colour_baseline(np.zeros((4, 4, 3), np.uint8), "otsu_x")
+
+
+def test_every_threshold_baseline_is_a_configurable_baseline_name():
+    assert set(THRESHOLD_BASELINES) <= set(BASELINES)
+    assert set(CAM_BASELINES) == set(BASELINES) - set(THRESHOLD_BASELINES) == {"gradcam", "eigencam"}
