@@ -21,6 +21,7 @@ import yaml
 import ncawss
 from ncawss import environment
 from ncawss.data import encode_png
+from ncawss.sweep.plan import OptunaStudy
 from ncawss.sweep.space import load_space
 from ncawss.tracking.tracker import SweepTracker, TrackingError
 
@@ -44,6 +45,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--eval-data", nargs="+", default=[], metavar="PATH",
                    help="datasets (masks needed, labels not) every trial's fold models also segment: "
                         "cross-domain IoU beside each baseline, logged as extra metrics, never the objective")
+    p.add_argument("--optuna-storage", metavar="URL", help="Optuna RDB storage for the sweep's study (default: "
+                   "sqlite:///OUTPUT/optuna.db; a server database, e.g. postgresql://..., on a cluster)")
     p.add_argument("--resume", action="store_true", help="continue the interrupted sweep in OUTPUT")
     p.add_argument("--verbose", action="store_true", help="show Ray's worker output and Tune's full reports here "
                                                           "(default: they go to Ray's log files)")
@@ -103,6 +106,9 @@ def main() -> int:
         print(f"error: --resume: {state_file} not found: no sweep to continue in {output}", file=sys.stderr)
         return 2
     state = yaml.safe_load(state_file.read_text()) if args.resume else {}
+    # One study per sweep run, named after its start, so that reruns into OUTPUT never mix trials.
+    study = OptunaStudy(state.get("optuna_storage") or args.optuna_storage or f"sqlite:///{output / 'optuna.db'}",
+                        state.get("optuna_study") or f"{spec.name}-{datetime.datetime.now():%Y%m%dT%H%M%S}")
     uri = state.get("mlflow_uri") or args.mlflow_uri or os.environ.get("MLFLOW_TRACKING_URI") \
         or f"sqlite:///{output / 'mlflow.db'}"
     local_store = uri.startswith("sqlite:") or uri.startswith("file:")
@@ -140,21 +146,26 @@ def main() -> int:
                 **{f"train.{k}": v for k, v in spec.train.items()},
                 **{f"search.{k}": v.model_dump(exclude_none=True) for k, v in spec.search.items()}},
         tags={"dataset": dataset.name, "dataset.fingerprint": dataset.fingerprint, "git.commit": git_commit(),
+              "optuna.storage": study.storage, "optuna.study": study.name,
               "space.file": Path(args.space).name, "eval_data": ",".join(d.name for d in eval_sets)},
         files={"search_space.yaml": Path(args.space).read_text(), "holdout_ids.txt": "\n".join(holdout.ids)})
     state_file.write_text(yaml.safe_dump({"name": spec.name, "mlflow_uri": uri, "parent_run_id": parent,
                                           "storage": storage, "space": str(args.space),
+                                          "optuna_storage": study.storage, "optuna_study": study.name,
                                           "started": datetime.datetime.now().isoformat(timespec="seconds")}))
     print(f"sweep {spec.name}: {spec.trials} trials x {spec.folds} folds on {dataset.name}: {len(cv_data)} images "
           f"in the folds, {len(holdout)} held out; baselines {', '.join(spec.baselines)}; MLflow parent run {parent}")
     if not args.verbose:
         print("worker output: Ray's log files (/tmp/ray/session_latest/logs on each node); --verbose shows it here")
-    results = run_sweep(spec, cv_data, storage, tracker, output, eval_sets,
+    results = run_sweep(spec, cv_data, storage, tracker, output, study, eval_sets,
                         {"name": dataset.name, "fingerprint": dataset.fingerprint}, resume=args.resume,
                         verbose=args.verbose)
     summary = summarise(spec, results, tracker, output, holdout, encode_png(dataset.images[0]))
     print(summary)
     print(f"\nbest configuration: {output / 'best_config.yaml'}")
+    if spec.search:
+        print(f"Optuna study {study.name}: optuna-dashboard {study.storage}   "
+              f"or optuna.load_study(study_name={study.name!r}, storage={study.storage!r})")
     # MLflow 3's UI starts in its GenAI view whatever the experiment's kind; this link opens the runs table.
     page = f"#/experiments/{tracker.ensure_experiment()}?workflowType=machine_learning"
     if local_store:

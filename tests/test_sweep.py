@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import optuna
 import psutil
 import pytest
 import yaml
@@ -198,6 +199,10 @@ def test_resume_continues_an_interrupted_sweep_without_rerunning_finished_trials
     assert parent.info.status == "FINISHED" and len(trials) == 2
     again = client.get_run(first.info.run_id)
     assert again.info.end_time == first.info.end_time  # not re-run
+    state = yaml.safe_load((output / "sweep.yaml").read_text())
+    study = optuna.load_study(study_name=state["optuna_study"], storage=state["optuna_storage"])
+    print("study after resume:", [(t.number, t.state.name) for t in study.trials])
+    assert sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials) == 2  # the same study continued
     assert len(client.get_metric_history(first.info.run_id, "iou_mean")) == history_before
     assert all(r.info.status == "FINISHED" for r in trials)
 

@@ -1,6 +1,7 @@
 """One sweep with a holdout, the CAM baselines, a read-out variant and --eval-data, run once for the
 module; each test reads one behaviour off its outputs: the sweep's files and MLflow runs, then
 evaluate.py, predict.py and the registered model on them (slow: minutes)."""
+import csv
 import json
 import subprocess
 import sys
@@ -8,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
 
 from conftest import ROOT
@@ -35,6 +37,29 @@ def sweep(tmp_path_factory):
     client, parent, trials = trial_runs(output)
     return {"data": data, "other": other, "output": output, "stdout": run.stdout, "client": client,
             "parent": parent, "trials": trials, "tmp": tmp_path}
+
+
+LOAD_STUDY = """
+import json, sys, optuna
+study = optuna.load_study(study_name=sys.argv[1], storage=sys.argv[2])
+print(json.dumps([{"state": t.state.name, "params": t.params, "values": t.values} for t in study.trials]))
+"""
+
+
+def test_the_optuna_study_is_in_a_database_with_every_trial_of_trials_csv(sweep):
+    state = yaml.safe_load((sweep["output"] / "sweep.yaml").read_text())
+    assert state["optuna_storage"] == f"sqlite:///{sweep['output'] / 'optuna.db'}"
+    assert sweep["parent"].data.tags["optuna.study"] == state["optuna_study"]
+    out = subprocess.run([sys.executable, "-c", LOAD_STUDY, state["optuna_study"], state["optuna_storage"]],
+                         capture_output=True, text=True, check=True)  # a fresh process: the file alone
+    trials = json.loads(out.stdout)
+    with open(sweep["output"] / "trials.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(trials) == len(rows) == 3 and all(t["state"] == "COMPLETE" for t in trials)
+    from_study = sorted((t["params"]["channels"], t["params"]["steps"], f"{t['params']['fire_rate']:.3g}",
+                         f"{100 * t['values'][0]:.1f}") for t in trials)
+    from_csv = sorted((int(r["channels"]), int(r["steps"]), r["fire_rate"], r["IoU"]) for r in rows)
+    assert from_study == from_csv
 
 
 def test_the_holdout_is_set_aside_before_any_trial_sees_the_data(sweep):

@@ -10,6 +10,13 @@ from ..method.config import TrainConfig
 
 
 @dataclass(frozen=True)
+class OptunaStudy:
+    """Where the sweep's Optuna study lives: an RDB storage URL and the study's name in it."""
+    storage: str                         # e.g. sqlite:///OUTPUT/optuna.db, postgresql://...
+    name: str
+
+
+@dataclass(frozen=True)
 class SharedData:
     """Ray object references, put once per sweep and fetched once per node. Nested in this record,
     they reach a trial as references, not as their values."""

@@ -22,19 +22,20 @@ from ..tracking.tracker import SweepTracker
 from .callback import TrackingCallback
 from .cnn_cache import baseline_cnns
 from .metrics import METRIC
-from .plan import SharedData
+from .plan import OptunaStudy, SharedData
 from .space import SweepSpec
 from .trial import trainable, tune_domain
 
 log = logging.getLogger(__name__)
 
 
-def build_tuner(spec: SweepSpec, data: SharedData, storage: str, tracker: SweepTracker,
+def build_tuner(spec: SweepSpec, data: SharedData, storage: str, tracker: SweepTracker, study: OptunaStudy,
                 verbose: bool = False) -> tune.Tuner:
     searcher = None
     if spec.search:
-        searcher = OptunaSearch(points_to_evaluate=spec.first or None,
-                                sampler=optuna.samplers.TPESampler(seed=spec.seed))
+        # The study lives in a database (not the driver's memory), for optuna-dashboard and load_study.
+        searcher = OptunaSearch(points_to_evaluate=spec.first or None, study_name=study.name,
+                                storage=optuna.storages.RDBStorage(study.storage), sampler=optuna.samplers.TPESampler(seed=spec.seed))
     scheduler = None
     if spec.scheduler:
         scheduler = ASHAScheduler(time_attr="epoch", max_t=spec.max_epochs, grace_period=spec.scheduler.grace_period,
@@ -53,12 +54,13 @@ def build_tuner(spec: SweepSpec, data: SharedData, storage: str, tracker: SweepT
 
 
 def run_sweep(spec: SweepSpec, dataset: Dataset, storage: str, tracker: SweepTracker, output: Path,
-              eval_sets: list[Dataset] = (), source: dict | None = None, resume: bool = False,
+              study: OptunaStudy, eval_sets: list[Dataset] = (), source: dict | None = None, resume: bool = False,
               verbose: bool = False) -> tune.ResultGrid:
     """Run (or, with resume, continue) the sweep on `dataset` (the holdout already removed);
     MLflow runs end FAILED if it crashes. `source` (name, fingerprint of the file the data came
     from) is stored with every fold's weights for later evaluation. Workers' output goes to Ray's
-    log files unless `verbose`."""
+    log files unless `verbose`. The Optuna study is written to `study` (a resumed sweep's searcher
+    state, restored by Tune, names the same one)."""
     if not ray.is_initialized():
         ray.init(log_to_driver=verbose)  # joins the cluster this runs in (ray job submit), else starts a local one
     experiment = f"{storage.rstrip('/')}/{spec.name}"
@@ -70,7 +72,7 @@ def run_sweep(spec: SweepSpec, dataset: Dataset, storage: str, tracker: SweepTra
         if resume:
             tuner = tune.Tuner.restore(experiment, trainable=trainable(spec, data, storage), resume_errored=True)
         else:
-            tuner = build_tuner(spec, data, storage, tracker, verbose)
+            tuner = build_tuner(spec, data, storage, tracker, study, verbose)
         return tuner.fit()
     except BaseException:
         tracker.fail_sweep()
