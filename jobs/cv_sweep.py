@@ -88,6 +88,15 @@ def quiet_console(verbose: bool) -> None:
             logging.getLogger(name).setLevel(logging.WARNING)
 
 
+def check_optuna_storage(url: str) -> None:
+    """Stop before Ray starts on a storage Optuna cannot open (a typo, a server that is down)."""
+    import optuna
+    try:
+        optuna.storages.RDBStorage(url)
+    except Exception as exc:  # SQLAlchemy's many error types: one message naming the URL
+        raise ValueError(f"--optuna-storage {url}: cannot open it ({type(exc).__name__}: {exc})") from None
+
+
 def main() -> int:
     args = parse_args()
     environment.for_sweep()
@@ -119,6 +128,7 @@ def main() -> int:
     try:
         with environment.tracking_fails_fast():  # during the sweep MLflow retries with backoff
             tracker.check()
+        check_optuna_storage(study.storage)
         dataset = ncawss.read_dataset(args.data) if args.data else \
             ncawss.make_synthetic(n=200, size=spec.train.get("image_size", 64))
         eval_sets = [read_eval_data(path) for path in args.eval_data]

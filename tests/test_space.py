@@ -134,6 +134,13 @@ def test_unreachable_tracking_server_fails_fast_before_training(tmp_path):
     assert "Started a local Ray" not in out.stdout + out.stderr and seconds < 60
 
 
+def test_an_optuna_storage_that_cannot_be_opened_stops_the_job_before_ray(tmp_path):
+    out, _ = run_sweep_job("--space", str(ROOT / "search_spaces/smoke.yaml"), "--output", str(tmp_path / "o"),
+                           "--optuna-storage", "nosuchdb://somewhere/optuna")
+    assert out.returncode == 2 and "--optuna-storage nosuchdb://somewhere/optuna: cannot open it" in out.stderr
+    assert "Started a local Ray" not in out.stdout + out.stderr
+
+
 def test_resources_take_folds_per_worker_and_refuse_the_old_per_fold_keys(tmp_path):
     spec = load_space(write(tmp_path, GOOD + "resources: {cpus_per_worker: 2, gpus_per_worker: 0.5, "
                                              "folds_per_worker: 1}\n"))

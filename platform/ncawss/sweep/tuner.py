@@ -35,7 +35,8 @@ def build_tuner(spec: SweepSpec, data: SharedData, storage: str, tracker: SweepT
     if spec.search:
         # The study lives in a database (not the driver's memory), for optuna-dashboard and load_study.
         searcher = OptunaSearch(points_to_evaluate=spec.first or None, study_name=study.name,
-                                storage=optuna.storages.RDBStorage(study.storage), sampler=optuna.samplers.TPESampler(seed=spec.seed))
+                                storage=optuna.storages.RDBStorage(study.storage),
+                                sampler=optuna.samplers.TPESampler(seed=spec.seed))
     scheduler = None
     if spec.scheduler:
         scheduler = ASHAScheduler(time_attr="epoch", max_t=spec.max_epochs, grace_period=spec.scheduler.grace_period,
