@@ -19,9 +19,8 @@ import torch
 
 import ncawss
 from ncawss.data import fold_splits
-from ncawss.method.evaluation import TestSet, authors_iou, evaluate
+from ncawss.method.evaluation import TestSet, at_authors_size, evaluate
 from ncawss.method.loop import build_model, normalised_training_set
-from ncawss.method.segment import PCAOtsu
 from ncawss.method.thresholds import threshold_masks
 
 
@@ -53,9 +52,7 @@ def thresholds(test) -> tuple[dict[str, float], dict[str, float]]:
     for image, truth in zip(test.images, test.masks):
         for name, mask in threshold_masks(image).items():
             at_gt.setdefault(name, []).append(ncawss.iou(mask, truth))
-            response = torch.from_numpy(mask.astype(np.float32))[None]
-            result = PCAOtsu(response > 0.5, response, torch.full((1,), 0.5), torch.zeros(1, dtype=torch.bool))
-            at_64.setdefault(name, []).append(float(authors_iou(result, [truth], "none")["iou64"][0]))
+            at_64.setdefault(name, []).append(ncawss.iou(at_authors_size(mask), at_authors_size(truth)))
     return ({name: float(np.mean(v)) for name, v in at_gt.items()},
             {name: float(np.mean(v)) for name, v in at_64.items()})
 
@@ -100,12 +97,11 @@ def main() -> None:
         if epochs == 0:
             evaluations = untrained(config, train, test, readouts)
         else:
-            result = ncawss.train_fold(config.model_copy(update={"epochs": epochs, "variants": {}}), train, test,
-                                       hooks)
-            model = build_model(config, len(train.classes))
-            model.load_state_dict(result.model.state_dict)
-            prepared = TestSet.prepare(test, result.model.norm_mean, result.model.norm_std, config.image_size)
-            evaluations = evaluate(model, prepared, config, readouts=readouts)
+            # train_fold's own evaluation reads out exactly the chosen read-outs (and always "readout").
+            variants = {name: r.model_dump() for name, r in readouts.items() if name != "readout"}
+            result = ncawss.train_fold(config.model_copy(update={"epochs": epochs, "variants": variants}), train,
+                                       test, hooks)
+            evaluations = {name: result.evaluations[name] for name in readouts}
         first = next(iter(evaluations.values()))
         cells = [f"{100 * e.iou.mean():.1f} / {100 * e.iou64.mean():.1f} / {100 * e.iou64_pooled:.1f}"
                  for e in evaluations.values()]
@@ -116,6 +112,7 @@ def main() -> None:
     print("\n| " + " | ".join(header) + " |\n|" + "---:|" * len(header))
     for row in rows:
         print("| " + " | ".join(row) + " |")
+
 
 if __name__ == "__main__":
     main()

@@ -10,15 +10,10 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 import ncawss
+from ncawss.method.evaluation import at_authors_size
 from ncawss.method.thresholds import threshold_masks
-
-
-def at_64(mask: np.ndarray) -> np.ndarray:
-    return F.interpolate(torch.from_numpy(mask)[None, None].float(), size=(64, 64), mode="nearest")[0, 0].bool().numpy()
 
 
 def main() -> None:
@@ -34,8 +29,9 @@ def main() -> None:
             raise SystemExit(f"error: {exc}") from None
         truth = data.target_masks(args.target)
         per_image = [threshold_masks(image) for image in data.images]
+        small = [at_authors_size(t) for t in truth]
         rows[data.name] = {name: (np.mean([ncawss.iou(m[name], t) for m, t in zip(per_image, truth)]),
-                                  np.mean([ncawss.iou(at_64(m[name]), at_64(t)) for m, t in zip(per_image, truth)]))
+                                  np.mean([ncawss.iou(at_authors_size(m[name]), t) for m, t in zip(per_image, small)]))
                            for name in per_image[0]}
         print(f"{data.name}: {len(data)} images, target {args.target}", flush=True)
     names = list(next(iter(rows.values())))

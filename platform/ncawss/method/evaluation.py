@@ -121,11 +121,15 @@ def authors_iou(result, truth: list[np.ndarray], post: str,
                 upsample: str = "response") -> dict[str, float | np.ndarray]:
     """Masks at 64x64 against the ground truth resized (nearest) to 64x64: per image (`iou64`)
     and as the authors' `pooled_iou` over batches of 32 (`iou64_pooled`)."""
-    size = (AUTHORS_SIZE, AUTHORS_SIZE)
-    masks = masks_at(result, [size] * len(truth), post, upsample)
-    small = [F.interpolate(torch.from_numpy(t)[None, None].float(), size=size, mode="nearest")[0, 0].bool().numpy()
-             for t in truth]
+    masks = masks_at(result, [(AUTHORS_SIZE, AUTHORS_SIZE)] * len(truth), post, upsample)
+    small = [at_authors_size(t) for t in truth]
     return {"iou64": iou_each(masks, small), "iou64_pooled": pooled_iou(masks, small, AUTHORS_BATCH)}
+
+
+def at_authors_size(mask: np.ndarray) -> np.ndarray:
+    """A bool mask resized (nearest) to the authors' 64x64."""
+    size = (AUTHORS_SIZE, AUTHORS_SIZE)
+    return F.interpolate(torch.from_numpy(mask)[None, None].float(), size=size, mode="nearest")[0, 0].bool().numpy()
 
 
 def iou_each(masks: list[np.ndarray], truth: list[np.ndarray]) -> np.ndarray:
