@@ -31,8 +31,8 @@ SHIPPED = sorted(path.stem for path in (ROOT / "search_spaces").glob("*.yaml"))
 
 
 def test_every_shipped_space_is_tested():
-    assert len(SHIPPED) == 7 and {"nca_wss", "paper", "smoke", "quickstart", "cross_domain", "d1_small",
-                                  "d1_wide"} <= set(SHIPPED)
+    assert len(SHIPPED) == 8 and {"nca_wss", "paper", "smoke", "quickstart", "cross_domain", "d1_small",
+                                  "d1_wide", "pareto"} <= set(SHIPPED)
 
 
 @pytest.mark.parametrize("name", SHIPPED)
@@ -61,6 +61,13 @@ def test_wide_space_searches_the_authors_options_and_the_read_out_with_asha():
     variants = spec.train_config(spec.first[0]).readouts()
     assert variants["authors"].name == "binarise+standardise+unoriented"
     assert spec.baseline_names[:7] == ["intensity", "otsu_r", "otsu_g", "otsu_b", "otsu_s", "otsu_a", "otsu_bstar"]
+
+
+def test_pareto_space_has_two_objectives_no_scheduler_and_a_selection_margin():
+    spec = load_space(ROOT / "search_spaces" / "pareto.yaml")
+    assert spec.objectives == ["iou_mean", "accuracy_mean"] and spec.multi_objective
+    assert spec.scheduler is None and spec.select.accuracy_margin == 0.05
+    assert not load_space(ROOT / "search_spaces" / "smoke.yaml").multi_objective
 
 
 def test_paper_space_is_one_fixed_point_with_five_folds():
@@ -102,6 +109,12 @@ def test_read_out_options_are_searched_as_dotted_keys(tmp_path):
     (GOOD.replace("search:\n", "search:\n  pool: {type: choice, values: [mean, sum]}\n"),
      r"search\.pool: key 'pool'"),
     ("- just a list\n", r"expected a mapping"),
+    (GOOD + "objectives: [iou_mean, accuracy_mean]\nscheduler: {grace_period: 1}\n",
+     r"space\.yaml: .*scheduler: ASHA stops trials on one metric and cannot rank two objectives"),
+    (GOOD + "objectives: [iou_mean, iou_mean]\n", r"names one metric twice"),
+    (GOOD + "objectives: [accuracy_mean]\n", r"a single objective is iou_mean"),
+    (GOOD + "objectives: [iou_mean, dice]\n", r"space\.yaml: key 'objectives\.1'"),
+    (GOOD + "select: {accuracy_margin: 2}\n", r"space\.yaml: key 'select\.accuracy_margin'"),
 ])
 def test_bad_space_files_name_the_file_and_key(tmp_path, text, pattern):
     with pytest.raises(ConfigError, match=pattern):
@@ -124,6 +137,13 @@ def test_bad_space_fails_before_ray_starts(tmp_path):
     bad = write(tmp_path, GOOD.replace("low: 6, high: 10", "low: 10, high: 6"))
     out, _ = run_sweep_job("--space", str(bad), "--output", str(tmp_path / "out"))
     assert out.returncode == 2 and "key 'search.channels'" in out.stderr
+    assert "Ray" not in out.stdout + out.stderr and not (tmp_path / "out").exists()
+
+
+def test_asha_with_two_objectives_is_refused_before_ray_starts(tmp_path):
+    bad = write(tmp_path, GOOD + "objectives: [iou_mean, accuracy_mean]\nscheduler: {grace_period: 1}\n")
+    out, _ = run_sweep_job("--space", str(bad), "--output", str(tmp_path / "out"))
+    assert out.returncode == 2 and "ASHA stops trials on one metric" in out.stderr
     assert "Ray" not in out.stdout + out.stderr and not (tmp_path / "out").exists()
 
 

@@ -56,9 +56,9 @@ def test_the_optuna_study_is_in_a_database_with_every_trial_of_trials_csv(sweep)
     with open(sweep["output"] / "trials.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert len(trials) == len(rows) == 3 and all(t["state"] == "COMPLETE" for t in trials)
-    from_study = sorted((t["params"]["channels"], t["params"]["steps"], f"{t['params']['fire_rate']:.3g}",
-                         f"{100 * t['values'][0]:.1f}") for t in trials)
-    from_csv = sorted((int(r["channels"]), int(r["steps"]), r["fire_rate"], r["IoU"]) for r in rows)
+    from_study = sorted((t["params"]["channels"], t["params"]["steps"], t["params"]["fire_rate"], t["values"][0])
+                        for t in trials)
+    from_csv = sorted((int(r["channels"]), int(r["steps"]), float(r["fire_rate"]), float(r["iou_mean"])) for r in rows)
     assert from_study == from_csv
 
 

@@ -48,3 +48,10 @@ class Scores:
         return cls(float(np.mean([s.iou for s in scores])),
                    {b: float(np.mean([s.baselines[b] for s in scores])) for b in scores[0].baselines},
                    [s.iou for s in scores], float(np.mean([s.iou64_pooled for s in scores])))
+
+
+def majority_accuracy(train_labels: np.ndarray, test_labels: np.ndarray) -> float:
+    """The test accuracy of always answering the training set's most common class: the rate a
+    classifier has to beat before its accuracy says anything."""
+    majority = np.bincount(np.asarray(train_labels)).argmax()
+    return float(np.mean(np.asarray(test_labels) == majority))

@@ -146,7 +146,7 @@ def train_folds(config: TrainConfig, splits: list[tuple[Dataset, Dataset]], hook
             m["epoch"] = epoch
             if evaluate_now:
                 ev = evaluate(fold.model, test, config, device, {"readout": config.readout})["readout"]
-                m.update(test_accuracy=ev.accuracy, test_iou=float(ev.iou.mean()))
+                m.update(test_accuracy=ev.accuracy, test_iou=float(ev.iou.mean()), test_iou64_pooled=ev.iou64_pooled)
             fold.history.append(m)
             fold.epoch = epoch
         log.info("epoch %d/%d %s", epoch, config.epochs, " | ".join(

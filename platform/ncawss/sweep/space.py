@@ -21,6 +21,12 @@ from ..method.config import (
     read_yaml_mapping,
 )
 from ..method.thresholds import THRESHOLD_BASELINES
+from .metrics import METRIC
+
+# What a sweep may maximise: fold means on the test folds, in every report of a trial (lift would
+# rank trials as the IoU does: the baselines are the same for all). Several at once give a Pareto
+# front (Optuna's TPE is multi-objective then).
+Objective = Literal["iou_mean", "accuracy_mean", "iou64_pooled_mean"]
 
 # Read-out options are searched as "readout.<option>", e.g. readout.smooth. The split is fixed:
 # trials compare on the same folds.
@@ -104,6 +110,13 @@ class Asha(Strict):
     reduction_factor: float = Field(2.0, gt=1)
 
 
+class Selection(Strict):
+    """Which Pareto trial a multi-objective sweep registers and scores on the holdout: the highest
+    first objective among those whose accuracy beats the majority rate by `accuracy_margin`."""
+    accuracy_margin: float = Field(0.02, ge=0.0, le=1.0, description="accuracy the chosen trial must have "
+                                   "above predicting the training folds' most common class")
+
+
 class SweepSpec(Strict):
     name: str = Field("nca_wss", min_length=1)
     trials: int = Field(8, ge=1)
@@ -114,6 +127,10 @@ class SweepSpec(Strict):
     max_failures: int = Field(2, ge=0, description="failures tolerated per trial, each resumed from its last "
                               "checkpoint: of its fold workers (Ray Train), and of its own actor (Ray Tune)")
     scheduler: Asha | None = None
+    objectives: list[Objective] = Field(
+        default_factory=lambda: [METRIC], min_length=1, description="trial metrics to maximise; two or more "
+        "search for their Pareto front (no scheduler then)")
+    select: Selection = Selection()
     resources: Resources = Resources()
     holdout: float = Field(0.2, ge=0.0, lt=1.0, description="stratified share set aside before the folds, "
                            "never seen by a trial; the best configuration is scored on it at the end (0: none)")
@@ -123,6 +140,22 @@ class SweepSpec(Strict):
     train: dict[str, Any] = Field(default_factory=dict, description="fixed training options")
     search: dict[str, Param] = Field(default_factory=dict)
     first: list[dict[str, Any]] = Field(default_factory=list, description="configurations evaluated first")
+
+    @model_validator(mode="after")
+    def check_objectives(self) -> SweepSpec:
+        if len(set(self.objectives)) < len(self.objectives):
+            raise ValueError(f"objectives: {self.objectives} names one metric twice")
+        if len(self.objectives) == 1 and self.objectives[0] != METRIC:
+            raise ValueError(f"objectives: a single objective is {METRIC} (the metric evaluation epochs report); "
+                             f"add {METRIC} to search for the Pareto front of {self.objectives[0]} and it")
+        if self.multi_objective and self.scheduler is not None:
+            raise ValueError(f"scheduler: ASHA stops trials on one metric and cannot rank two objectives "
+                             f"({self.objectives}); remove 'scheduler' or keep one objective")
+        return self
+
+    @property
+    def multi_objective(self) -> bool:
+        return len(self.objectives) > 1
 
     @model_validator(mode="after")
     def check_keys(self) -> SweepSpec:

@@ -18,10 +18,12 @@ from ..data import Dataset
 from ..method.ensemble import Ensemble, score_dataset
 from ..method.scores import HINDSIGHT, Scores
 from ..tracking.tracker import SweepTracker
-from .metrics import FOLDS_DONE, METRIC, mean_key
+from .metrics import FOLDS_DONE, METRIC, authors_key, mean_key
 from .space import Param, SweepSpec
 
 log = logging.getLogger(__name__)
+
+PARETO_TAG = "ncawss.pareto"  # on a trial run: "true" / "false"; on the parent run: the front's trial ids
 
 
 def trial_rows(results: tune.ResultGrid) -> list[dict]:
@@ -53,7 +55,8 @@ def stopped_status(metrics: dict) -> str:
 
 
 def optuna_figures(spec: SweepSpec, rows: list[dict]) -> dict[str, bytes]:
-    """Optuna's parameter-importance and parallel-coordinate plots of the finished trials."""
+    """Optuna's parameter-importance and parallel-coordinate plots of the finished trials (of the
+    IoU), and the Pareto front's plot where the sweep has several objectives."""
     import matplotlib
     matplotlib.use("Agg")
     from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
@@ -64,22 +67,29 @@ def optuna_figures(spec: SweepSpec, rows: list[dict]) -> dict[str, bytes]:
         cls = IntDistribution if p.type == "int" else FloatDistribution
         return cls(int(p.low) if p.type == "int" else p.low, int(p.high) if p.type == "int" else p.high, log=p.log)
 
+    def study(objectives: list[str]) -> optuna.Study:
+        made = optuna.create_study(directions=["maximize"] * len(objectives))
+        for row in done:
+            made.add_trial(optuna.trial.create_trial(params={k: row["params"][k] for k in dists}, distributions=dists,
+                                                     values=[row[o] for o in objectives]))
+        return made
+
     done = [r for r in rows if r["status"] == "done"]
     if not spec.search or len(done) < 2:
         return {}
-    study = optuna.create_study(direction="maximize")
     dists = {k: distribution(p) for k, p in spec.search.items()}
-    for row in done:
-        study.add_trial(optuna.trial.create_trial(params={k: row["params"][k] for k in dists},
-                                                  distributions=dists, value=row[METRIC]))
+    plots = {"param_importances.png": lambda: optuna.visualization.matplotlib.plot_param_importances(study([METRIC])),
+             "parallel_coordinate.png": lambda: optuna.visualization.matplotlib.plot_parallel_coordinate(
+                 study([METRIC]))}
+    if spec.multi_objective:
+        plots["pareto_front.png"] = lambda: optuna.visualization.matplotlib.plot_pareto_front(
+            study(spec.objectives), target_names=spec.objectives)
     figures = {}
-    plots = {"param_importances.png": optuna.visualization.matplotlib.plot_param_importances,
-             "parallel_coordinate.png": optuna.visualization.matplotlib.plot_parallel_coordinate}
     for name, plot in plots.items():
         try:
             with warnings.catch_warnings():  # "experimental" notices and degenerate-axis remarks
                 warnings.simplefilter("ignore")
-                axes = plot(study)
+                axes = plot()
             buffer = io.BytesIO()
             axes.figure.savefig(buffer, format="png", bbox_inches="tight", dpi=100)
             figures[name] = buffer.getvalue()
@@ -88,20 +98,80 @@ def optuna_figures(spec: SweepSpec, rows: list[dict]) -> dict[str, bytes]:
     return figures
 
 
-def table_lines(rows: list[dict], names: list[str], baselines: list[str]) -> list[list[str]]:
-    """Header and one line per trial: searched parameters, IoU in %, each baseline, lift, accuracy, overhead."""
+def pareto_front(rows: list[dict], objectives: list[str]) -> list[dict]:
+    """The finished trials that no other finished trial matches or beats on every objective
+    while beating them on one (all maximised), in the rows' order."""
+    done = [r for r in rows if r["status"] == "done"]
+
+    def dominates(a: dict, b: dict) -> bool:
+        return all(a[o] >= b[o] for o in objectives) and any(a[o] > b[o] for o in objectives)
+
+    return [r for r in done if not any(dominates(other, r) for other in done)]
+
+
+def select_best(spec: SweepSpec, done: list[dict]) -> tuple[dict, str]:
+    """The trial a sweep registers and scores on the holdout, and why. One objective: the highest.
+    Several: among Pareto trials whose accuracy beats the majority rate by the margin, the highest
+    first objective; where none does, the highest first objective on the front."""
+    first = spec.objectives[0]
+    if not spec.multi_objective:
+        return done[0], f"highest {first}"
+    front = pareto_front(done, spec.objectives)
+    margin = spec.select.accuracy_margin
+    useful = [r for r in front if r["accuracy_mean"] >= r["majority_accuracy_mean"] + margin]
+    if useful:
+        return max(useful, key=lambda r: r[first]), \
+            f"highest {first} on the Pareto front among trials whose accuracy beats the majority rate by {margin:g}"
+    return max(front, key=lambda r: r[first]), \
+        f"highest {first} on the Pareto front: no trial on it beats the majority rate by {margin:g} in accuracy"
+
+
+def front_lines(spec: SweepSpec, front: list[dict]) -> str:
+    """The Pareto front, a line per trial with every objective and the majority rate."""
+    def value(row: dict, name: str) -> str:
+        return f"{100 * row[name]:.1f}" if name != "accuracy_mean" else f"{row[name]:.3f}"
+
+    lines = [f"  trial {r['trial']}: " + ", ".join(f"{o} {value(r, o)}" for o in spec.objectives)
+             + f" (majority rate {r['majority_accuracy_mean']:.3f})" for r in front]
+    return f"\nPareto front of {', '.join(spec.objectives)} ({len(front)} trials, 'pareto' above):\n" + "\n".join(lines)
+
+
+def table_lines(rows: list[dict], names: list[str], baselines: list[str],
+                front: list[dict] | None = None) -> list[list[str]]:
+    """Header and one line per trial: searched parameters, IoU in %, each baseline, lift, accuracy,
+    overhead, and whether it is on the Pareto `front` (where a sweep has several objectives)."""
     def cell(row: dict, key: str, pattern: str, scale: float = 1.0) -> str:
         return pattern.format(scale * row[key]) if key in row else "-"
 
     def param(value) -> str:
         return f"{value:.3g}" if isinstance(value, float) else str(value)
 
-    lines = [["trial", *names, "IoU", "± std", *baselines, "lift", "accuracy", "launch s", "status"]]
+    on_front = None if front is None else {r["trial"] for r in front}
+    lines = [["trial", *names, "IoU", "± std", *baselines, "lift", "accuracy", "launch s", "status",
+              *(["pareto"] if on_front is not None else [])]]
     for r in rows:
+        pareto = [] if on_front is None else \
+            ["-" if r["status"] != "done" else "yes" if r["trial"] in on_front else "no"]
         lines.append([r["trial"], *(param(r["params"].get(n)) for n in names),
                       cell(r, METRIC, "{:.1f}", 100), cell(r, "iou_std", "{:.1f}", 100),
                       *(cell(r, mean_key(b), "{:.1f}", 100) for b in baselines), cell(r, "lift", "{:+.1f}", 100),
-                      cell(r, "accuracy_mean", "{:.3f}"), cell(r, "launch_overhead_s", "{:.0f}"), r["status"]])
+                      cell(r, "accuracy_mean", "{:.3f}"), cell(r, "launch_overhead_s", "{:.0f}"), r["status"],
+                      *pareto])
+    return lines
+
+
+def csv_rows(rows: list[dict], names: list[str], baselines: list[str],
+             front: list[dict] | None = None) -> list[list]:
+    """trials.csv: the table's trials at full precision (parameters as sampled, metrics as
+    reported: IoU and accuracy as fractions), for pandas or a spreadsheet; status last."""
+    on_front = None if front is None else {r["trial"] for r in front}
+    keys = [METRIC, "iou_std", *(mean_key(b) for b in baselines), "lift", "accuracy_mean", "majority_accuracy_mean",
+            authors_key(), "launch_overhead_s"]
+    lines: list[list] = [["trial", *names, *keys, *(["pareto"] if on_front is not None else []), "status"]]
+    for r in rows:
+        pareto = [] if on_front is None else [r["status"] == "done" and r["trial"] in on_front]
+        lines.append([r["trial"], *(r["params"].get(n, "") for n in names), *(r.get(k, "") for k in keys), *pareto,
+                      r["status"]])
     return lines
 
 
@@ -131,14 +201,17 @@ def summarise(spec: SweepSpec, results: tune.ResultGrid, tracker: SweepTracker, 
     rows = trial_rows(results)
     done = [r for r in rows if r["status"] == "done"]
     baselines = [b for b in spec.baseline_names if any(mean_key(b) in r for r in rows)]
-    lines = table_lines(rows, sorted(spec.search), baselines)
+    front = pareto_front(rows, spec.objectives) if spec.multi_objective else None
+    lines = table_lines(rows, sorted(spec.search), baselines, front)
     widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
     table = "\n".join("  ".join(c.rjust(w) for c, w in zip(line, widths)) for line in lines)
     buffer = io.StringIO()
-    csv.writer(buffer, lineterminator="\n").writerows(lines)  # quoted: a failure's cause may hold commas
+    csv.writer(buffer, lineterminator="\n").writerows(  # quoted: a failure's cause may hold commas
+        csv_rows(rows, sorted(spec.search), baselines, front))
     (output / "trials.csv").write_text(buffer.getvalue())
     files: dict[str, str | bytes] = {"trials.csv": buffer.getvalue(), **optuna_figures(spec, rows)}
     metrics = {"trials_done": len(done), "trials_total": len(rows)}
+    tags: dict[str, str] = {}
     text = (f"\n{len(done)} of {len(rows)} trials finished (IoU in %, at the ground truth's resolution, "
             f"every baseline on the same test images; {HINDSIGHT})\n{table}")
     stopped = [r for r in rows if r["status"].startswith("stopped early")]
@@ -150,22 +223,31 @@ def summarise(spec: SweepSpec, results: tune.ResultGrid, tracker: SweepTracker, 
     if failed:
         text += "\nfailed, out of retries: " + "; ".join(f"trial {r['trial']}: {r['status']}" for r in failed)
     metrics["trials_failed"] = len(failed)
+    if front is not None:
+        text += front_lines(spec, front)
+        metrics["pareto_size"] = len(front)
+        on_front = {r["trial"] for r in front}
+        tracker.tag_trials({r["trial"]: {PARETO_TAG: str(r["trial"] in on_front).lower()} for r in done})
+        tags[PARETO_TAG] = ",".join(r["trial"] for r in front)
     if done:
-        best = done[0]
+        best, rule = select_best(spec, done)
         config = spec.train_config(best["params"])
         best_yaml = yaml.safe_dump({**config.model_dump(), "betas": list(config.betas)}, sort_keys=False)
         (output / "best_config.yaml").write_text(best_yaml)
         files["best_config.yaml"] = best_yaml
         overheads = [r["launch_overhead_s"] for r in done]
-        best_keys = (METRIC, "iou_std", "lift", "accuracy_mean")
+        best_keys = (METRIC, "iou_std", "lift", "accuracy_mean", "majority_accuracy_mean")
         metrics.update({f"best_{k}": best[k] for k in best_keys})
         metrics.update({f"best_{mean_key(b)}": best[mean_key(b)] for b in baselines})
         metrics["launch_overhead_mean_s"] = float(np.mean(overheads))
         against = ", ".join(f"{b} {100 * best[mean_key(b)]:.1f}" for b in baselines)
         optimistic = "optimistic" if holdout is not None and len(holdout) else \
             "optimistic, and with no holdout it is also the only number"
-        text += (f"\n\nbest: trial {best['trial']} {best['params']}: cross-validation IoU {100 * best[METRIC]:.1f} ± "
-                 f"{100 * best['iou_std']:.1f} vs {against} (lift {100 * best['lift']:+.1f}); "
+        tags["ncawss.best_trial"] = best["trial"]
+        heading = f"best ({rule})" if spec.multi_objective else "best"
+        text += (f"\n\n{heading}: trial {best['trial']} {best['params']}: cross-validation IoU "
+                 f"{100 * best[METRIC]:.1f} ± {100 * best['iou_std']:.1f} vs {against} "
+                 f"(lift {100 * best['lift']:+.1f}); "
                  f"chosen on the same folds it is scored on, so {optimistic}")
         if best.get("checkpoint_path"):
             model_dir = copy_checkpoint(best["checkpoint_path"], output / "best_model")
@@ -182,5 +264,5 @@ def summarise(spec: SweepSpec, results: tune.ResultGrid, tracker: SweepTracker, 
                          + ", ".join(f"{100 * v:.1f}" for v in scores.fold_iou))
         text += (f"\nRay Train launch overhead per trial (paid once for all {spec.folds} folds): "
                  f"mean {np.mean(overheads):.1f} s, max {np.max(overheads):.1f} s")
-    tracker.finish_sweep(metrics, files)
+    tracker.finish_sweep(metrics, files, tags)
     return text

@@ -31,12 +31,16 @@ log = logging.getLogger(__name__)
 
 def build_tuner(spec: SweepSpec, data: SharedData, storage: str, tracker: SweepTracker, study: OptunaStudy,
                 verbose: bool = False) -> tune.Tuner:
+    # Several objectives: the searcher holds them (Optuna's TPE is multi-objective then) and Tune
+    # gets none, since its metric, mode and schedulers take one.
+    objectives = dict(metric=list(spec.objectives), mode=["max"] * len(spec.objectives)) \
+        if spec.multi_objective else {}
     searcher = None
     if spec.search:
         # The study lives in a database (not the driver's memory), for optuna-dashboard and load_study.
         searcher = OptunaSearch(points_to_evaluate=spec.first or None, study_name=study.name,
                                 storage=optuna.storages.RDBStorage(study.storage),
-                                sampler=optuna.samplers.TPESampler(seed=spec.seed))
+                                sampler=optuna.samplers.TPESampler(seed=spec.seed), **objectives)
     scheduler = None
     if spec.scheduler:
         scheduler = ASHAScheduler(time_attr="epoch", max_t=spec.max_epochs, grace_period=spec.scheduler.grace_period,
@@ -44,7 +48,8 @@ def build_tuner(spec: SweepSpec, data: SharedData, storage: str, tracker: SweepT
     return tune.Tuner(
         trainable(spec, data, storage),
         param_space={name: tune_domain(p) for name, p in spec.search.items()},
-        tune_config=tune.TuneConfig(metric=METRIC, mode="max", search_alg=searcher, scheduler=scheduler,
+        tune_config=tune.TuneConfig(metric=None if objectives else METRIC, mode=None if objectives else "max",
+                                    search_alg=searcher, scheduler=scheduler,
                                     num_samples=spec.trials, max_concurrent_trials=spec.max_concurrent),
         run_config=tune.RunConfig(name=spec.name, storage_path=storage, verbose=3 if verbose else 1,
                                   # a trial whose own actor dies (its node lost) runs again; its new

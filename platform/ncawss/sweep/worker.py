@@ -29,7 +29,7 @@ from ..method.config import TrainConfig
 from ..method.ensemble import fold_scores
 from ..method.folds import FoldRecord
 from ..method.gallery import mask_gallery
-from ..method.scores import Scores
+from ..method.scores import Scores, majority_accuracy
 from ..method.train import FoldResult, FoldsHooks, train_folds
 from .metrics import FoldSummary, epoch_metrics, trial_metrics
 from .plan import TrialPlan
@@ -115,10 +115,11 @@ def fold_worker(plan: TrialPlan) -> None:
     results = train_folds(config, splits, RayFoldHooks(rank, config, restored), device=device,
                           cnns=cnns, cam_kinds=plan.cam_kinds)
     placement = {"device": str(device), "gpu_ids": gpu_ids}
-    summaries = [FoldSummary(result.evaluation.scores(), result.accuracy, result.readout_iou, result.readout_iou64,
-                             result.seconds, started - plan.launched_at, restored[0]["epoch"] if restored else 0,
-                             eval_scores(plan, result, device), tuple(gpu_ids))
-                 for result in results]
+    summaries = [FoldSummary(result.evaluation.scores(), result.accuracy, majority_accuracy(train.labels, test.labels),
+                             result.readout_iou, result.readout_iou64, result.seconds, started - plan.launched_at,
+                             restored[0]["epoch"] if restored else 0, eval_scores(plan, result, device),
+                             tuple(gpu_ids))
+                 for result, (train, test) in zip(results, splits)]
     folds = gather_folds(summaries)
     with tempfile.TemporaryDirectory() as tmp:
         for fold, result, (train, test) in zip(mine, results, splits):

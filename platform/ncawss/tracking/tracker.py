@@ -88,8 +88,11 @@ class SweepTracker:
             self.client.log_text(self.parent_run_id, text, name)
         return self.parent_run_id
 
-    def finish_sweep(self, metrics: dict[str, float], files: dict[str, str | bytes]) -> None:
+    def finish_sweep(self, metrics: dict[str, float], files: dict[str, str | bytes],
+                     tags: dict[str, str] | None = None) -> None:
         self.log_metrics(self.parent_run_id, metrics)
+        for key, value in (tags or {}).items():
+            self.client.set_tag(self.parent_run_id, key, value)
         for name, content in files.items():
             self.log_file(self.parent_run_id, name, content)
         self.client.set_terminated(self.parent_run_id, status="FINISHED")
@@ -148,6 +151,13 @@ class SweepTracker:
         """Tags and a description (MLflow's note, shown on the run's page) on a trial's run."""
         for key, value in {**tags, "mlflow.note.content": note}.items():
             self.client.set_tag(run_id, key, value)
+
+    def tag_trials(self, tags: dict[str, dict[str, str]]) -> None:
+        """Tags on trial runs, by trial id (e.g. whether a trial is on the Pareto front)."""
+        for trial_id, trial_tags in tags.items():
+            run_id = self.trial_run_id(trial_id)
+            for key, value in trial_tags.items() if run_id else ():
+                self.client.set_tag(run_id, key, value)
 
     def finish_trial(self, run_id: str, status: str = "FINISHED") -> None:
         self.client.set_terminated(run_id, status=status)
