@@ -173,7 +173,12 @@ def dataset_items(spec: str, target: str) -> list[Item]:
         dataset = ncawss.read_dataset(spec)
     except DataError as exc:
         return [Item(Path(spec).stem, spec, error=str(exc))]
-    truth = dataset.target_masks(target) if dataset.masks is not None else [None] * len(dataset)
+    if dataset.masks is None:
+        truth = [None] * len(dataset)
+    elif dataset.unmasked and target == "cell":  # some samples lack a mask: those are not scored
+        truth = dataset.masks
+    else:
+        truth = dataset.target_masks(target)
     sources = dataset.sources or [f"{spec}#{i}" for i in dataset.ids]
     return [Item(i, s or f"{spec}#{i}", image, t)
             for i, s, image, t in zip(dataset.ids, sources, dataset.images, truth)]

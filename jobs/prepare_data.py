@@ -5,6 +5,8 @@ Examples:
   python jobs/prepare_data.py zheng2018 --source DIR --output data/zheng2018-d1.parquet
   python jobs/prepare_data.py zheng2018 --source DIR --subset 2 --output data/zheng2018-d2.parquet
   python jobs/prepare_data.py folder --source DIR --output data/mine.parquet
+  python jobs/prepare_data.py imagefolder --source Raabin --output data/raabin.parquet  # images/<class>/, GT_masks/
+  python jobs/prepare_data.py prefix --source Matek --output data/matek.parquet         # image/<class>_<n>.jpg, masks/
   python jobs/prepare_data.py synthetic --output data/synthetic-b.parquet --domain b --seed 1
 """
 from __future__ import annotations
@@ -19,12 +21,18 @@ from ncawss.data import STRAY_SHARE, dataset_metadata
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("layout", choices=["zheng2018", "folder", "synthetic"])
+    p.add_argument("layout", choices=["zheng2018", "folder", "imagefolder", "prefix", "synthetic"])
     p.add_argument("--source", help="folder of the raw layout (not for synthetic)")
     p.add_argument("--output", required=True, help="Parquet file to write")
     p.add_argument("--subset", type=int, default=1, help="zheng2018: Dataset 1 or 2 (default 1)")
-    p.add_argument("--classes", nargs="+", help="folder: class names in label order (default: sorted labels)")
-    p.add_argument("--name", help="folder: dataset name (default: the folder's name)")
+    p.add_argument("--classes", nargs="+", help="folder, imagefolder, prefix: class names in label order "
+                                                "(default: sorted)")
+    p.add_argument("--name", help="folder, imagefolder, prefix: dataset name (default: the folder's name)")
+    p.add_argument("--images-dir", help="imagefolder, prefix: the images' folder under --source "
+                                        "(default: images, image)")
+    p.add_argument("--masks-dir", help="imagefolder, prefix: the masks' folder under --source "
+                                       "(default: GT_masks, masks)")
+    p.add_argument("--separator", default="_", help="prefix: what ends the class in a file name (default _)")
     p.add_argument("--max-stray", type=float, default=STRAY_SHARE, metavar="SHARE",
                    help="masks: values off the layout's levels on at most this share of a mask's pixels are "
                         "snapped to the nearest level, with a warning (default 0.005 = 0.5%%)")
@@ -44,6 +52,10 @@ def layout_options(args: argparse.Namespace) -> dict:
         return {"subset": args.subset, "max_stray": max_stray}
     if args.layout == "folder":
         return {"classes": args.classes, "name": args.name, "max_stray": max_stray}
+    if args.layout in ("imagefolder", "prefix"):
+        folders = {k: v for k, v in (("images", args.images_dir), ("masks", args.masks_dir)) if v}
+        separator = {"separator": args.separator} if args.layout == "prefix" else {}
+        return {"classes": args.classes, "name": args.name, "max_stray": max_stray, **folders, **separator}
     return {"n": args.n, "size": args.size, "seed": args.seed, "domain": args.domain}
 
 
@@ -57,10 +69,15 @@ def main() -> int:
         return 2
     meta = dataset_metadata(path)
     print(f"wrote {path}: dataset {meta['name']}, classes {meta['classes']}, fingerprint {meta['fingerprint'][:16]}")
-    snapped = meta.get("provenance", {}).get("snapped_pixels")
-    if snapped:
-        print(f"{snapped} mask pixels in {meta['provenance']['snapped_masks']} masks were snapped to the nearest "
-              "level (recorded in the file's metadata; --strict refuses them)")
+    record = meta.get("provenance", {})
+    if record.get("snapped_pixels"):
+        print(f"{record['snapped_pixels']} mask pixels in {record['snapped_masks']} masks were snapped to the "
+              "nearest level (recorded in the file's metadata; --strict refuses them)")
+    if record.get("binarised_pixels"):
+        print(f"{record['binarised_pixels']} pixels of {record['binarised_masks']} lossy (JPEG) masks were off 0 and "
+              f"255 and cut at {record['mask_threshold']} (recorded in the file's metadata)")
+    if record.get("missing_masks"):
+        print(f"{record['missing_masks']} images have no mask: they train, they are not scored")
     return 0
 
 

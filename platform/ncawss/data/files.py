@@ -64,6 +64,18 @@ def snap_to_levels(values: np.ndarray, levels: set[int], path: Path, max_stray: 
     return snapped, count
 
 
+def binary_mask(path: Path, shape: tuple[int, int], max_stray: float) -> tuple[np.ndarray, int]:
+    """A folder-layout mask; a 0/255 one with a few stray values is snapped, anything else (0/1,
+    label images with several values) is read as it is: nonzero = cell."""
+    values = read_mask(path, shape)
+    if values.max() <= 1:
+        return values, 0
+    try:
+        return snap_to_levels(values, {0, 255}, path, max_stray)
+    except DataError:  # not meant to be binary: several labels, or more grey than edges have
+        return values, 0
+
+
 def encode_png(array: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(array).save(buffer, format="PNG")

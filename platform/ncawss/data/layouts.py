@@ -7,8 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
+from .class_folders import read_imagefolder, read_prefix
 from .dataset import DataError, Dataset
-from .files import IMAGE_SUFFIXES, STRAY_SHARE, read_image, read_mask, snap_to_levels
+from .files import IMAGE_SUFFIXES, STRAY_SHARE, binary_mask, read_image, read_mask, snap_to_levels
 from .parquet import write_dataset
 from .synthetic import make_synthetic
 
@@ -124,18 +125,6 @@ def read_folder(source: str | os.PathLike, classes: list[str] | None = None, nam
                    provenance={"layout": "folder", **snap_record(snapped, max_stray)})
 
 
-def binary_mask(path: Path, shape: tuple[int, int], max_stray: float) -> tuple[np.ndarray, int]:
-    """A folder-layout mask; a 0/255 one with a few stray values is snapped, anything else (0/1,
-    label images with several values) is read as it is: nonzero = cell."""
-    values = read_mask(path, shape)
-    if values.max() <= 1:
-        return values, 0
-    try:
-        return snap_to_levels(values, {0, 255}, path, max_stray)
-    except DataError:  # not meant to be binary: several labels, or more grey than edges have
-        return values, 0
-
-
 def snap_record(counts: list[int], max_stray: float) -> dict:
     """What the dataset's metadata keeps of snapping: pixels and masks snapped, and the limit."""
     return {"snapped_pixels": int(sum(counts)), "snapped_masks": int(sum(c > 0 for c in counts)),
@@ -164,7 +153,8 @@ def read_folder_labels(label_file: Path, ids: list[str], classes: list[str] | No
     return np.array([classes.index(by_id[i]) for i in ids]), classes
 
 
-LAYOUTS = {"zheng2018": read_zheng2018, "folder": read_folder, "synthetic": read_synthetic}
+LAYOUTS = {"zheng2018": read_zheng2018, "folder": read_folder, "imagefolder": read_imagefolder, "prefix": read_prefix,
+           "synthetic": read_synthetic}
 
 
 def load_layout(layout: str, source: str | os.PathLike | None, **options) -> Dataset:
@@ -178,7 +168,8 @@ def load_layout(layout: str, source: str | os.PathLike | None, **options) -> Dat
 def convert(layout: str, source: str | os.PathLike | None, destination: str | os.PathLike, **options) -> Path:
     """Read a raw layout and write it as one Parquet dataset file; returns the file's path.
 
-    Options: zheng2018: subset (1 or 2), max_stray; folder: classes, name, max_stray;
-    synthetic (source ignored): n, size, seed, domain.
+    Options: zheng2018: subset (1 or 2), max_stray; folder: classes, name, max_stray; imagefolder:
+    images, masks, classes, name, max_stray; prefix: images, masks, separator, classes, name,
+    max_stray; synthetic (source ignored): n, size, seed, domain.
     """
     return write_dataset(load_layout(layout, source, **options), destination)

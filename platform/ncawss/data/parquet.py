@@ -1,7 +1,7 @@
 """The dataset file: one Parquet table per dataset, read from a local path or any pyarrow URI.
 
 Parquet format, one row per sample: id (string), image (PNG bytes, RGB),
-mask (PNG bytes, null where none), label (int16, null where none), source
+mask (PNG bytes, null where the sample has none), label (int16, null where none), source
 (string). Masks keep two levels where the source has them: 255 = nucleus,
 128 = cytoplasm, 0 = background; single-level masks are 255 = cell. Dataset
 metadata (name, classes, mask levels and encoding, provenance, fingerprint) is
@@ -46,7 +46,7 @@ def write_dataset(dataset: Dataset, destination: str | os.PathLike) -> Path:
         "id": pa.array(dataset.ids, pa.string()),
         "image": pa.array([encode_png(im) for im in dataset.images], pa.binary()),
         "mask": pa.array([None] * len(dataset) if dataset.masks is None
-                         else [encode_png(m) for m in dataset.mask_levels()], pa.binary()),
+                         else [None if m is None else encode_png(m) for m in dataset.mask_levels()], pa.binary()),
         "label": pa.array([None] * len(dataset) if dataset.labels is None
                           else [int(v) if v >= 0 else None for v in dataset.labels], pa.int16()),
         "source": pa.array(dataset.sources or [""] * len(dataset), pa.string()),
@@ -74,12 +74,13 @@ def read_dataset(path_or_uri: str | os.PathLike) -> Dataset:
     meta = json.loads(raw_meta)
     columns = table.to_pydict()
     labels = columns["label"]
-    levels = None if all(m is None for m in columns["mask"]) else [decode_png(m, "L") for m in columns["mask"]]
+    levels = None if all(m is None for m in columns["mask"]) else \
+        [None if m is None else decode_png(m, "L") for m in columns["mask"]]
     two_levels = levels is not None and meta.get("mask_levels") == 2
     return Dataset(
         images=[decode_png(b, "RGB") for b in columns["image"]],
-        masks=None if levels is None else [m > 0 for m in levels],
-        nucleus=[m == 255 for m in levels] if two_levels else None,
+        masks=None if levels is None else [None if m is None else m > 0 for m in levels],
+        nucleus=[None if m is None else m == 255 for m in levels] if two_levels else None,
         labels=None if all(v is None for v in labels) else np.array([-1 if v is None else v for v in labels]),
         classes=list(meta["classes"]), ids=list(columns["id"]), name=meta["name"],
         sources=list(columns["source"]), provenance=meta.get("provenance", {}),

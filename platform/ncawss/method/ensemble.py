@@ -47,8 +47,9 @@ def score_dataset(config: TrainConfig, folds: list[FoldModel], dataset: Dataset,
 
     Per read-out: the IoU of the folds' majority-vote masks, of each fold alone, and of each
     baseline's majority vote over the folds' CNNs (intensity needs no training), all on the
-    same images and target.
+    same images and target. Samples with no mask are left out.
     """
+    dataset = dataset.scored()
     per_fold = []
     for fold in folds:
         test = TestSet.prepare(dataset, fold.norm_mean, fold.norm_std, config.image_size, fold.cnns, cam_kinds, device)
@@ -66,8 +67,10 @@ def score_dataset(config: TrainConfig, folds: list[FoldModel], dataset: Dataset,
 
 def fold_scores(config: TrainConfig, fold: FoldModel, dataset: Dataset, device: str | torch.device = "cpu",
                 cam_kinds: tuple[str, ...] = ()) -> Scores:
-    """One fold's model on `dataset` under the configured read-out, beside every baseline."""
-    test = TestSet.prepare(dataset, fold.norm_mean, fold.norm_std, config.image_size, fold.cnns, cam_kinds, device)
+    """One fold's model on `dataset` (its samples with masks) under the configured read-out, beside
+    every baseline."""
+    test = TestSet.prepare(dataset.scored(), fold.norm_mean, fold.norm_std, config.image_size, fold.cnns, cam_kinds,
+                           device)
     return evaluate(fold.nca(config).to(device), test, config, device, {"readout": config.readout})["readout"].scores()
 
 

@@ -121,10 +121,12 @@ def train_folds(config: TrainConfig, splits: list[tuple[Dataset, Dataset]], hook
                 cam_kinds: tuple[str, ...] = ()) -> list[FoldResult]:
     """Train NCA-WSS on each (train, test) split (image labels only), all folds batched as one model,
     then evaluate every read-out on each test set beside the baselines (intensity, and `cam_kinds`
-    of each fold's `cnns`). Fold i computes what `train_fold` computes on split i alone."""
+    of each fold's `cnns`); test samples with no mask are left out. Fold i computes what `train_fold`
+    computes on split i alone."""
     hooks = hooks or FoldsHooks()
     device = torch.device(device)
     started = time.perf_counter()
+    splits = [(train, test.scored()) for train, test in splits]  # a sample with no mask trains, unscored
     prepared = [normalised_training_set(train, config.image_size, config.normalise) for train, _ in splits]
     data = [(x.to(device), torch.as_tensor(train.labels, dtype=torch.long, device=device))
             for (x, _, _), (train, _) in zip(prepared, splits)]

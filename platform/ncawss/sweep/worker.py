@@ -108,7 +108,7 @@ def fold_worker(plan: TrialPlan) -> None:
     all_cnns = ray.get(plan.data.cnns) if plan.data.cnns is not None else None
     cnns = [all_cnns[i] for i in mine] if all_cnns else None
     split = fold_splits(dataset.labels, plan.folds, plan.split_seed, config.split)
-    splits = [(dataset.subset(split[i][0]), dataset.subset(split[i][1])) for i in mine]
+    splits = [(dataset.subset(split[i][0]), dataset.subset(split[i][1]).scored()) for i in mine]
     restored = restored_state(rank, world)
     if restored is not None:
         log.warning("folds %s resume from their checkpoint at epoch %d", mine, restored[0]["epoch"])
