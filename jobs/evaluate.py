@@ -34,7 +34,7 @@ def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", nargs="+", required=True, metavar="RUN",
                    help="sweep output directory, folder of fold weights, MLflow run id of a trial, "
-                        "or MLflow model URI (models:/NAME/VERSION, runs:/ID/model)")
+                        "or MLflow model URI (models:/NAME/VERSION, models:/<logged model id>, runs:/ID/model)")
     p.add_argument("--data", nargs="+", required=True, metavar="PATH", help="datasets to segment")
     p.add_argument("--mlflow-uri", help="MLflow tracking URI for run ids and for logging the table "
                                         "(default: the sweep directory's store, else $MLFLOW_TRACKING_URI)")

@@ -3,8 +3,8 @@
 
 MODEL: a sweep output directory (its best configuration), a folder of fold weights
 (cross_validate.py --save), an MLflow trial run id, or an MLflow model URI
-(models:/NAME/VERSION, runs:/ID/model). PATH: folders of images (PNG, BMP, TIFF, JPEG),
-single image files, or dataset Parquet files (jobs/prepare_data.py).
+(models:/NAME/VERSION, models:/<logged model id>, runs:/ID/model). PATH: folders of images
+(PNG, BMP, TIFF, JPEG), single image files, or dataset Parquet files (jobs/prepare_data.py).
 
 For each image, at the image's own resolution, DIR gets masks/<id>.png (0/255: the
 majority vote of the fold models under the configuration's read-out), overlays/<id>.png
@@ -65,7 +65,8 @@ class Item:
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="sweep output directory, fold weights folder, MLflow trial run id, "
-                                                  "or MLflow model URI (models:/NAME/VERSION, runs:/ID/model)")
+                                                  "or MLflow model URI (models:/NAME/VERSION, models:/<logged model "
+                                                  "id>, runs:/ID/model)")
     p.add_argument("--images", nargs="+", required=True, metavar="PATH",
                    help="image folders, image files, or dataset Parquet files")
     p.add_argument("--output", required=True, metavar="DIR", help="where masks, overlays and predictions.csv go")

@@ -209,11 +209,13 @@ def test_predict_takes_the_registered_model_and_its_run_uri(model_dir, tmp_path,
     client = MlflowClient(uri)
     experiment = client.create_experiment("lab", artifact_location=(tmp_path / "artifacts").as_uri())
     run_id = client.create_run(experiment).info.run_id
-    assert log_registered_model(client, run_id, model_dir, encode_png(small_synthetic.images[0]), "lab") == 1
-    assert log_registered_model(client, run_id, model_dir, encode_png(small_synthetic.images[0]), "lab") == 2
+    example = encode_png(small_synthetic.images[0])
+    assert log_registered_model(client, run_id, model_dir, example, "lab", {}).version == 1
+    second = log_registered_model(client, run_id, model_dir, example, "lab", {"channels": "8"})
+    assert second.version == 2 and second.uri == "models:/lab/2"
     data = ncawss.write_dataset(small_synthetic.subset(range(5)), tmp_path / "five.parquet")
     outputs = {}
-    for model in (str(model_dir), "models:/lab/2", f"runs:/{run_id}/model"):
+    for model in (str(model_dir), "models:/lab/2", f"models:/{second.model_id}", f"runs:/{run_id}/model"):
         out = tmp_path / f"out{len(outputs)}"
         run = run_predict(model, out, data, extra=("--mlflow-uri", uri))
         assert run.returncode == 0, run.stderr[-3000:]

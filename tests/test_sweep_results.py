@@ -137,10 +137,23 @@ def test_mlflow_shows_a_model_training_experiment_with_the_dataset_as_every_run_
         assert entry.dataset.digest == parent.data.tags["dataset.fingerprint"][:36]
 
 
-def test_the_best_fold_ensemble_is_registered_as_version_one_of_the_sweep_s_model(sweep):
-    (version,) = sweep["client"].search_model_versions("name = 'smoke'")
-    assert int(version.version) == 1 and version.run_id == sweep["parent"].info.run_id
-    assert "registered model: models:/smoke/1" in sweep["stdout"]
+def test_the_best_fold_ensemble_is_a_logged_model_of_the_parent_run_registered_as_version_one(sweep):
+    client, parent = sweep["client"], sweep["parent"]
+    (model,) = client.search_logged_models([parent.info.experiment_id])
+    assert model.source_run_id == parent.info.run_id and model.status.to_int() == 1 and model.name == "model"
+    assert [o.model_id for o in client.get_run(parent.info.run_id).outputs.model_outputs] == [model.model_id]
+    (version,) = client.search_model_versions("name = 'smoke'")
+    assert int(version.version) == 1 and version.run_id == parent.info.run_id
+    assert version.source == f"models:/{model.model_id}"
+    assert json.loads(model.tags["mlflow.modelVersions"]) == [{"name": "smoke", "version": "1"}]
+    linked = {m.key: m.value for m in model.metrics}
+    assert linked["holdout_iou"] == parent.data.metrics["holdout_iou"] and "holdout_lift" in linked
+    assert linked["best_iou_mean"] == parent.data.metrics["best_iou_mean"] and "trials_done" not in linked
+    best = yaml.safe_load((sweep["output"] / "best_config.yaml").read_text())
+    assert model.params["channels"] == str(best["channels"])
+    assert "model" not in {a.path for a in client.list_artifacts(parent.info.run_id)}  # the model's own files
+    assert f"registered model: models:/smoke/1 (jobs/predict.py --model models:/smoke/1), logged model " \
+           f"models:/{model.model_id}" in sweep["stdout"]
 
 
 @pytest.fixture(scope="module")
@@ -175,18 +188,23 @@ from ncawss import read_dataset
 from ncawss.data import encode_png
 mlflow.set_tracking_uri(sys.argv[1])
 images = pd.DataFrame({"image": [encode_png(image) for image in read_dataset(sys.argv[2]).images]})
-out = mlflow.pyfunc.load_model("models:/smoke/1").predict(images)
+out = mlflow.pyfunc.load_model(sys.argv[4]).predict(images)
 masks = [np.asarray(Image.open(io.BytesIO(data))) > 0 for data in out["mask"]]
 np.save(sys.argv[3], np.array(masks, dtype=object), allow_pickle=True)
 print(list(out.columns), len(out))
 """
 
 
-def test_the_registered_model_in_a_fresh_process_predicts_the_same_masks(sweep, predicted):
-    """No ncawss objects in memory: only the SQLite registry."""
+@pytest.mark.parametrize("which", ["registered version", "logged model", "run"])
+def test_the_model_loaded_in_a_fresh_process_predicts_the_same_masks(sweep, predicted, which):
+    """No ncawss objects in memory: only the SQLite store, by each of the model's URIs."""
     _, masks = predicted
+    parent = sweep["parent"]
+    (model,) = sweep["client"].search_logged_models([parent.info.experiment_id])
+    model_uri = {"registered version": "models:/smoke/1", "logged model": f"models:/{model.model_id}",
+                 "run": f"runs:/{parent.info.run_id}/model"}[which]
     uri, saved = f"sqlite:///{sweep['output']}/mlflow.db", sweep["tmp"] / "served.npy"
-    served = subprocess.run([sys.executable, "-c", REGISTERED, uri, str(sweep["other"]), str(saved)],
+    served = subprocess.run([sys.executable, "-c", REGISTERED, uri, str(sweep["other"]), str(saved), model_uri],
                             cwd=sweep["tmp"], capture_output=True, text=True, timeout=600)
     assert served.returncode == 0, served.stderr[-3000:]
     assert "['mask', 'label', 'probability', 'quality']" in served.stdout

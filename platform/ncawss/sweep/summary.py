@@ -212,6 +212,7 @@ def summarise(spec: SweepSpec, results: tune.ResultGrid, tracker: SweepTracker, 
     files: dict[str, str | bytes] = {"trials.csv": buffer.getvalue(), **optuna_figures(spec, rows)}
     metrics = {"trials_done": len(done), "trials_total": len(rows)}
     tags: dict[str, str] = {}
+    model_id = None
     text = (f"\n{len(done)} of {len(rows)} trials finished (IoU in %, at the ground truth's resolution, "
             f"every baseline on the same test images; {HINDSIGHT})\n{table}")
     stopped = [r for r in rows if r["status"].startswith("stopped early")]
@@ -252,8 +253,10 @@ def summarise(spec: SweepSpec, results: tune.ResultGrid, tracker: SweepTracker, 
         if best.get("checkpoint_path"):
             model_dir = copy_checkpoint(best["checkpoint_path"], output / "best_model")
             if example is not None:
-                model_uri = tracker.register_model(model_dir, example)
-                text += f"\nregistered model: {model_uri} (jobs/predict.py --model {model_uri})"
+                registered = tracker.register_model(model_dir, example, config.model_dump())
+                model_id = registered.model_id
+                text += (f"\nregistered model: {registered.uri} (jobs/predict.py --model {registered.uri}), "
+                         f"logged model models:/{model_id}")
             if holdout is not None and len(holdout):
                 scores = score_holdout(spec, model_dir, holdout)
                 metrics.update({**scores.metrics("holdout_"), **scores.fold_metrics("holdout_")})
@@ -264,5 +267,5 @@ def summarise(spec: SweepSpec, results: tune.ResultGrid, tracker: SweepTracker, 
                          + ", ".join(f"{100 * v:.1f}" for v in scores.fold_iou))
         text += (f"\nRay Train launch overhead per trial (paid once for all {spec.folds} folds): "
                  f"mean {np.mean(overheads):.1f} s, max {np.max(overheads):.1f} s")
-    tracker.finish_sweep(metrics, files, tags)
+    tracker.finish_sweep(metrics, files, tags, model_id)
     return text

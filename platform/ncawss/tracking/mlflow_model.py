@@ -8,15 +8,22 @@ else. `mlflow.pyfunc.load_model(uri, model_config={"device": "cuda"})` runs it o
 """
 from __future__ import annotations
 
+import contextlib
+import json
+import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
+import mlflow
 import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 import torch
-from mlflow.models import ModelSignature
+from mlflow.entities import LoggedModelOutput, LoggedModelStatus
+from mlflow.models import Model, ModelSignature
 from mlflow.types import ColSpec, Schema
+from mlflow.utils.mlflow_tags import MLFLOW_MODEL_VERSIONS
 
 from ..data import DataError, encode_png
 from ..method.ensemble import Ensemble
@@ -71,13 +78,56 @@ def save_model(records_dir: Path, example: bytes, destination: Path) -> Path:
     return destination
 
 
-def log_registered_model(client, run_id: str, records_dir: Path, example: bytes, name: str) -> int:
-    """Log the ensemble under the run's artifacts (`model/`) and register it as a new version of
-    `name`; returns the version number."""
-    with tempfile.TemporaryDirectory() as tmp:
-        local = save_model(records_dir, example, Path(tmp) / MODEL_PATH)
-        client.log_artifacts(run_id, str(local), artifact_path=MODEL_PATH)
+@dataclass(frozen=True)
+class RegisteredModel:
+    """A fold ensemble logged as an MLflow 3 LoggedModel and registered as a version of `name`."""
+    model_id: str                        # the LoggedModel (models:/<model_id>)
+    name: str
+    version: int
+
+    @property
+    def uri(self) -> str:
+        return f"models:/{self.name}/{self.version}"
+
+
+@contextlib.contextmanager
+def global_tracking_uri(uri: str):
+    """MLflow's SQL registry resolves a version's models:/<model id> source with a default
+    MlflowClient(), that is the global tracking URI: point it at this store for the call."""
+    previous = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(previous)  # None unsets it
+
+
+def log_registered_model(client, run_id: str, records_dir: Path, example: bytes, name: str,
+                         params: dict[str, str]) -> RegisteredModel:
+    """What MLflow 3's log_model(name="model", registered_model_name=name) does, with this client:
+    the ensemble as a LoggedModel of the run's experiment (its files in the model's own artifact
+    location, `params` on it), the run's output, registered as a new version of `name` whose
+    source is the LoggedModel."""
+    experiment_id = client.get_run(run_id).info.experiment_id
+    model = client.create_logged_model(experiment_id, name=MODEL_PATH, source_run_id=run_id, params=params,
+                                       model_type="ncawss-fold-ensemble")
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            local = save_model(records_dir, example, Path(tmp) / MODEL_PATH)
+            meta = Model.load(local)
+            meta.model_id, meta.run_id = model.model_id, run_id  # as log_model writes them into MLmodel
+            meta.save(local / "MLmodel")
+            client.log_model_artifacts(model.model_id, str(local))
+    except BaseException:
+        client.finalize_logged_model(model.model_id, LoggedModelStatus.FAILED)
+        raise
+    client.finalize_logged_model(model.model_id, LoggedModelStatus.READY)
+    client.log_outputs(run_id, [LoggedModelOutput(model.model_id, 0)])
     if not client.search_registered_models(filter_string=f"name = '{name}'"):
         client.create_registered_model(name, description="NCA-WSS fold ensemble of a sweep's best configuration")
-    version = client.create_model_version(name, source=f"runs:/{run_id}/{MODEL_PATH}", run_id=run_id)
-    return int(version.version)
+    with global_tracking_uri(client.tracking_uri):
+        version = client.create_model_version(name, source=f"models:/{model.model_id}", run_id=run_id,
+                                              model_id=model.model_id)
+    client.set_logged_model_tags(model.model_id, {MLFLOW_MODEL_VERSIONS: json.dumps(
+        [{"name": name, "version": str(version.version)}])})
+    return RegisteredModel(model.model_id, name, int(version.version))

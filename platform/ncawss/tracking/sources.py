@@ -1,6 +1,7 @@
 """Where a trained model comes from, for the jobs that use one: a folder of fold weights (a
 sweep's output directory, its best_model/, or cross_validate.py --save), an MLflow trial run
-id (its logged fold weights), or an MLflow model URI (models:/NAME/VERSION, runs:/ID/model)."""
+id (its logged fold weights), or an MLflow model URI (models:/NAME/VERSION, models:/NAME@ALIAS,
+models:/<logged model id>, runs:/ID/model)."""
 from __future__ import annotations
 
 import tempfile
@@ -38,27 +39,27 @@ def load_records(spec: str, uri: str | None, scratch: str) -> tuple[list[FoldRec
 
 
 def download_model(model_uri: str, uri: str, destination: str) -> Path:
-    """A models:/NAME/VERSION, models:/NAME@ALIAS or runs:/ID/PATH model's files, from the
-    store at `uri` (its registry too)."""
+    """A models:/NAME/VERSION, models:/NAME@ALIAS, models:/<logged model id> or runs:/ID/PATH
+    model's files, from the store at `uri` (its registry too)."""
+    import mlflow.artifacts
     from mlflow.tracking import MlflowClient
+
+    from .mlflow_model import global_tracking_uri
 
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     try:
-        source = model_uri
-        if model_uri.startswith("models:/"):
-            name, alias = model_uri.removeprefix("models:/"), None
+        location = model_uri
+        name = model_uri.removeprefix("models:/")
+        if model_uri.startswith("models:/") and ("/" in name or "@" in name):  # a registered version
             if "@" in name:
                 name, alias = name.split("@", 1)
-                version = client.get_model_version_by_alias(name, alias)
+                number = client.get_model_version_by_alias(name, alias).version
             else:
                 name, _, number = name.partition("/")
-                version = client.get_model_version(name, number)
-            source = version.source
-        if not source.startswith("runs:/"):
-            import mlflow.artifacts
-            return Path(mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=destination))
-        run_id, _, path = source.removeprefix("runs:/").partition("/")
-        return Path(client.download_artifacts(run_id, path, destination))
+            location = client.get_model_version_download_uri(name, number)
+        with global_tracking_uri(uri):  # runs:/ and models:/<id> resolve through MLflow's default client
+            return Path(mlflow.artifacts.download_artifacts(artifact_uri=location, dst_path=destination,
+                                                            tracking_uri=uri))
     except Exception as exc:  # unknown model or version, unreachable store
         raise TrackingError(f"{model_uri} in {uri}: cannot fetch the model "
                             f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None

@@ -10,11 +10,14 @@ import json
 import logging
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mlflow.entities import Dataset as DatasetEntity
 from mlflow.entities import DatasetInput, InputTag, Metric, Param
 from mlflow.tracking import MlflowClient
+
+if TYPE_CHECKING:
+    from .mlflow_model import RegisteredModel
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +26,7 @@ PARENT_TAG = "mlflow.parentRunId"
 # MLflow 3's UI opens an experiment of this kind on its runs table, not on the GenAI overview.
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 DIGEST_LENGTH = 36  # MLflow's limit on a dataset digest
+MODEL_METRICS = ("best_", "holdout_")  # the parent run's metrics that describe its registered model
 
 
 class TrackingError(RuntimeError):
@@ -89,8 +93,12 @@ class SweepTracker:
         return self.parent_run_id
 
     def finish_sweep(self, metrics: dict[str, float], files: dict[str, str | bytes],
-                     tags: dict[str, str] | None = None) -> None:
-        self.log_metrics(self.parent_run_id, metrics)
+                     tags: dict[str, str] | None = None, model_id: str | None = None) -> None:
+        """The parent run's closing metrics, files and tags; with `model_id` (the registered
+        LoggedModel), the best trial's and the holdout's metrics are linked to the model too."""
+        linked = {k: v for k, v in metrics.items() if model_id and k.startswith(MODEL_METRICS)}
+        self.log_metrics(self.parent_run_id, {k: v for k, v in metrics.items() if k not in linked})
+        self.log_metrics(self.parent_run_id, linked, model_id=model_id)
         for key, value in (tags or {}).items():
             self.client.set_tag(self.parent_run_id, key, value)
         for name, content in files.items():
@@ -131,8 +139,8 @@ class SweepTracker:
         self.log_dataset(run.info.run_id)
         return run.info.run_id
 
-    def log_metrics(self, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
-        values = [Metric(k, float(v), 0, step) for k, v in metrics.items()
+    def log_metrics(self, run_id: str, metrics: dict[str, float], step: int = 0, model_id: str | None = None) -> None:
+        values = [Metric(k, float(v), 0, step, model_id=model_id) for k, v in metrics.items()
                   if isinstance(v, (int, float)) and not isinstance(v, bool)]
         if values:
             self.client.log_batch(run_id, metrics=values)
@@ -177,13 +185,13 @@ class SweepTracker:
         self.client.set_terminated(run_id, status="FINISHED")
         return run_id
 
-    def register_model(self, model_dir: Path, example: bytes) -> str:
-        """The fold ensemble in `model_dir` logged on the parent run (`model/`) and registered under
-        the sweep's name; returns its models:/ URI."""
+    def register_model(self, model_dir: Path, example: bytes, params: dict[str, Any]) -> RegisteredModel:
+        """The fold ensemble in `model_dir` as a LoggedModel of the parent run (with `params`, e.g.
+        the configuration), registered under the sweep's name."""
         from .mlflow_model import log_registered_model
 
-        version = log_registered_model(self.client, self.parent_run_id, model_dir, example, self.experiment)
-        return f"models:/{self.experiment}/{version}"
+        return log_registered_model(self.client, self.parent_run_id, model_dir, example, self.experiment,
+                                    {k: str(v)[:6000] for k, v in params.items()})
 
     def download_fold_files(self, run_id: str, destination: str) -> Path:
         """A trial run's logged fold files (weights, per-image results) in a local folder."""
