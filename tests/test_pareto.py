@@ -100,7 +100,7 @@ def test_mlflow_tags_the_front_and_the_chosen_trial_is_registered(sweep):
 LOAD_STUDY = """
 import json, sys, optuna
 study = optuna.load_study(study_name=sys.argv[1], storage=sys.argv[2])
-print(json.dumps({"directions": [d.name for d in study.directions],
+print(json.dumps({"directions": [d.name for d in study.directions], "names": study.metric_names,
                   "trials": [{"params": t.params, "values": t.values} for t in study.trials],
                   "best": [t.params for t in study.best_trials]}))
 """
@@ -112,7 +112,7 @@ def test_the_optuna_study_holds_both_values_of_every_trial_and_the_same_front(sw
     out = subprocess.run([sys.executable, "-c", LOAD_STUDY, state["optuna_study"], state["optuna_storage"]],
                          capture_output=True, text=True, check=True)
     study = json.loads(out.stdout)
-    assert study["directions"] == ["MAXIMIZE", "MAXIMIZE"]
+    assert study["directions"] == ["MAXIMIZE", "MAXIMIZE"] and study["names"] == OBJECTIVES  # named in the dashboard
 
     def key(params):
         return params["channels"], params["steps"], params["fire_rate"]

@@ -113,6 +113,11 @@ def test_each_trial_run_holds_fold_means_and_the_lift_over_the_baseline(submitte
         assert (params["pool"], params["normalise"], params["split"]) == ("mean", "fold", "stratified")
         assert abs(metrics["iou_mean"] - (metrics["fold0_iou"] + metrics["fold1_iou"]) / 2) < 1e-9
         assert 0 <= metrics["iou_mean"] <= 1 and metrics["launch_overhead_s"] > 0
+        # one worker holds both folds: its launch is the scheduling of its process plus its setup
+        assert metrics["launch_overhead_s"] == pytest.approx(metrics["launch_worker_process_s"]
+                                                             + metrics["launch_worker_setup_s"])
+        assert metrics["launch_trial_actor_s"] > 0 and metrics["launch_data_s"] > 0
+        assert 0 < metrics["majority_accuracy_mean"] < 1
 
 
 def test_best_config_is_the_best_trial_s_configuration(submitted):

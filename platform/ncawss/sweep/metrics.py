@@ -33,6 +33,23 @@ def fold_key(fold: int, name: str) -> str:
 
 
 @dataclass(frozen=True)
+class LaunchTimes:
+    """When (time.time()) each step of a fold worker's launch happened: where a trial's launch
+    overhead goes. A process Ray started ahead and handed over shows as created before its use."""
+    actor_process: float                 # the trial's actor process was created
+    trial: float                         # the trial called TorchTrainer.fit
+    worker_process: float                # the fold worker's process was created
+    worker: float                        # the train function began (process group set up)
+    data: float                          # its folds' data and any checkpoint were in memory
+
+    def phases(self) -> dict[str, float]:
+        return {"launch_trial_actor_s": self.trial - self.actor_process,
+                "launch_worker_process_s": self.worker_process - self.trial,
+                "launch_worker_setup_s": self.worker - self.worker_process,
+                "launch_data_s": self.data - self.worker}
+
+
+@dataclass(frozen=True)
 class FoldSummary:
     """One fold's results, as its worker hands them to rank 0."""
     scores: Scores                       # the configured read-out on the fold's test images
@@ -41,7 +58,7 @@ class FoldSummary:
     readout_iou: dict[str, float]        # every read-out variant
     readout_iou64: dict[str, float]      # every read-out variant, by the authors' metric
     seconds: float                       # wall time of the batch of folds it trained in
-    startup_s: float                     # from the trial's launch to the worker's start
+    launch: LaunchTimes
     resumed_from_epoch: int = 0
     eval: dict[str, Scores] = field(default_factory=dict)  # other datasets, by name
     gpu_ids: tuple[int, ...] = ()        # the GPUs Ray assigned its worker
@@ -55,7 +72,8 @@ def trial_metrics(folds: list[FoldSummary], epochs: int) -> dict[str, float | bo
         "epoch": epochs, FOLDS_DONE: True, METRIC: mean.iou, "iou_std": float(np.std(mean.fold_iou)),
         "accuracy_mean": float(np.mean([f.accuracy for f in folds])), authors_key(): mean.iou64_pooled,
         "majority_accuracy_mean": float(np.mean([f.majority_accuracy for f in folds])),
-        "launch_overhead_s": float(max(f.startup_s for f in folds)),
+        "launch_overhead_s": max(f.launch.worker - f.launch.trial for f in folds),
+        **{k: max(f.launch.phases()[k] for f in folds) for k in folds[0].launch.phases()},
         "resumed_folds": sum(f.resumed_from_epoch > 0 for f in folds),
     }
     for i, f in enumerate(folds):

@@ -37,6 +37,7 @@ class TrialPlan:
     threads: int                         # torch threads per worker
     cam_kinds: tuple[str, ...]
     launched_at: float                   # time.time() when the trial launched its workers
+    actor_started_at: float              # time.time() when the trial's actor process was created
     device: str | None = None            # overrides the device Ray's assignment implies (resources.device)
 
     @property

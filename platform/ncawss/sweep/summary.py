@@ -175,6 +175,15 @@ def csv_rows(rows: list[dict], names: list[str], baselines: list[str],
     return lines
 
 
+def launch_phases(done: list[dict]) -> str:
+    """Where the launch went, in means over the finished trials (metrics.LaunchTimes)."""
+    names = {"launch_worker_process_s": "worker process", "launch_worker_setup_s": "worker setup",
+             "launch_data_s": "data", "launch_trial_actor_s": "and before it, the trial's actor"}
+    parts = [f"{label} {np.mean([r[key] for r in done]):.1f} s" for key, label in names.items()
+             if all(key in r for r in done)]
+    return f" ({', '.join(parts)})" if parts else ""
+
+
 def copy_checkpoint(checkpoint_path: str, destination: Path) -> Path:
     """A trial's last checkpoint (fold weights, results, galleries) copied to a local folder."""
     filesystem, path = pafs.FileSystem.from_uri(checkpoint_path) if "://" in checkpoint_path \
@@ -266,6 +275,6 @@ def summarise(spec: SweepSpec, results: tune.ResultGrid, tracker: SweepTracker, 
                          + f" (lift {100 * scores.lift:+.1f}); folds alone: "
                          + ", ".join(f"{100 * v:.1f}" for v in scores.fold_iou))
         text += (f"\nRay Train launch overhead per trial (paid once for all {spec.folds} folds): "
-                 f"mean {np.mean(overheads):.1f} s, max {np.max(overheads):.1f} s")
+                 f"mean {np.mean(overheads):.1f} s, max {np.max(overheads):.1f} s{launch_phases(done)}")
     tracker.finish_sweep(metrics, files, tags, model_id)
     return text

@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import time
 
+import psutil
 import ray.train
 from ray import tune
 from ray.train.torch import TorchTrainer
@@ -25,7 +26,8 @@ def run_trial(params: dict, *, spec: SweepSpec, data: SharedData, storage: str) 
     trial_id = tune.get_context().get_trial_id()
     res = spec.resources
     plan = TrialPlan(config, data, spec.folds, spec.seed, res.folds_per_worker or spec.folds,
-                     max(1, int(res.cpus_per_worker)), spec.cam_kinds, time.time(), res.device)
+                     max(1, int(res.cpus_per_worker)), spec.cam_kinds, time.time(), psutil.Process().create_time(),
+                     res.device)
     per_worker = {"CPU": res.cpus_per_worker, **({"GPU": res.gpus_per_worker} if res.gpus_per_worker else {})}
     trainer = TorchTrainer(
         functools.partial(fold_worker, plan),

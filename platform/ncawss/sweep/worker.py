@@ -17,6 +17,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pyarrow.fs as pafs
 import ray
 import ray.train
@@ -31,7 +32,7 @@ from ..method.folds import FoldRecord
 from ..method.gallery import mask_gallery
 from ..method.scores import Scores, majority_accuracy
 from ..method.train import FoldResult, FoldsHooks, train_folds
-from .metrics import FoldSummary, epoch_metrics, trial_metrics
+from .metrics import FoldSummary, LaunchTimes, epoch_metrics, trial_metrics
 from .plan import TrialPlan
 
 log = logging.getLogger(__name__)
@@ -110,13 +111,14 @@ def fold_worker(plan: TrialPlan) -> None:
     split = fold_splits(dataset.labels, plan.folds, plan.split_seed, config.split)
     splits = [(dataset.subset(split[i][0]), dataset.subset(split[i][1]).scored()) for i in mine]
     restored = restored_state(rank, world)
+    launch = LaunchTimes(plan.actor_started_at, plan.launched_at, psutil.Process().create_time(), started, time.time())
     if restored is not None:
         log.warning("folds %s resume from their checkpoint at epoch %d", mine, restored[0]["epoch"])
     results = train_folds(config, splits, RayFoldHooks(rank, config, restored), device=device,
                           cnns=cnns, cam_kinds=plan.cam_kinds)
     placement = {"device": str(device), "gpu_ids": gpu_ids}
     summaries = [FoldSummary(result.evaluation.scores(), result.accuracy, majority_accuracy(train.labels, test.labels),
-                             result.readout_iou, result.readout_iou64, result.seconds, started - plan.launched_at,
+                             result.readout_iou, result.readout_iou64, result.seconds, launch,
                              restored[0]["epoch"] if restored else 0, eval_scores(plan, result, device),
                              tuple(gpu_ids))
                  for result, (train, test) in zip(results, splits)]

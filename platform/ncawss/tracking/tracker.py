@@ -140,7 +140,10 @@ class SweepTracker:
         return run.info.run_id
 
     def log_metrics(self, run_id: str, metrics: dict[str, float], step: int = 0, model_id: str | None = None) -> None:
-        values = [Metric(k, float(v), 0, step, model_id=model_id) for k, v in metrics.items()
+        """Metrics of a run; with `model_id`, linked to that LoggedModel and to the training data."""
+        data = {"dataset_name": self.dataset["name"], "dataset_digest": self.dataset["fingerprint"][:DIGEST_LENGTH]} \
+            if model_id and self.dataset else {}
+        values = [Metric(k, float(v), 0, step, model_id=model_id, **data) for k, v in metrics.items()
                   if isinstance(v, (int, float)) and not isinstance(v, bool)]
         if values:
             self.client.log_batch(run_id, metrics=values)
