@@ -3,6 +3,7 @@ module; each test reads one behaviour off its outputs: the sweep's files and MLf
 evaluate.py, predict.py and the registered model on them (slow: minutes)."""
 import csv
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -21,16 +22,18 @@ from sweeps import private_ray_tmp, run_sweep, smoke_space, trial_runs
 
 pytestmark = pytest.mark.slow
 ALL_BASELINES = (*THRESHOLD_BASELINES, "gradcam", "eigencam", "gradcam_large", "eigencam_large")
+OBJECTIVES = ["iou_mean", "accuracy_mean"]
 
 
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
-    """3 trials with CAM baselines and --eval-data on 30 images (6 held out)."""
+    """3 trials with two objectives (IoU, accuracy), CAM baselines and --eval-data on 30 images (6 held out)."""
     tmp_path = tmp_path_factory.mktemp("sweep")
     data = convert("synthetic", None, tmp_path / "tiny.parquet", n=30, size=16)
     other = convert("synthetic", None, tmp_path / "other.parquet", n=10, size=20, domain="b")
     space = smoke_space(tmp_path, trials=3, first=[], holdout=0.2, baselines=["intensity", "gradcam", "eigencam"],
-                        train={"variants": {"largest": {"post": "largest"}}})
+                        train={"variants": {"largest": {"post": "largest"}}}, objectives=OBJECTIVES,
+                        select={"accuracy_margin": 0.0})
     output = tmp_path / "out"
     with private_ray_tmp() as ray_tmp:
         run = run_sweep(data, output, ray_tmp, "--eval-data", str(other), space=space)
@@ -39,27 +42,75 @@ def sweep(tmp_path_factory):
             "parent": parent, "trials": trials, "tmp": tmp_path}
 
 
+def csv_rows(sweep):
+    with open(sweep["output"] / "trials.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def non_dominated(rows):
+    """Independently of pareto_front: a trial is off the front if another is >= on both and > on one."""
+    values = {r["trial"]: (float(r["iou_mean"]), float(r["accuracy_mean"])) for r in rows if r["status"] == "done"}
+    return {t for t, (i, a) in values.items()
+            if not any(i2 >= i and a2 >= a and (i2, a2) != (i, a) for i2, a2 in values.values())}
+
+
 LOAD_STUDY = """
 import json, sys, optuna
 study = optuna.load_study(study_name=sys.argv[1], storage=sys.argv[2])
-print(json.dumps([{"state": t.state.name, "params": t.params, "values": t.values} for t in study.trials]))
+print(json.dumps({"directions": [d.name for d in study.directions], "names": study.metric_names,
+                  "trials": [{"state": t.state.name, "params": t.params, "values": t.values} for t in study.trials],
+                  "best": [t.params for t in study.best_trials]}))
 """
 
 
-def test_the_optuna_study_is_in_a_database_with_every_trial_of_trials_csv(sweep):
+def test_the_optuna_study_is_in_a_database_with_both_values_of_every_trial_of_trials_csv(sweep):
     state = yaml.safe_load((sweep["output"] / "sweep.yaml").read_text())
     assert state["optuna_storage"] == f"sqlite:///{sweep['output'] / 'optuna.db'}"
     assert sweep["parent"].data.tags["optuna.study"] == state["optuna_study"]
     out = subprocess.run([sys.executable, "-c", LOAD_STUDY, state["optuna_study"], state["optuna_storage"]],
                          capture_output=True, text=True, check=True)  # a fresh process: the file alone
-    trials = json.loads(out.stdout)
-    with open(sweep["output"] / "trials.csv", newline="") as f:
-        rows = list(csv.DictReader(f))
-    assert len(trials) == len(rows) == 3 and all(t["state"] == "COMPLETE" for t in trials)
-    from_study = sorted((t["params"]["channels"], t["params"]["steps"], t["params"]["fire_rate"], t["values"][0])
-                        for t in trials)
-    from_csv = sorted((int(r["channels"]), int(r["steps"]), float(r["fire_rate"]), float(r["iou_mean"])) for r in rows)
-    assert from_study == from_csv
+    study = json.loads(out.stdout)
+    assert study["directions"] == ["MAXIMIZE", "MAXIMIZE"] and study["names"] == OBJECTIVES  # named in the dashboard
+    rows = csv_rows(sweep)
+    assert len(study["trials"]) == len(rows) == 3 and all(t["state"] == "COMPLETE" for t in study["trials"])
+
+    def key(params):
+        return int(params["channels"]), int(params["steps"]), float(params["fire_rate"])
+
+    assert {key(t["params"]): t["values"] for t in study["trials"]} == \
+        {key(r): [float(r["iou_mean"]), float(r["accuracy_mean"])] for r in rows}  # exactly, not rounded
+    by_key = {key(r): r["trial"] for r in rows}
+    assert {by_key[key(p)] for p in study["best"]} == non_dominated(rows)  # Optuna's own front
+
+
+def test_the_printed_front_is_the_non_dominated_set_of_trials_csv(sweep):
+    printed = re.search(r"Pareto front of iou_mean, accuracy_mean \((\d+) trials.*?\n((?:  trial .*\n)+)",
+                        sweep["stdout"])
+    assert printed, sweep["stdout"][-3000:]
+    front = set(re.findall(r"  trial (\w+):", printed.group(2)))
+    assert len(front) == int(printed.group(1)) >= 1
+    rows = csv_rows(sweep)
+    assert front == non_dominated(rows) == {r["trial"] for r in rows if r["pareto"] == "True"}
+
+
+def test_mlflow_tags_the_front_and_the_trial_the_rule_chooses_is_registered(sweep):
+    rows = csv_rows(sweep)
+    front = non_dominated(rows)
+    tags = {t.data.tags["ncawss.trial_id"]: t.data.tags["ncawss.pareto"] for t in sweep["trials"]}
+    assert tags == {r["trial"]: str(r["trial"] in front).lower() for r in rows}
+    parent = sweep["parent"]
+    assert set(parent.data.tags["ncawss.pareto"].split(",")) == front
+    # margin 0: the highest IoU on the front among trials at least as accurate as the majority rate
+    on_front = [r for r in rows if r["trial"] in front]
+    eligible = [r for r in on_front if float(r["accuracy_mean"]) >= float(r["majority_accuracy_mean"])] or on_front
+    chosen = max(eligible, key=lambda r: float(r["iou_mean"]))
+    assert parent.data.tags["ncawss.best_trial"] == chosen["trial"]
+    assert parent.data.metrics["best_iou_mean"] == float(chosen["iou_mean"])
+    assert parent.data.metrics["pareto_size"] == len(front)
+    assert "pareto_front.png" in {a.path for a in sweep["client"].list_artifacts(parent.info.run_id)}
+    best = yaml.safe_load((sweep["output"] / "best_config.yaml").read_text())
+    assert (best["channels"], best["steps"], best["fire_rate"]) == \
+        (int(chosen["channels"]), int(chosen["steps"]), float(chosen["fire_rate"]))
 
 
 def test_the_holdout_is_set_aside_before_any_trial_sees_the_data(sweep):
