@@ -1,11 +1,14 @@
-"""Splits: stratified or plain k folds and a stratified holdout (scikit-learn, seeded)."""
+"""Splits: stratified or plain k folds and a stratified holdout (scikit-learn, seeded).
+
+scikit-learn is imported where a split is made: a sweep's fold workers receive their folds as
+indices and so start without it (it is the costliest import of a worker's launch after torch).
+"""
 from __future__ import annotations
 
 import math
 import warnings
 
 import numpy as np
-from sklearn.model_selection import KFold, StratifiedKFold, train_test_split
 
 from .dataset import DataError
 
@@ -29,6 +32,8 @@ def stratified_folds(labels, k: int, seed: int) -> list[tuple[np.ndarray, np.nda
     common_idx = np.flatnonzero(~np.isin(labels, rare))
     if len(common_idx) < k:
         raise ValueError(f"cannot make {k} folds from {len(common_idx)} stratifiable samples")
+    from sklearn.model_selection import StratifiedKFold
+
     splitter = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
     folds = []
     for train, test in splitter.split(common_idx, labels[common_idx]):
@@ -48,6 +53,8 @@ def fold_splits(labels, k: int, seed: int, kind: str = "stratified") -> list[tup
         return stratified_folds(labels, k, seed)
     if k < 2 or k > len(labels):
         raise ValueError(f"cannot make {k} folds from {len(labels)} samples")
+    from sklearn.model_selection import KFold
+
     return [(train, test) for train, test in KFold(n_splits=k, shuffle=True, random_state=seed).split(labels)]
 
 
@@ -71,6 +78,8 @@ def holdout_split(labels, fraction: float, seed: int) -> tuple[np.ndarray, np.nd
     if math.floor(fraction * (~single).sum()) < classes:
         raise ValueError(f"holdout fraction {fraction} of {(~single).sum()} samples leaves fewer than one "
                          f"sample for each of the {classes} classes; raise it or use 0 (no holdout)")
+    from sklearn.model_selection import train_test_split
+
     kept, held = train_test_split(everything[~single], test_size=fraction, random_state=seed,
                                   stratify=labels[~single])
     return np.sort(np.concatenate([kept, everything[single]])), np.sort(held)

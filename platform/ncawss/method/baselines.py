@@ -20,7 +20,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from captum.attr import LayerGradCam
 from torch import nn
 from torch.func import functional_call, vmap
 
@@ -150,6 +149,8 @@ def cam_maps(model: CNNClassifier, x: torch.Tensor, batch_size: int = 32) -> CAM
     """Grad-CAM and EigenCAM inputs of normalised images x (N, 3, S, S); runs on x's device."""
     model.eval()
     size = x.shape[-2:]
+    from captum.attr import LayerGradCam  # here: a worker without CAM baselines starts without captum
+
     gradcam = LayerGradCam(lambda inputs: model(inputs)[0], model.last_block)
     grads, acts, preds = [], [], []
     for start in range(0, len(x), batch_size):

@@ -22,6 +22,7 @@ class SharedData:
     they reach a trial as references, not as their values."""
     dataset: Any                         # ObjectRef of the cross-validation Dataset
     source: dict[str, str]               # name and fingerprint of the file the data came from
+    splits: list[tuple[list[int], list[int]]]  # the k folds' (train, test) indices, the same for every trial
     cnns: Any | None = None              # ObjectRef of per-fold {size: CNNBaseline}, where CAM baselines run
     eval_sets: list[Any] = field(default_factory=list)  # ObjectRefs of the --eval-data Datasets
 
@@ -32,7 +33,6 @@ class TrialPlan:
     config: TrainConfig
     data: SharedData
     folds: int                           # k of the trial's k-fold split
-    split_seed: int
     folds_per_worker: int
     threads: int                         # torch threads per worker
     cam_kinds: tuple[str, ...]

@@ -25,7 +25,7 @@ def run_trial(params: dict, *, spec: SweepSpec, data: SharedData, storage: str) 
     config = spec.train_config(params)
     trial_id = tune.get_context().get_trial_id()
     res = spec.resources
-    plan = TrialPlan(config, data, spec.folds, spec.seed, res.folds_per_worker or spec.folds,
+    plan = TrialPlan(config, data, spec.folds, res.folds_per_worker or spec.folds,
                      max(1, int(res.cpus_per_worker)), spec.cam_kinds, time.time(), psutil.Process().create_time(),
                      res.device)
     per_worker = {"CPU": res.cpus_per_worker, **({"GPU": res.gpus_per_worker} if res.gpus_per_worker else {})}

@@ -17,7 +17,7 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
-from ..data import Dataset
+from ..data import Dataset, fold_splits
 from ..tracking.tracker import SweepTracker
 from .callback import TrackingCallback
 from .cnn_cache import baseline_cnns
@@ -76,7 +76,9 @@ def run_sweep(spec: SweepSpec, dataset: Dataset, storage: str, tracker: SweepTra
     try:
         dataset_ref = ray.put(dataset)
         cnns = baseline_cnns(spec, dataset, dataset_ref, output / "baselines")
+        splits = fold_splits(dataset.labels, spec.folds, spec.seed, spec.train_config({}).split)
         data = SharedData(dataset_ref, source or {"name": dataset.name, "fingerprint": dataset.fingerprint},
+                          [(train.tolist(), test.tolist()) for train, test in splits],
                           ray.put(cnns) if cnns is not None else None, [ray.put(d) for d in eval_sets])
         if resume:
             tuner = tune.Tuner.restore(experiment, trainable=trainable(spec, data, storage), resume_errored=True)

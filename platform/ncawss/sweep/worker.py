@@ -25,7 +25,7 @@ import ray.train.torch
 import torch
 import torch.distributed as dist
 
-from ..data import Dataset, fold_splits
+from ..data import Dataset
 from ..method.config import TrainConfig
 from ..method.ensemble import fold_scores
 from ..method.folds import FoldRecord
@@ -108,8 +108,7 @@ def fold_worker(plan: TrialPlan) -> None:
     mine = plan.share(rank)
     all_cnns = ray.get(plan.data.cnns) if plan.data.cnns is not None else None
     cnns = [all_cnns[i] for i in mine] if all_cnns else None
-    split = fold_splits(dataset.labels, plan.folds, plan.split_seed, config.split)
-    splits = [(dataset.subset(split[i][0]), dataset.subset(split[i][1]).scored()) for i in mine]
+    splits = [(dataset.subset(plan.data.splits[i][0]), dataset.subset(plan.data.splits[i][1]).scored()) for i in mine]
     restored = restored_state(rank, world)
     launch = LaunchTimes(plan.actor_started_at, plan.launched_at, psutil.Process().create_time(), started, time.time())
     if restored is not None:
