@@ -39,10 +39,10 @@ def build_tuner(spec: SweepSpec, data: SharedData, storage: str, tracker: SweepT
     if spec.search:
         # The study lives in a database (not the driver's memory), for optuna-dashboard and load_study;
         # made here first so that its objectives carry their names there (OptunaSearch loads it).
-        storage = optuna.storages.RDBStorage(study.storage)
-        optuna.create_study(storage=storage, study_name=study.name, directions=["maximize"] * len(spec.objectives),
+        database = optuna.storages.RDBStorage(study.storage)
+        optuna.create_study(storage=database, study_name=study.name, directions=["maximize"] * len(spec.objectives),
                             load_if_exists=True).set_metric_names(list(spec.objectives))
-        searcher = OptunaSearch(points_to_evaluate=spec.first or None, study_name=study.name, storage=storage,
+        searcher = OptunaSearch(points_to_evaluate=spec.first or None, study_name=study.name, storage=database,
                                 sampler=optuna.samplers.TPESampler(seed=spec.seed), **objectives)
     scheduler = None
     if spec.scheduler:
