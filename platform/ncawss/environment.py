@@ -26,6 +26,9 @@ SWEEP_DEFAULTS = {
     # Save Tune's experiment state at every step, so a finished trial is known as finished to a
     # resumed sweep even when the driver dies right after it.
     "TUNE_GLOBAL_CHECKPOINT_S": "0",
+    # Ray Train's controller polls its workers every 2 s: each report and a trial's end waited up
+    # to that long (4 s a trial in the smoke sweep). Train hands it on to its controllers.
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
     # During a sweep MLflow retries with exponential backoff (its own: 7 retries, about
     # 4 minutes) to ride out a tracking server restart; each request gives up after 10 s.
     MLFLOW_RETRIES: "7",
