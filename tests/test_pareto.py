@@ -32,3 +32,11 @@ def test_the_chosen_trial_is_the_best_iou_on_the_front_whose_accuracy_beats_the_
 def test_one_objective_chooses_the_first_finished_trial_as_before():
     best, _ = select_best(SweepSpec(), [row("x", 0.5, 0.9), row("y", 0.4, 1.0)])
     assert best["trial"] == "x"
+
+
+def test_the_majority_rate_is_the_training_majority_class_share_of_the_labelled_test_images():
+    from ncawss.method.scores import majority_accuracy
+
+    train, test = [0, 0, 1, 2, -1, -1, -1], [0, 1, 0, -1]  # class 0 is the training majority; -1 unlabelled
+    assert majority_accuracy(train, test) == 2 / 3
+    assert majority_accuracy([2, 2, 1], [1, 1]) == 0.0

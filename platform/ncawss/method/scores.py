@@ -52,6 +52,9 @@ class Scores:
 
 def majority_accuracy(train_labels: np.ndarray, test_labels: np.ndarray) -> float:
     """The test accuracy of always answering the training set's most common class: the rate a
-    classifier has to beat before its accuracy says anything."""
-    majority = np.bincount(np.asarray(train_labels)).argmax()
-    return float(np.mean(np.asarray(test_labels) == majority))
+    classifier has to beat before its accuracy says anything. Unlabelled samples (-1) count in
+    neither set, as in the classifier's accuracy."""
+    train, test = np.asarray(train_labels), np.asarray(test_labels)
+    majority = np.bincount(train[train >= 0]).argmax()
+    known = test[test >= 0]
+    return float(np.mean(known == majority)) if len(known) else float("nan")
