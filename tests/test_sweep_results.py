@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from mlflow.entities import LoggedModelStatus
 from PIL import Image
 
 from conftest import ROOT
@@ -191,7 +192,8 @@ def test_mlflow_shows_a_model_training_experiment_with_the_dataset_as_every_run_
 def test_the_best_fold_ensemble_is_a_logged_model_of_the_parent_run_registered_as_version_one(sweep):
     client, parent = sweep["client"], sweep["parent"]
     (model,) = client.search_logged_models([parent.info.experiment_id])
-    assert model.source_run_id == parent.info.run_id and model.status.to_int() == 1 and model.name == "model"
+    assert model.source_run_id == parent.info.run_id and model.status == LoggedModelStatus.READY
+    assert model.name == "model"
     assert [o.model_id for o in client.get_run(parent.info.run_id).outputs.model_outputs] == [model.model_id]
     (version,) = client.search_model_versions("name = 'smoke'")
     assert int(version.version) == 1 and version.run_id == parent.info.run_id
