@@ -29,10 +29,10 @@ step() {  # step NAME SECONDS COMMAND...: run with a time limit, log to $OUT/NAM
 }
 
 wanted() { [[ " $STEPS " == *" $1 "* ]]; }
-wanted tests && step tests 90 python3 -m pytest -q -p no:cacheprovider tests/test_batched.py tests/test_nca.py
+wanted tests && step tests 150 python3 -m pytest -q -p no:cacheprovider tests/test_batched.py tests/test_nca.py tests/test_triton.py
 wanted cv_throughput && step cv_throughput 100 python3 bench/cv_throughput.py --device cuda --folds 5 --epochs 3 --data "$DATA"
 wanted cv_baselines && step cv_baselines 300 "${CV[@]}" --baselines gradcam eigencam --json "$OUT/cv_baselines.json"
 wanted cv_bf16 && step cv_bf16 240 "${CV[@]}" --precision bf16 --json "$OUT/cv_bf16.json"
 wanted cv_fp32 && step cv_fp32 240 "${CV[@]}" --json "$OUT/cv_fp32.json"
-wanted nca_throughput && step nca_throughput 60 python3 bench/nca_throughput.py --device cuda
+wanted nca_throughput && step nca_throughput 90 python3 bench/nca_throughput.py --device cuda --triton
 exit 0

@@ -4,7 +4,10 @@
 Both run the same weights and draw the same fire masks; their outputs are
 checked equal first. Default: 32 channels, hidden 32, 32 steps, 64x64, batch 32.
 
-    python bench/nca_throughput.py [--device cpu|cuda] [--batch 32] [--size 64] [--repeats 3]
+    python bench/nca_throughput.py [--device cpu|cuda] [--batch 32] [--size 64] [--repeats 3] [--triton]
+
+--triton adds the row of the Triton step kernel (kernel: triton; a CUDA device, or on CPU
+Triton's interpreter with TRITON_INTERPRET=1, which checks it but times nothing useful).
 """
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ import argparse
 import torch
 
 from common import best_of, machine, matmul_gflops
-from ncawss.method.nca import NCA
+from ncawss.method.nca import NCA, PARAMETERS, fused_weights, run_nca, stacked
 from reference_nca import reference_forward
 
 
@@ -32,6 +35,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=32)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.add_argument("--triton", action="store_true", help="also the Triton step kernel")
     args = p.parse_args()
     device = torch.device(args.device)
 
@@ -43,6 +47,10 @@ def main() -> None:
 
     def ours_forward():
         return nca(x, generator=torch.Generator(device).manual_seed(2))
+
+    def triton_forward():
+        steps, fire = nca.fire(x, None, None, torch.Generator(device).manual_seed(2), False)
+        return run_nca(fused_weights(stacked([nca], PARAMETERS)), x[:, None], steps, fire, kernel="triton")[:, 0]
 
     def reference_forward_():
         return reference_forward(nca, x, args.steps, nca.fire_rate, generator=torch.Generator(device).manual_seed(2))
@@ -61,11 +69,15 @@ def main() -> None:
     # CUDA convolutions run in TF32 by default (10-bit mantissa): a looser tolerance there.
     tolerance = 1e-2 if device.type == "cuda" else 1e-4
     torch.testing.assert_close(a, b, rtol=tolerance, atol=tolerance)
+    implementations = [("reference-style", reference_forward_), ("ncawss", ours_forward)]
+    if args.triton:
+        with torch.no_grad():
+            torch.testing.assert_close(triton_forward(), a, rtol=tolerance, atol=tolerance)
+        implementations.append(("ncawss triton", triton_forward))
 
     peak = matmul_gflops(8192 if device.type == "cuda" else 2048, device=device)
     flops = paper_flops_per_image(args.channels, args.hidden, args.steps, args.size) * args.batch
-    rows = [(name, best_of(train_step(fn), args.repeats))
-            for name, fn in (("reference-style", reference_forward_), ("ncawss", ours_forward))]
+    rows = [(name, best_of(train_step(fn), args.repeats)) for name, fn in implementations]
     print(f"machine: {machine(device)}; fp32 matmul {peak:.0f} GFLOP/s")
     print(f"NCA {args.channels} ch, hidden {args.hidden}, {args.steps} steps, {args.size}x{args.size}, "
           f"batch {args.batch}, forward+backward; outputs equal (max |diff| {max_diff:.1e})\n")

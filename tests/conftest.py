@@ -12,6 +12,11 @@ sys.path.insert(0, str(ROOT / "bench"))  # the reference-style NCA lives beside 
 # Ray clusters that tests start in this process or with `ray start` take loopback as their node
 # address, as a sweep job's own local Ray does (Ray reads this when first imported).
 os.environ.setdefault(LOOPBACK_ONLY, "0")
+# Without CUDA, the Triton step kernel runs under Triton's interpreter (read when a kernel is defined).
+if os.environ.get("TRITON_INTERPRET") is None:
+    import torch
+
+    os.environ["TRITON_INTERPRET"] = "0" if torch.cuda.is_available() else "1"
 
 
 @pytest.fixture

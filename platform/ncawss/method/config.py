@@ -103,6 +103,9 @@ class TrainConfig(BaseModel):
     precision: Literal["fp32", "bf16"] = Field(
         "fp32", description="bf16: training forward passes under bfloat16 autocast (weights and optimiser stay fp32)")
     cuda_graph: bool = Field(True, description="on CUDA, replay full batches' forward and backward as one CUDA graph")
+    kernel: Literal["torch", "triton"] = Field(
+        "torch", description="the NCA step: torch's convolutions, or one Triton kernel per step (CUDA; "
+        "opt-in until a GPU measures it faster)")
 
     @field_validator("readout", mode="before")
     @classmethod

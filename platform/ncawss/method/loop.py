@@ -97,7 +97,7 @@ def build_model(config: TrainConfig, n_classes: int) -> NCAClassifier:
     with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's RNG
         torch.manual_seed(config.seed)
         return NCAClassifier(config.channels, config.hidden, config.steps, config.fire_rate,
-                             n_classes, config.head_hidden, config.pool)
+                             n_classes, config.head_hidden, config.pool, config.kernel)
 
 
 @dataclass

@@ -110,29 +110,38 @@ def fire_masks(generators: list[torch.Generator | None], sizes: list[int], steps
     return out
 
 
+KERNELS = ("torch", "triton")
+
+
 def run_nca(weights: Fused, rgb: torch.Tensor, steps: int, fire: torch.Tensor | float,
-            align: int = 1) -> torch.Tensor:
+            align: int = 1, kernel: str = "torch") -> torch.Tensor:
     """k NCAs on (B, k, 3, H, W) inputs -> (B, k, channels, H, W) states.
 
     fire: (steps, B, k, 1, H, W) masks, or a float that scales every update (mean field).
     align: the hidden channels are padded with channels that stay zero up to a multiple of
     `align` (8 lets GPU convolution kernels use tensor cores: 29 hidden channels become 32).
     Channels-last layout: measured 1.15x faster than channels-first on CPU (oneDNN).
+    kernel: "torch" (these convolutions) or "triton" (each step one fused kernel, triton_step.py).
     """
     b, k, _, h, w = rgb.shape
     n = weights.out.shape[0] // k
     m = -(-n // align) * align                                          # padded hidden channels
     hidden = weights.kernel.shape[0] // k
     layout = torch.channels_last
-    kernel = F.pad(weights.kernel, (0, 0, 0, 0, 0, m - n)).contiguous(memory_format=layout)
+    kernel_w = F.pad(weights.kernel, (0, 0, 0, 0, 0, m - n)).contiguous(memory_format=layout)
     out = F.pad(weights.out.view(k, n, hidden), (0, 0, 0, m - n)).view(k * m, hidden, 1, 1)
     out = out.contiguous(memory_format=layout)
     x = rgb.reshape(b, k * N_INPUT, h, w).contiguous(memory_format=layout)
     # The RGB channels never change, so their share of the first layer is constant.
     base = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="reflect"), weights.rgb_kernel, weights.bias, groups=k)
     state = x.new_zeros(b, k * m, h, w).contiguous(memory_format=layout)
+    if kernel == "triton":
+        from .triton_step import triton_steps  # imports Triton only where it runs
+
+        state = triton_steps(state, base, kernel_w, out, fire, steps, k)
+        return torch.cat([rgb, state.reshape(b, k, m, h, w)[:, :, :n].to(rgb.dtype)], dim=2)
     for step in range(steps):
-        z = F.conv2d(F.pad(state, (1, 1, 1, 1), mode="reflect"), kernel, groups=k).add_(base).relu_()
+        z = F.conv2d(F.pad(state, (1, 1, 1, 1), mode="reflect"), kernel_w, groups=k).add_(base).relu_()
         update = F.conv2d(z, out, groups=k).to(state.dtype)
         if isinstance(fire, torch.Tensor):
             state = torch.addcmul(state.view(b, k, m, h, w), update.view(b, k, m, h, w), fire[step])
@@ -149,11 +158,13 @@ class NCAClassifier(nn.Module):
     """NCA backbone + pooling over pixels (mean as in the paper, or max) + MLP head (n -> 128 -> classes)."""
 
     def __init__(self, channels: int = 32, hidden: int = 32, steps: int = 32, fire_rate: float = 0.5,
-                 n_classes: int = 5, head_hidden: int = 128, pool: str = "mean"):
+                 n_classes: int = 5, head_hidden: int = 128, pool: str = "mean", kernel: str = "torch"):
         super().__init__()
         if pool not in POOLS:
             raise ValueError(f"unknown pool {pool!r}; choose one of {list(POOLS)}")
-        self.pool = pool
+        if kernel not in KERNELS:
+            raise ValueError(f"unknown kernel {kernel!r}; choose one of {list(KERNELS)}")
+        self.pool, self.kernel = pool, kernel
         self.nca = NCA(channels, hidden, steps, fire_rate)
         self.head = nn.Sequential(nn.Linear(channels, head_hidden), nn.ReLU(), nn.Linear(head_hidden, n_classes))
 
@@ -178,14 +189,15 @@ class FoldStack(nn.Module):
         self.models = nn.ModuleList(models)
         # Grouped convolutions measured 0.65x of the folds one by one on CPU (oneDNN) and within
         # 3% of them on an H200 (docs/PERFORMANCE.md): by default the folds' convolutions run one
-        # after another inside the one forward pass (one CUDA graph on GPUs).
+        # after another inside the one forward pass (one CUDA graph on GPUs). The Triton step
+        # always takes all folds in one launch.
         self.grouped = grouped
 
     def forward(self, x: torch.Tensor, fire: torch.Tensor | float,
                 steps: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """x: (B, k, 3, H, W); fire: see run_nca -> (logits (B, k, classes), state (B, k, channels, H, W))."""
         steps = self.models[0].nca.steps if steps is None else steps
-        if not self.grouped and len(self.models) > 1:
+        if not self.grouped and len(self.models) > 1 and self.models[0].kernel == "torch":
             parts = [classify(self.models[i:i + 1], x[:, i:i + 1],
                               fire[:, :, i:i + 1] if isinstance(fire, torch.Tensor) else fire, steps)
                      for i in range(len(self.models))]
@@ -196,7 +208,8 @@ class FoldStack(nn.Module):
 def classify(models, x: torch.Tensor, fire: torch.Tensor | float, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
     """NCA states and head logits of k classifiers stacked (see FoldStack.forward)."""
     align = 1 if x.device.type == "cpu" else 8  # padded channels cost CPUs 10% and buy GPUs tensor cores
-    state = run_nca(fused_weights(stacked([m.nca for m in models], PARAMETERS)), x, steps, fire, align)
+    state = run_nca(fused_weights(stacked([m.nca for m in models], PARAMETERS)), x, steps, fire, align,
+                    models[0].kernel)
     head = stacked([m.head for m in models], HEAD)
     pooled = state.mean(dim=(3, 4)) if models[0].pool == "mean" else state.amax(dim=(3, 4))  # (B, k, n)
     hidden = F.relu(torch.einsum("bkn,khn->bkh", pooled, head["0.weight"]) + head["0.bias"])

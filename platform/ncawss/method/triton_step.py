@@ -1,0 +1,157 @@
+"""The NCA step loop with each step as one Triton kernel (`kernel: triton`): per pixel tile, the
+reflect-padded 3x3 neighbourhood of the hidden channels, the fused first layer, bias, ReLU, the
+output layer and the fire-masked update, reading the state once and writing it once; k folds by
+a fold index in the launch grid, each with its own weights.
+
+Backward recomputes each step from the states saved before it (one state per step, no hidden
+layer kept) and differentiates that step with torch (its convolutions), so gradients are the
+torch path's; a fused backward kernel is not written yet. fp32 only: Triton 3.9's interpreter
+computes a bfloat16 tl.dot wrongly, so a bf16 kernel could not be tested without a GPU. Runs on
+CUDA, and on CPU under Triton's interpreter (TRITON_INTERPRET=1), which is how the tests run it.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _reflect(i, size):
+    i = tl.where(i < 0, -i, i)
+    return tl.where(i > size - 1, 2 * (size - 1) - i, i)
+
+
+@triton.jit
+def _step_kernel(state_ptr, base_ptr, kernel_ptr, out_ptr, fire_ptr, new_ptr, fire_rate, H, W,
+                 M: tl.constexpr, HID: tl.constexpr, MP: tl.constexpr, HP: tl.constexpr,
+                 BLOCK: tl.constexpr, MASKED: tl.constexpr):
+    """One step of one fold on one tile of BLOCK pixels of one image. Layouts (channels last):
+    state/new (B, k, H, W, M), base (B, k, H, W, HID), kernel (k, 9, M, HID), out (k, HID, M),
+    fire (B, k, H, W)."""
+    tile, b, f = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    folds = tl.num_programs(2)
+    pix = tile * BLOCK + tl.arange(0, BLOCK)
+    inside = pix < H * W
+    y, x = pix // W, pix % W
+    m, h = tl.arange(0, MP), tl.arange(0, HP)
+    image = (b * folds + f).to(tl.int64) * H * W
+    acc = tl.zeros((BLOCK, HP), dtype=tl.float32)
+    for tap in tl.static_range(9):
+        ny = _reflect(y + tap // 3 - 1, H)
+        nx = _reflect(x + tap % 3 - 1, W)
+        rows = (image + ny * W + nx) * M
+        s = tl.load(state_ptr + rows[:, None] + m[None, :], mask=inside[:, None] & (m[None, :] < M), other=0.0)
+        w = tl.load(kernel_ptr + ((f * 9 + tap) * M + m[:, None]) * HID + h[None, :],
+                    mask=(m[:, None] < M) & (h[None, :] < HID), other=0.0)
+        acc += tl.dot(s, w, input_precision="ieee")
+    z = acc + tl.load(base_ptr + (image + pix)[:, None] * HID + h[None, :],
+                      mask=inside[:, None] & (h[None, :] < HID), other=0.0)
+    z = tl.maximum(z, 0.0)
+    o = tl.load(out_ptr + (f * HID + h[:, None]) * M + m[None, :], mask=(h[:, None] < HID) & (m[None, :] < M),
+                other=0.0)
+    update = tl.dot(z, o, input_precision="ieee")
+    here = (image + pix)[:, None] * M + m[None, :]
+    keep = inside[:, None] & (m[None, :] < M)
+    s = tl.load(state_ptr + here, mask=keep, other=0.0)
+    if MASKED:
+        update = update * tl.load(fire_ptr + image + pix, mask=inside, other=0.0)[:, None]
+    else:
+        update = update * fire_rate
+    tl.store(new_ptr + here, (s + update).to(new_ptr.dtype.element_ty), mask=keep)
+
+
+def _pow2(n: int) -> int:
+    return max(16, triton.next_power_of_2(n))  # tl.dot takes blocks of at least 16
+
+
+def to_last(t: torch.Tensor, folds: int) -> torch.Tensor:
+    """(B, k*C, H, W) -> (B, k, H, W, C), contiguous: the kernel's layout."""
+    b, kc, h, w = t.shape
+    return t.reshape(b, folds, kc // folds, h, w).permute(0, 1, 3, 4, 2).contiguous()
+
+
+def to_first(t: torch.Tensor) -> torch.Tensor:
+    """(B, k, H, W, C) -> (B, k*C, H, W)."""
+    b, k, h, w, c = t.shape
+    return t.permute(0, 1, 4, 2, 3).reshape(b, k * c, h, w)
+
+
+class Weights(NamedTuple):
+    """A step's weights in the kernel's layout."""
+    base: torch.Tensor         # (B, k, H, W, HID): the RGB share of the first layer and its bias
+    taps: torch.Tensor         # (k, 9, M, HID)
+    out: torch.Tensor          # (k, HID, M)
+
+    @classmethod
+    def of(cls, base: torch.Tensor, kernel: torch.Tensor, out: torch.Tensor, folds: int) -> Weights:
+        hid, m = kernel.shape[0] // folds, kernel.shape[1]
+        return cls(to_last(base, folds), kernel.reshape(folds, hid, m, 9).permute(0, 3, 2, 1).contiguous(),
+                   out.reshape(folds, m, hid).transpose(1, 2).contiguous())
+
+
+def triton_step(state: torch.Tensor, weights: Weights, fire: torch.Tensor | float, block: int = 64) -> torch.Tensor:
+    """One step on the kernel's layout, fp32: state (B, k, H, W, M), fire (B, k, H, W) masks or a float."""
+    b, folds, h, w, m = state.shape
+    hid = weights.out.shape[1]
+    masked = isinstance(fire, torch.Tensor)
+    new = torch.empty_like(state)
+    grid = (triton.cdiv(h * w, block), b, folds)
+    _step_kernel[grid](state, weights.base, weights.taps, weights.out, fire if masked else state, new,
+                       0.0 if masked else float(fire), h, w, M=m, HID=hid, MP=_pow2(m), HP=_pow2(hid),
+                       BLOCK=block, MASKED=masked)
+    return new
+
+
+def torch_step(state: torch.Tensor, base: torch.Tensor, kernel: torch.Tensor, out: torch.Tensor,
+               fire: torch.Tensor | float, folds: int) -> torch.Tensor:
+    """The same step with torch's convolutions (run_nca's loop body): what backward differentiates."""
+    b, km, h, w = state.shape
+    z = F.conv2d(F.pad(state, (1, 1, 1, 1), mode="reflect"), kernel, groups=folds).add(base).relu()
+    update = F.conv2d(z, out, groups=folds).to(state.dtype)
+    if isinstance(fire, torch.Tensor):
+        return torch.addcmul(state.view(b, folds, -1, h, w), update.view(b, folds, -1, h, w), fire).view(b, km, h, w)
+    return state.add(update, alpha=fire)
+
+
+class _Steps(torch.autograd.Function):
+    """`steps` Triton steps forward; backward recomputes each from its saved input state."""
+
+    @staticmethod
+    def forward(ctx, state, base, kernel, out, fire, fire_rate, steps, folds):
+        weights = Weights.of(base, kernel, out, folds)
+        last = to_last(state, folds)
+        masks = None if fire is None else fire.reshape(steps, *last.shape[:4]).to(torch.float32).contiguous()
+        inputs = []
+        for step in range(steps):
+            inputs.append(last)
+            last = triton_step(last, weights, fire_rate if masks is None else masks[step])
+        ctx.save_for_backward(base, kernel, out, fire, *inputs)
+        ctx.fire_rate, ctx.folds = fire_rate, folds
+        return to_first(last)
+
+    @staticmethod
+    def backward(ctx, grad):
+        base, kernel, out, fire, *inputs = ctx.saved_tensors
+        grads = [torch.zeros_like(t) for t in (base, kernel, out)]
+        for step in reversed(range(len(inputs))):
+            with torch.enable_grad():
+                state = to_first(inputs[step]).detach().requires_grad_()
+                leaves = [t.detach().requires_grad_() for t in (base, kernel, out)]
+                new = torch_step(state, *leaves, ctx.fire_rate if fire is None else fire[step], ctx.folds)
+                grad, *parts = torch.autograd.grad(new, [state, *leaves], grad)
+            for total, part in zip(grads, parts):
+                total += part
+        return grad, *grads, None, None, None, None
+
+
+def triton_steps(state: torch.Tensor, base: torch.Tensor, kernel: torch.Tensor, out: torch.Tensor,
+                 fire: torch.Tensor | float, steps: int, folds: int) -> torch.Tensor:
+    """run_nca's step loop on channel-first tensors (state (B, k*M, H, W), base (B, k*HID, H, W),
+    kernel (k*HID, M, 3, 3), out (k*M, HID, 1, 1), fire (steps, B, k, 1, H, W) or a float), each
+    step one Triton kernel; differentiable in state, base, kernel and out."""
+    masks = fire if isinstance(fire, torch.Tensor) else None
+    return _Steps.apply(state, base, kernel, out, masks, 0.0 if masks is not None else float(fire), steps, folds)

@@ -1,0 +1,86 @@
+"""The NCA step as a Triton kernel (kernel: triton) computes what torch's convolutions compute:
+states, every parameter's gradient, k folds in one launch, a whole fold's training. On CPU the
+kernel runs under Triton's interpreter (conftest sets TRITON_INTERPRET=1 without CUDA)."""
+import numpy as np
+import pytest
+import torch
+
+from ncawss import ConfigError, NCAClassifier, TrainConfig, load_config, make_synthetic, train_fold
+from ncawss.method.nca import FoldStack, fire_masks
+
+pytest.importorskip("triton")
+
+
+def classifiers(kernel: str, folds: int, channels: int, seed: int = 0) -> list[NCAClassifier]:
+    """k classifiers with a non-zero output layer (zero at init would hide most gradients)."""
+    torch.manual_seed(seed)
+    models = [NCAClassifier(channels, hidden=16, steps=3, n_classes=3, head_hidden=8, kernel=kernel)
+              for _ in range(folds)]
+    torch.manual_seed(seed + 1)
+    for model in models:
+        torch.nn.init.normal_(model.nca.fc1.weight, std=0.1)
+    return models
+
+
+def run(kernel: str, folds: int, channels: int, size: tuple[int, int], fire):
+    models = classifiers(kernel, folds, channels)
+    torch.manual_seed(7)
+    x = torch.randn(4, folds, 3, *size)
+    logits, state = FoldStack(models, grouped=True)(x, fire, steps=3)
+    loss = logits.square().sum() + state.square().mean()
+    loss.backward()
+    return state.detach(), {f"{i}.{n}": p.grad for i, m in enumerate(models) for n, p in m.named_parameters()}
+
+
+def masks(folds: int, size: tuple[int, int]) -> torch.Tensor:
+    """Stochastic fire masks; each fold's last batch row is padding and never fires."""
+    generators = [torch.Generator().manual_seed(i) for i in range(folds)]
+    return fire_masks(generators, [3] * folds, 3, 4, *size, 0.5, "cpu")
+
+
+@pytest.mark.parametrize("folds, channels, size", [(1, 6, (8, 8)), (3, 32, (12, 10))])
+@pytest.mark.parametrize("inference", ["stochastic", "mean_field"])
+def test_states_and_every_gradient_equal_the_torch_path(folds, channels, size, inference):
+    fire = masks(folds, size) if inference == "stochastic" else 0.5
+    state_t, grads_t = run("torch", folds, channels, size, fire)
+    state_k, grads_k = run("triton", folds, channels, size, fire)
+    torch.testing.assert_close(state_k, state_t, rtol=1e-5, atol=1e-5)
+    assert grads_k.keys() == grads_t.keys()
+    for name in grads_t:
+        torch.testing.assert_close(grads_k[name], grads_t[name], rtol=1e-4, atol=1e-5, msg=name)
+    assert all(grads_t[f"{i}.nca.p0.weight"].abs().sum() > 0 for i in range(folds))  # gradients that can differ
+
+
+def test_the_padded_row_that_never_fires_keeps_its_state_at_zero():
+    state, _ = run("triton", 2, 6, (8, 8), masks(2, (8, 8)))
+    assert torch.count_nonzero(state[3, :, 3:]) == 0 and torch.count_nonzero(state[2, :, 3:]) > 0
+
+
+def test_a_fold_of_a_batched_launch_equals_that_fold_alone():
+    fire = masks(3, (12, 10))
+    together, _ = run("triton", 3, 6, (12, 10), fire)
+    models = classifiers("triton", 3, 6)
+    torch.manual_seed(7)
+    x = torch.randn(4, 3, 3, 12, 10)
+    for i in range(3):
+        _, alone = FoldStack([models[i]])(x[:, i:i + 1], fire[:, :, i:i + 1], steps=3)
+        torch.testing.assert_close(alone[:, 0], together[:, i], rtol=1e-5, atol=1e-6)
+
+
+def test_a_fold_trained_with_the_triton_kernel_equals_the_torch_kernel():
+    data = make_synthetic(n=24, size=16, seed=2)
+    config = TrainConfig(channels=6, hidden=8, head_hidden=8, steps=3, image_size=12, epochs=1, batch_size=8,
+                         seed=1, variants={})
+    train, test = data.subset(range(16)), data.subset(range(16, 24))
+    a = train_fold(config, train, test)
+    b = train_fold(config.model_copy(update={"kernel": "triton"}), train, test)
+    for key, value in a.model.state_dict.items():
+        torch.testing.assert_close(b.model.state_dict[key], value, rtol=1e-4, atol=1e-5, msg=key)
+    assert np.allclose(b.evaluation.iou, a.evaluation.iou, atol=1e-3)
+
+
+def test_an_unknown_kernel_is_refused_naming_the_key(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("kernel: cuda\n")
+    with pytest.raises(ConfigError, match=r"key 'kernel'"):
+        load_config(path)
