@@ -3,9 +3,9 @@ reflect-padded 3x3 neighbourhood of the hidden channels, the fused first layer, 
 output layer and the fire-masked update, reading the state once and writing it once; k folds by
 a fold index in the launch grid, each with its own weights.
 
-Backward recomputes each step from the states saved before it (one state per step, no hidden
-layer kept) and differentiates that step with torch (its convolutions), so gradients are the
-torch path's; a fused backward kernel is not written yet. fp32 only: Triton 3.9's interpreter
+Backward runs one Triton kernel a step from the states saved before it (one state per step, no
+hidden layer kept): it recomputes the hidden layer and gives the ReLU's and the output layer's
+gradients; the 3x3 layer's weight and input gradients are torch's (cuDNN on GPUs). fp32 only: Triton 3.9's interpreter
 computes a bfloat16 tl.dot wrongly, so a bf16 kernel could not be tested without a GPU. Runs on
 CUDA, and on CPU under Triton's interpreter (TRITON_INTERPRET=1), which is how the tests run it.
 """
@@ -26,19 +26,12 @@ def _reflect(i, size):
 
 
 @triton.jit
-def _step_kernel(state_ptr, base_ptr, kernel_ptr, out_ptr, fire_ptr, new_ptr, fire_rate, H, W,
-                 M: tl.constexpr, HID: tl.constexpr, MP: tl.constexpr, HP: tl.constexpr,
-                 BLOCK: tl.constexpr, MASKED: tl.constexpr):
-    """One step of one fold on one tile of BLOCK pixels of one image. Layouts (channels last):
-    state/new (B, k, H, W, M), base (B, k, H, W, HID), kernel (k, 9, M, HID), out (k, HID, M),
-    fire (B, k, H, W)."""
-    tile, b, f = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    folds = tl.num_programs(2)
-    pix = tile * BLOCK + tl.arange(0, BLOCK)
-    inside = pix < H * W
+def _hidden(state_ptr, base_ptr, kernel_ptr, f, image, pix, inside, H, W, M: tl.constexpr, HID: tl.constexpr,
+            MP: tl.constexpr, HP: tl.constexpr, BLOCK: tl.constexpr):
+    """The first layer before its ReLU, (BLOCK, HP): the 3x3 neighbourhood (reflect) of each pixel
+    times the fused kernel's 9 taps, plus base."""
     y, x = pix // W, pix % W
     m, h = tl.arange(0, MP), tl.arange(0, HP)
-    image = (b * folds + f).to(tl.int64) * H * W
     acc = tl.zeros((BLOCK, HP), dtype=tl.float32)
     for tap in tl.static_range(9):
         ny = _reflect(y + tap // 3 - 1, H)
@@ -48,9 +41,23 @@ def _step_kernel(state_ptr, base_ptr, kernel_ptr, out_ptr, fire_ptr, new_ptr, fi
         w = tl.load(kernel_ptr + ((f * 9 + tap) * M + m[:, None]) * HID + h[None, :],
                     mask=(m[:, None] < M) & (h[None, :] < HID), other=0.0)
         acc += tl.dot(s, w, input_precision="ieee")
-    z = acc + tl.load(base_ptr + (image + pix)[:, None] * HID + h[None, :],
-                      mask=inside[:, None] & (h[None, :] < HID), other=0.0)
-    z = tl.maximum(z, 0.0)
+    return acc + tl.load(base_ptr + (image + pix)[:, None] * HID + h[None, :],
+                         mask=inside[:, None] & (h[None, :] < HID), other=0.0)
+
+
+@triton.jit
+def _step_kernel(state_ptr, base_ptr, kernel_ptr, out_ptr, fire_ptr, new_ptr, fire_rate, H, W,
+                 M: tl.constexpr, HID: tl.constexpr, MP: tl.constexpr, HP: tl.constexpr,
+                 BLOCK: tl.constexpr, MASKED: tl.constexpr):
+    """One step of one fold on one tile of BLOCK pixels of one image. Layouts (channels last):
+    state/new (B, k, H, W, M), base (B, k, H, W, HID), kernel (k, 9, M, HID), out (k, HID, M),
+    fire (B, k, H, W)."""
+    tile, b, f = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    pix = tile * BLOCK + tl.arange(0, BLOCK)
+    inside = pix < H * W
+    m, h = tl.arange(0, MP), tl.arange(0, HP)
+    image = (b * tl.num_programs(2) + f).to(tl.int64) * H * W
+    z = tl.maximum(_hidden(state_ptr, base_ptr, kernel_ptr, f, image, pix, inside, H, W, M, HID, MP, HP, BLOCK), 0.0)
     o = tl.load(out_ptr + (f * HID + h[:, None]) * M + m[None, :], mask=(h[:, None] < HID) & (m[None, :] < M),
                 other=0.0)
     update = tl.dot(z, o, input_precision="ieee")
@@ -62,6 +69,36 @@ def _step_kernel(state_ptr, base_ptr, kernel_ptr, out_ptr, fire_ptr, new_ptr, fi
     else:
         update = update * fire_rate
     tl.store(new_ptr + here, (s + update).to(new_ptr.dtype.element_ty), mask=keep)
+
+
+@triton.jit
+def _grad_kernel(state_ptr, base_ptr, kernel_ptr, out_ptr, fire_ptr, grad_ptr, dz_ptr, dout_ptr, fire_rate, H, W,
+                 M: tl.constexpr, HID: tl.constexpr, MP: tl.constexpr, HP: tl.constexpr,
+                 BLOCK: tl.constexpr, MASKED: tl.constexpr):
+    """Backward of one step on one tile, the hidden layer recomputed, not stored: from the new
+    state's gradient, the first layer's pre-ReLU gradient dz (B, k, H, W, HID) (also base's) and
+    this tile's share of the output layer's gradient, (HP, MP) at dout[fold, b * tiles + tile]."""
+    tile, b, f = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    tiles, batch = tl.num_programs(0), tl.num_programs(1)
+    pix = tile * BLOCK + tl.arange(0, BLOCK)
+    inside = pix < H * W
+    m, h = tl.arange(0, MP), tl.arange(0, HP)
+    image = (b * tl.num_programs(2) + f).to(tl.int64) * H * W
+    pre = _hidden(state_ptr, base_ptr, kernel_ptr, f, image, pix, inside, H, W, M, HID, MP, HP, BLOCK)
+    z = tl.maximum(pre, 0.0)
+    g = tl.load(grad_ptr + (image + pix)[:, None] * M + m[None, :], mask=inside[:, None] & (m[None, :] < M),
+                other=0.0)
+    if MASKED:
+        du = g * tl.load(fire_ptr + image + pix, mask=inside, other=0.0)[:, None]
+    else:
+        du = g * fire_rate
+    o = tl.load(out_ptr + (f * HID + h[:, None]) * M + m[None, :], mask=(h[:, None] < HID) & (m[None, :] < M),
+                other=0.0)
+    dz = tl.where(pre > 0, tl.dot(du, tl.trans(o), input_precision="ieee"), 0.0)
+    tl.store(dz_ptr + (image + pix)[:, None] * HID + h[None, :], dz, mask=inside[:, None] & (h[None, :] < HID))
+    part = tl.dot(tl.trans(z), du, input_precision="ieee")
+    slot = (f * batch + b) * tiles + tile
+    tl.store(dout_ptr + slot.to(tl.int64) * HP * MP + h[:, None] * MP + m[None, :], part)
 
 
 def _pow2(n: int) -> int:
@@ -108,7 +145,7 @@ def triton_step(state: torch.Tensor, weights: Weights, fire: torch.Tensor | floa
 
 def torch_step(state: torch.Tensor, base: torch.Tensor, kernel: torch.Tensor, out: torch.Tensor,
                fire: torch.Tensor | float, folds: int) -> torch.Tensor:
-    """The same step with torch's convolutions (run_nca's loop body): what backward differentiates."""
+    """The same step with torch's convolutions (run_nca's loop body), channel first."""
     b, km, h, w = state.shape
     z = F.conv2d(F.pad(state, (1, 1, 1, 1), mode="reflect"), kernel, groups=folds).add(base).relu()
     update = F.conv2d(z, out, groups=folds).to(state.dtype)
@@ -117,8 +154,33 @@ def torch_step(state: torch.Tensor, base: torch.Tensor, kernel: torch.Tensor, ou
     return state.add(update, alpha=fire)
 
 
+def step_gradients(state: torch.Tensor, weights: Weights, kernel: torch.Tensor, fire: torch.Tensor | float,
+                   grad: torch.Tensor, folds: int, block: int = 64) -> tuple[torch.Tensor, ...]:
+    """Backward of one step from its input `state` (kernel layout) and the new state's gradient
+    `grad` (channel first): (state's gradient, base's, kernel's, out's), channel first. The
+    Triton kernel recomputes the hidden layer and gives the pre-ReLU gradient and the output
+    layer's (a deterministic sum of per-tile shares); the 3x3 layer's two products are torch's."""
+    b, _, h, w, m = state.shape
+    hid = weights.out.shape[1]
+    tiles, masked = triton.cdiv(h * w, block), isinstance(fire, torch.Tensor)
+    dz = torch.empty(b, folds, h, w, hid, dtype=torch.float32, device=state.device)
+    shares = torch.empty(folds, b * tiles, _pow2(hid), _pow2(m), dtype=torch.float32, device=state.device)
+    _grad_kernel[(tiles, b, folds)](state, weights.base, weights.taps, weights.out, fire if masked else state,
+                                    to_last(grad, folds), dz, shares, 0.0 if masked else float(fire), h, w,
+                                    M=m, HID=hid, MP=_pow2(m), HP=_pow2(hid), BLOCK=block, MASKED=masked)
+    d_out = shares.sum(1)[:, :hid, :m].transpose(1, 2).reshape(folds * m, hid, 1, 1)
+    d_base = to_first(dz)
+    with torch.enable_grad():
+        leaf = to_first(state).requires_grad_()
+        padded = F.pad(leaf, (1, 1, 1, 1), mode="reflect")
+        d_kernel = torch.nn.grad.conv2d_weight(padded, kernel.shape, d_base, groups=folds)
+        d_padded = torch.nn.grad.conv2d_input(padded.shape, kernel, d_base, groups=folds)
+        (d_state,) = torch.autograd.grad(padded, leaf, d_padded)
+    return grad + d_state, d_base, d_kernel, d_out
+
+
 class _Steps(torch.autograd.Function):
-    """`steps` Triton steps forward; backward recomputes each from its saved input state."""
+    """`steps` Triton steps forward, one saved state per step; backward one Triton kernel a step."""
 
     @staticmethod
     def forward(ctx, state, base, kernel, out, fire, fire_rate, steps, folds):
@@ -129,23 +191,22 @@ class _Steps(torch.autograd.Function):
         for step in range(steps):
             inputs.append(last)
             last = triton_step(last, weights, fire_rate if masks is None else masks[step])
-        ctx.save_for_backward(base, kernel, out, fire, *inputs)
+        ctx.save_for_backward(base, kernel, out, masks, *inputs)
         ctx.fire_rate, ctx.folds = fire_rate, folds
         return to_first(last)
 
     @staticmethod
     def backward(ctx, grad):
-        base, kernel, out, fire, *inputs = ctx.saved_tensors
-        grads = [torch.zeros_like(t) for t in (base, kernel, out)]
+        base, kernel, out, masks, *inputs = ctx.saved_tensors
+        weights = Weights.of(base, kernel, out, ctx.folds)
+        totals = [torch.zeros_like(t) for t in (base, kernel, out)]
+        grad = grad.contiguous()
         for step in reversed(range(len(inputs))):
-            with torch.enable_grad():
-                state = to_first(inputs[step]).detach().requires_grad_()
-                leaves = [t.detach().requires_grad_() for t in (base, kernel, out)]
-                new = torch_step(state, *leaves, ctx.fire_rate if fire is None else fire[step], ctx.folds)
-                grad, *parts = torch.autograd.grad(new, [state, *leaves], grad)
-            for total, part in zip(grads, parts):
+            fire = ctx.fire_rate if masks is None else masks[step]
+            grad, *parts = step_gradients(inputs[step], weights, kernel, fire, grad, ctx.folds)
+            for total, part in zip(totals, parts):
                 total += part
-        return grad, *grads, None, None, None, None
+        return grad, *totals, None, None, None, None
 
 
 def triton_steps(state: torch.Tensor, base: torch.Tensor, kernel: torch.Tensor, out: torch.Tensor,
