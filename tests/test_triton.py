@@ -84,3 +84,22 @@ def test_an_unknown_kernel_is_refused_naming_the_key(tmp_path):
     path.write_text("kernel: cuda\n")
     with pytest.raises(ConfigError, match=r"key 'kernel'"):
         load_config(path)
+
+
+def test_one_step_s_backward_kernels_give_torch_s_four_gradients_through_the_reflect_border():
+    from ncawss.method.triton_step import Weights, step_gradients, to_first, to_last, torch_step
+
+    torch.manual_seed(0)
+    b, k, m, hid, h, w = 2, 2, 5, 8, 6, 7  # every pixel of a 6x7 image is near a border
+    state, base = torch.randn(b, k * m, h, w, requires_grad=True), torch.randn(b, k * hid, h, w, requires_grad=True)
+    kernel = (torch.randn(k * hid, m, 3, 3) * 0.3).requires_grad_()
+    out = (torch.randn(k * m, hid, 1, 1) * 0.3).requires_grad_()
+    fire = (torch.rand(b, k, 1, h, w) < 0.5).float()
+    new = torch_step(state, base, kernel, out, fire, k)
+    grad = torch.randn_like(new)
+    expected = torch.autograd.grad(new, [state, base, kernel, out], grad)
+    weights = Weights.of(base.detach(), kernel.detach(), out.detach(), k)
+    d_state, *rest = step_gradients(to_last(state.detach(), k), weights, kernel.detach(),
+                                    fire.reshape(b, k, h, w).contiguous(), to_last(grad, k), k)
+    for got, want in zip([to_first(d_state), *rest], expected):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)

@@ -5,7 +5,8 @@ a fold index in the launch grid, each with its own weights.
 
 Backward runs one Triton kernel a step from the states saved before it (one state per step, no
 hidden layer kept): it recomputes the hidden layer and gives the ReLU's and the output layer's
-gradients; the 3x3 layer's weight and input gradients are torch's (cuDNN on GPUs). fp32 only: Triton 3.9's interpreter
+gradients, and a second gathers the input state's gradient through the reflect padding; the 3x3
+layer's weight gradient is torch's (cuDNN on GPUs). fp32 only: Triton 3.9's interpreter
 computes a bfloat16 tl.dot wrongly, so a bf16 kernel could not be tested without a GPU. Runs on
 CUDA, and on CPU under Triton's interpreter (TRITON_INTERPRET=1), which is how the tests run it.
 """
@@ -101,6 +102,52 @@ def _grad_kernel(state_ptr, base_ptr, kernel_ptr, out_ptr, fire_ptr, grad_ptr, d
     tl.store(dout_ptr + slot.to(tl.int64) * HP * MP + h[:, None] * MP + m[None, :], part)
 
 
+@triton.jit
+def _source(p, d: tl.constexpr, extra: tl.constexpr, size):
+    """The pixels q (along one axis) whose neighbour at offset d is p under reflect padding: q = p - d,
+    or (extra) the border pixel that reflects onto p: q = 0 for p = 1 and d = -1, q = size - 1 for
+    p = size - 2 and d = 1. Returns (q, valid)."""
+    if extra:
+        if d == -1:
+            return tl.zeros_like(p), p == 1
+        else:
+            return tl.zeros_like(p) + size - 1, p == size - 2
+    else:
+        q = p - d
+        return q, (q >= 0) & (q < size)
+
+
+@triton.jit
+def _input_grad_kernel(dz_ptr, kernel_ptr, grad_ptr, dstate_ptr, H, W, M: tl.constexpr, HID: tl.constexpr,
+                       MP: tl.constexpr, HP: tl.constexpr, BLOCK: tl.constexpr):
+    """The input state's gradient of one step on one tile: the new state's gradient (the identity
+    path) plus, for each tap, dz at every pixel whose reflect-padded neighbour this pixel is, times
+    the tap's weights. Gathered, not scattered: no atomics."""
+    tile, b, f = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    pix = tile * BLOCK + tl.arange(0, BLOCK)
+    inside = pix < H * W
+    y, x = pix // W, pix % W
+    m, h = tl.arange(0, MP), tl.arange(0, HP)
+    image = (b * tl.num_programs(2) + f).to(tl.int64) * H * W
+    here = (image + pix)[:, None] * M + m[None, :]
+    keep = inside[:, None] & (m[None, :] < M)
+    acc = tl.load(grad_ptr + here, mask=keep, other=0.0)
+    for tap in tl.static_range(9):
+        dy: tl.constexpr = tap // 3 - 1
+        dx: tl.constexpr = tap % 3 - 1
+        w = tl.load(kernel_ptr + ((f * 9 + tap) * M + m[None, :]) * HID + h[:, None],
+                    mask=(h[:, None] < HID) & (m[None, :] < M), other=0.0)  # (HP, MP): the tap transposed
+        for ey in tl.static_range(1 + (dy != 0)):
+            for ex in tl.static_range(1 + (dx != 0)):
+                qy, vy = _source(y, dy, ey == 1, H)
+                qx, vx = _source(x, dx, ex == 1, W)
+                valid = inside & vy & vx
+                d = tl.load(dz_ptr + (image + qy * W + qx)[:, None] * HID + h[None, :],
+                            mask=valid[:, None] & (h[None, :] < HID), other=0.0)
+                acc += tl.dot(d, w, input_precision="ieee")
+    tl.store(dstate_ptr + here, acc, mask=keep)
+
+
 def _pow2(n: int) -> int:
     return max(16, triton.next_power_of_2(n))  # tl.dot takes blocks of at least 16
 
@@ -156,27 +203,27 @@ def torch_step(state: torch.Tensor, base: torch.Tensor, kernel: torch.Tensor, ou
 
 def step_gradients(state: torch.Tensor, weights: Weights, kernel: torch.Tensor, fire: torch.Tensor | float,
                    grad: torch.Tensor, folds: int, block: int = 64) -> tuple[torch.Tensor, ...]:
-    """Backward of one step from its input `state` (kernel layout) and the new state's gradient
-    `grad` (channel first): (state's gradient, base's, kernel's, out's), channel first. The
-    Triton kernel recomputes the hidden layer and gives the pre-ReLU gradient and the output
-    layer's (a deterministic sum of per-tile shares); the 3x3 layer's two products are torch's."""
+    """Backward of one step from its input `state` and the new state's gradient `grad` (both in the
+    kernel's layout): the state's gradient (kernel layout) and base's, kernel's and out's (channel
+    first). Two Triton kernels: one recomputes the hidden layer and gives the pre-ReLU gradient and
+    the output layer's (a deterministic sum of per-tile shares), one gathers the input state's;
+    the 3x3 layer's weight gradient is torch's (a convolution's weight gradient)."""
     b, _, h, w, m = state.shape
     hid = weights.out.shape[1]
     tiles, masked = triton.cdiv(h * w, block), isinstance(fire, torch.Tensor)
     dz = torch.empty(b, folds, h, w, hid, dtype=torch.float32, device=state.device)
     shares = torch.empty(folds, b * tiles, _pow2(hid), _pow2(m), dtype=torch.float32, device=state.device)
     _grad_kernel[(tiles, b, folds)](state, weights.base, weights.taps, weights.out, fire if masked else state,
-                                    to_last(grad, folds), dz, shares, 0.0 if masked else float(fire), h, w,
+                                    grad, dz, shares, 0.0 if masked else float(fire), h, w,
                                     M=m, HID=hid, MP=_pow2(m), HP=_pow2(hid), BLOCK=block, MASKED=masked)
     d_out = shares.sum(1)[:, :hid, :m].transpose(1, 2).reshape(folds * m, hid, 1, 1)
+    d_state = torch.empty_like(state)
+    _input_grad_kernel[(tiles, b, folds)](dz, weights.taps, grad, d_state, h, w, M=m, HID=hid, MP=_pow2(m),
+                                          HP=_pow2(hid), BLOCK=block)
     d_base = to_first(dz)
-    with torch.enable_grad():
-        leaf = to_first(state).requires_grad_()
-        padded = F.pad(leaf, (1, 1, 1, 1), mode="reflect")
-        d_kernel = torch.nn.grad.conv2d_weight(padded, kernel.shape, d_base, groups=folds)
-        d_padded = torch.nn.grad.conv2d_input(padded.shape, kernel, d_base, groups=folds)
-        (d_state,) = torch.autograd.grad(padded, leaf, d_padded)
-    return grad + d_state, d_base, d_kernel, d_out
+    padded = F.pad(to_first(state), (1, 1, 1, 1), mode="reflect")
+    d_kernel = torch.nn.grad.conv2d_weight(padded, kernel.shape, d_base, groups=folds)
+    return d_state, d_base, d_kernel, d_out
 
 
 class _Steps(torch.autograd.Function):
@@ -200,13 +247,13 @@ class _Steps(torch.autograd.Function):
         base, kernel, out, masks, *inputs = ctx.saved_tensors
         weights = Weights.of(base, kernel, out, ctx.folds)
         totals = [torch.zeros_like(t) for t in (base, kernel, out)]
-        grad = grad.contiguous()
+        grad = to_last(grad, ctx.folds)
         for step in reversed(range(len(inputs))):
             fire = ctx.fire_rate if masks is None else masks[step]
             grad, *parts = step_gradients(inputs[step], weights, kernel, fire, grad, ctx.folds)
             for total, part in zip(totals, parts):
                 total += part
-        return grad, *totals, None, None, None, None
+        return to_first(grad), *totals, None, None, None, None
 
 
 def triton_steps(state: torch.Tensor, base: torch.Tensor, kernel: torch.Tensor, out: torch.Tensor,
