@@ -4,11 +4,20 @@ kernel runs under Triton's interpreter (conftest sets TRITON_INTERPRET=1 without
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from ncawss import ConfigError, NCAClassifier, TrainConfig, load_config, make_synthetic, train_fold
 from ncawss.method.nca import FoldStack, fire_masks
 
 pytest.importorskip("triton")
+
+
+def torch_step(state, base, kernel, out, fire, folds):
+    """One step as run_nca's torch loop computes it, channel first: the reference."""
+    b, km, h, w = state.shape
+    z = F.conv2d(F.pad(state, (1, 1, 1, 1), mode="reflect"), kernel, groups=folds).add(base).relu()
+    update = F.conv2d(z, out, groups=folds)
+    return torch.addcmul(state.view(b, folds, -1, h, w), update.view(b, folds, -1, h, w), fire).view(b, km, h, w)
 
 
 def classifiers(kernel: str, folds: int, channels: int, seed: int = 0) -> list[NCAClassifier]:
@@ -87,7 +96,7 @@ def test_an_unknown_kernel_is_refused_naming_the_key(tmp_path):
 
 
 def test_one_step_s_backward_kernels_give_torch_s_four_gradients_through_the_reflect_border():
-    from ncawss.method.triton_step import Weights, step_gradients, to_first, to_last, torch_step
+    from ncawss.method.triton_step import Weights, step_gradients, to_first, to_last
 
     torch.manual_seed(0)
     b, k, m, hid, h, w = 2, 2, 5, 8, 6, 7  # every pixel of a 6x7 image is near a border

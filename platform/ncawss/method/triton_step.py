@@ -190,17 +190,6 @@ def triton_step(state: torch.Tensor, weights: Weights, fire: torch.Tensor | floa
     return new
 
 
-def torch_step(state: torch.Tensor, base: torch.Tensor, kernel: torch.Tensor, out: torch.Tensor,
-               fire: torch.Tensor | float, folds: int) -> torch.Tensor:
-    """The same step with torch's convolutions (run_nca's loop body), channel first."""
-    b, km, h, w = state.shape
-    z = F.conv2d(F.pad(state, (1, 1, 1, 1), mode="reflect"), kernel, groups=folds).add(base).relu()
-    update = F.conv2d(z, out, groups=folds).to(state.dtype)
-    if isinstance(fire, torch.Tensor):
-        return torch.addcmul(state.view(b, folds, -1, h, w), update.view(b, folds, -1, h, w), fire).view(b, km, h, w)
-    return state.add(update, alpha=fire)
-
-
 def step_gradients(state: torch.Tensor, weights: Weights, kernel: torch.Tensor, fire: torch.Tensor | float,
                    grad: torch.Tensor, folds: int, block: int = 64) -> tuple[torch.Tensor, ...]:
     """Backward of one step from its input `state` and the new state's gradient `grad` (both in the
@@ -227,7 +216,7 @@ def step_gradients(state: torch.Tensor, weights: Weights, kernel: torch.Tensor, 
 
 
 class _Steps(torch.autograd.Function):
-    """`steps` Triton steps forward, one saved state per step; backward one Triton kernel a step."""
+    """`steps` Triton steps forward, one saved state per step; backward two Triton kernels a step."""
 
     @staticmethod
     def forward(ctx, state, base, kernel, out, fire, fire_rate, steps, folds):
