@@ -30,7 +30,8 @@ Objective = Literal["iou_mean", "accuracy_mean", "iou64_pooled_mean"]
 
 # Read-out options are searched as "readout.<option>", e.g. readout.smooth. The split is fixed:
 # trials compare on the same folds.
-SEARCHABLE = (set(TrainConfig.model_fields) - {"seed", "eval_every", "betas", "variants", "cuda_graph", "split"}) \
+SEARCHABLE = (set(TrainConfig.model_fields) - {"seed", "eval_every", "betas", "variants", "cuda_graph", "kernel",
+                                              "split"}) \
     | {f"readout.{name}" for name in Readout.model_fields}
 
 
