@@ -171,3 +171,10 @@ def test_a_sample_without_a_mask_trains_as_before_and_only_masked_test_images_ar
         assert fb.iou == pytest.approx(float(fa.evaluation.iou[keep].mean()))
     with pytest.raises(DataError, match=r"4 of 24 samples have no mask"):
         partial.target_masks()
+
+
+def test_two_images_of_one_stem_are_named(tmp_path):
+    root = make_prefix(tmp_path / "src")
+    save(root / "image" / "eosinophil_1.jpg", image(9))  # beside eosinophil_1.png
+    with pytest.raises(DataError, match=r"image: duplicate image stem 'eosinophil_1'"):
+        convert("prefix", root, tmp_path / "x.parquet")

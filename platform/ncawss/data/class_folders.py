@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from .dataset import DataError, Dataset
-from .files import IMAGE_SUFFIXES, STRAY_SHARE, binary_mask, read_image, read_mask
+from .files import IMAGE_SUFFIXES, STRAY_SHARE, binary_mask, check_unique, read_image, read_mask
 
 log = logging.getLogger(__name__)
 
@@ -118,9 +118,7 @@ def read_imagefolder(source: str | os.PathLike, images: str = "images", masks: s
             raise DataError(f"{image_root / label}: class folder without images")
         by_stem = mask_index(root / masks / label)
         stems = [p.stem for p in files]
-        if len(set(stems)) < len(stems):
-            twice = next(s for s in stems if stems.count(s) > 1)
-            raise DataError(f"{image_root / label}: two images of stem {twice!r} (ids are <class>/<stem>)")
+        check_unique(stems, image_root / label, "image stem (ids are <class>/<stem>)")
         warn_orphans(by_stem, stems)
         samples += [Sample(f"{label}/{p.stem}", label, p, by_stem.get(p.stem)) for p in files]
     return read_samples(samples, list(classes) if classes else found, root, name or root.resolve().name,
@@ -145,9 +143,7 @@ def read_prefix(source: str | os.PathLike, images: str = "image", masks: str = "
             raise DataError(f"{path}: no class prefix (layout prefix expects <class>{separator}<name>)")
         samples.append(Sample(path.stem, label, path, by_stem.get(path.stem)))
     stems = [s.id for s in samples]
-    if len(set(stems)) < len(stems):
-        twice = next(s for s in stems if stems.count(s) > 1)
-        raise DataError(f"{image_root}: two images of stem {twice!r}")
+    check_unique(stems, image_root, "image stem")
     warn_orphans(by_stem, stems)
     found = sorted({s.label for s in samples})
     return read_samples(samples, list(classes) if classes else found, root, name or root.resolve().name,

@@ -64,6 +64,15 @@ def snap_to_levels(values: np.ndarray, levels: set[int], path: Path, max_stray: 
     return snapped, count
 
 
+def check_unique(keys: list[str], where: Path, what: str) -> None:
+    """A DataError naming `where` and the first key that comes twice."""
+    seen = set()
+    for key in keys:
+        if key in seen:
+            raise DataError(f"{where}: duplicate {what} {key!r}")
+        seen.add(key)
+
+
 def binary_mask(path: Path, shape: tuple[int, int], max_stray: float) -> tuple[np.ndarray, int]:
     """A folder-layout mask; a 0/255 one with a few stray values is snapped, anything else (0/1,
     label images with several values) is read as it is: nonzero = cell."""

@@ -9,7 +9,7 @@ import numpy as np
 
 from .class_folders import read_imagefolder, read_prefix
 from .dataset import DataError, Dataset
-from .files import IMAGE_SUFFIXES, STRAY_SHARE, binary_mask, read_image, read_mask, snap_to_levels
+from .files import IMAGE_SUFFIXES, STRAY_SHARE, binary_mask, check_unique, read_image, read_mask, snap_to_levels
 from .parquet import write_dataset
 from .synthetic import make_synthetic
 
@@ -28,14 +28,6 @@ def read_csv_rows(path: Path, columns: int = 2) -> list[list[str]]:
         if len(row) != columns:
             raise DataError(f"{path}, line {line}: expected {columns} columns, got {len(row)}")
     return [[cell.strip() for cell in row] for row in rows[1:]]
-
-
-def check_unique(keys: list[str], where: Path, what: str) -> None:
-    seen = set()
-    for key in keys:
-        if key in seen:
-            raise DataError(f"{where}: duplicate {what} {key!r}")
-        seen.add(key)
 
 
 def read_zheng2018(source: str | os.PathLike, subset: int = 1, max_stray: float = STRAY_SHARE) -> Dataset:
