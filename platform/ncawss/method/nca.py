@@ -139,16 +139,16 @@ def run_nca(weights: Fused, rgb: torch.Tensor, steps: int, fire: torch.Tensor | 
         from .triton_step import triton_steps  # imports Triton only where it runs
 
         state = triton_steps(state, base, kernel_w, out, fire, steps, k)
-        return torch.cat([rgb, state.reshape(b, k, m, h, w)[:, :, :n].to(rgb.dtype)], dim=2)
-    for step in range(steps):
-        z = F.conv2d(F.pad(state, (1, 1, 1, 1), mode="reflect"), kernel_w, groups=k).add_(base).relu_()
-        update = F.conv2d(z, out, groups=k).to(state.dtype)
-        if isinstance(fire, torch.Tensor):
-            state = torch.addcmul(state.view(b, k, m, h, w), update.view(b, k, m, h, w), fire[step])
-            state = state.view(b, k * m, h, w)
-        else:
-            state = state.add(update, alpha=fire)
-    return torch.cat([rgb, state.view(b, k, m, h, w)[:, :, :n].to(rgb.dtype)], dim=2)
+    else:
+        for step in range(steps):
+            z = F.conv2d(F.pad(state, (1, 1, 1, 1), mode="reflect"), kernel_w, groups=k).add_(base).relu_()
+            update = F.conv2d(z, out, groups=k).to(state.dtype)
+            if isinstance(fire, torch.Tensor):
+                state = torch.addcmul(state.view(b, k, m, h, w), update.view(b, k, m, h, w), fire[step])
+                state = state.view(b, k * m, h, w)
+            else:
+                state = state.add(update, alpha=fire)
+    return torch.cat([rgb, state.reshape(b, k, m, h, w)[:, :, :n].to(rgb.dtype)], dim=2)
 
 
 POOLS = ("mean", "max")
