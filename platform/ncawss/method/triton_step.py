@@ -3,7 +3,7 @@ reflect-padded 3x3 neighbourhood of the hidden channels, the fused first layer, 
 output layer and the fire-masked update, reading the state once and writing it once; k folds by
 a fold index in the launch grid, each with its own weights.
 
-Backward runs one Triton kernel a step from the states saved before it (one state per step, no
+Backward runs two Triton kernels a step from the states saved before it (one state per step, no
 hidden layer kept): it recomputes the hidden layer and gives the ReLU's and the output layer's
 gradients, and a second gathers the input state's gradient through the reflect padding; the 3x3
 layer's weight gradient is torch's (cuDNN on GPUs). fp32 only: Triton 3.9's interpreter
@@ -190,7 +190,7 @@ def triton_step(state: torch.Tensor, weights: Weights, fire: torch.Tensor | floa
     return new
 
 
-def step_gradients(state: torch.Tensor, weights: Weights, kernel: torch.Tensor, fire: torch.Tensor | float,
+def step_gradients(state: torch.Tensor, weights: Weights, kernel_shape: torch.Size, fire: torch.Tensor | float,
                    grad: torch.Tensor, folds: int, block: int = 64) -> tuple[torch.Tensor, ...]:
     """Backward of one step from its input `state` and the new state's gradient `grad` (both in the
     kernel's layout): the state's gradient (kernel layout) and base's, kernel's and out's (channel
@@ -211,7 +211,7 @@ def step_gradients(state: torch.Tensor, weights: Weights, kernel: torch.Tensor, 
                                           HP=_pow2(hid), BLOCK=block)
     d_base = to_first(dz)
     padded = F.pad(to_first(state), (1, 1, 1, 1), mode="reflect")
-    d_kernel = torch.nn.grad.conv2d_weight(padded, kernel.shape, d_base, groups=folds)
+    d_kernel = torch.nn.grad.conv2d_weight(padded, kernel_shape, d_base, groups=folds)
     return d_state, d_base, d_kernel, d_out
 
 
@@ -227,19 +227,19 @@ class _Steps(torch.autograd.Function):
         for step in range(steps):
             inputs.append(last)
             last = triton_step(last, weights, fire_rate if masks is None else masks[step])
-        ctx.save_for_backward(base, kernel, out, masks, *inputs)
-        ctx.fire_rate, ctx.folds = fire_rate, folds
+        ctx.save_for_backward(*weights, masks, *inputs)  # the weights as the kernels read them
+        ctx.fire_rate, ctx.folds, ctx.shapes = fire_rate, folds, [t.shape for t in (base, kernel, out)]
         return to_first(last)
 
     @staticmethod
     def backward(ctx, grad):
-        base, kernel, out, masks, *inputs = ctx.saved_tensors
-        weights = Weights.of(base, kernel, out, ctx.folds)
-        totals = [torch.zeros_like(t) for t in (base, kernel, out)]
+        *layers, masks = ctx.saved_tensors[:4]
+        weights, inputs = Weights(*layers), ctx.saved_tensors[4:]
+        totals = [grad.new_zeros(shape) for shape in ctx.shapes]
         grad = to_last(grad, ctx.folds)
         for step in reversed(range(len(inputs))):
             fire = ctx.fire_rate if masks is None else masks[step]
-            grad, *parts = step_gradients(inputs[step], weights, kernel, fire, grad, ctx.folds)
+            grad, *parts = step_gradients(inputs[step], weights, ctx.shapes[1], fire, grad, ctx.folds)
             for total, part in zip(totals, parts):
                 total += part
         return to_first(grad), *totals, None, None, None, None
