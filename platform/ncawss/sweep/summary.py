@@ -78,9 +78,9 @@ def optuna_figures(spec: SweepSpec, rows: list[dict]) -> dict[str, bytes]:
     if not spec.search or len(done) < 2:
         return {}
     dists = {k: distribution(p) for k, p in spec.search.items()}
-    plots = {"param_importances.png": lambda: optuna.visualization.matplotlib.plot_param_importances(study([METRIC])),
-             "parallel_coordinate.png": lambda: optuna.visualization.matplotlib.plot_parallel_coordinate(
-                 study([METRIC]))}
+    iou = study([METRIC])
+    plots = {"param_importances.png": lambda: optuna.visualization.matplotlib.plot_param_importances(iou),
+             "parallel_coordinate.png": lambda: optuna.visualization.matplotlib.plot_parallel_coordinate(iou)}
     if spec.multi_objective:
         plots["pareto_front.png"] = lambda: optuna.visualization.matplotlib.plot_pareto_front(
             study(spec.objectives), target_names=spec.objectives)
