@@ -165,10 +165,10 @@ class SweepTracker:
 
     def tag_trials(self, tags: dict[str, dict[str, str]]) -> None:
         """Tags on trial runs, by trial id (e.g. whether a trial is on the Pareto front)."""
+        runs = {run.data.tags.get(TRIAL_TAG): run.info.run_id for run in self.trial_runs()}  # one search for all
         for trial_id, trial_tags in tags.items():
-            run_id = self.trial_run_id(trial_id)
-            for key, value in trial_tags.items() if run_id else ():
-                self.client.set_tag(run_id, key, value)
+            for key, value in trial_tags.items() if trial_id in runs else ():
+                self.client.set_tag(runs[trial_id], key, value)
 
     def finish_trial(self, run_id: str, status: str = "FINISHED") -> None:
         self.client.set_terminated(run_id, status=status)
