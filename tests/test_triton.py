@@ -95,7 +95,8 @@ def test_an_unknown_kernel_is_refused_naming_the_key(tmp_path):
         load_config(path)
 
 
-def test_one_step_s_backward_kernels_give_torch_s_four_gradients_through_the_reflect_border():
+@pytest.mark.parametrize("block, splits", [(64, 32), (16, 4)])  # one pixel block; 6 blocks in 3 runs of 2
+def test_one_step_s_backward_kernels_give_torch_s_four_gradients_through_the_reflect_border(block, splits):
     from ncawss.method.triton_step import Weights, step_gradients, to_first, to_last
 
     torch.manual_seed(0)
@@ -108,7 +109,43 @@ def test_one_step_s_backward_kernels_give_torch_s_four_gradients_through_the_ref
     grad = torch.randn_like(new)
     expected = torch.autograd.grad(new, [state, base, kernel, out], grad)
     weights = Weights.of(base.detach(), kernel.detach(), out.detach(), k)
-    d_state, *rest = step_gradients(to_last(state.detach(), k), weights, kernel.shape,
-                                    fire.reshape(b, k, h, w).contiguous(), to_last(grad, k), k)
+    d_state, *rest = step_gradients(to_last(state.detach(), k), weights, fire.reshape(b, k, h, w).contiguous(),
+                                    to_last(grad, k), k, block, splits)
     for got, want in zip([to_first(d_state), *rest], expected):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def rounded(t: torch.Tensor) -> torch.Tensor:
+    return t.bfloat16().float()
+
+
+def test_a_bf16_step_is_fp32_arithmetic_on_operands_rounded_to_bf16():
+    from ncawss.method.triton_step import Weights, to_first, to_last, triton_step
+
+    torch.manual_seed(0)
+    b, k, m, hid, h, w = 2, 2, 6, 16, 9, 8
+    state, base = torch.randn(b, k * m, h, w), torch.randn(b, k * hid, h, w)
+    kernel, out = torch.randn(k * hid, m, 3, 3) * 0.3, torch.randn(k * m, hid, 1, 1) * 0.3
+    fire = (torch.rand(b, k, 1, h, w) < 0.5).float()
+    z = F.conv2d(F.pad(rounded(state), (1, 1, 1, 1), mode="reflect"), rounded(kernel), groups=k).add(base).relu()
+    update = F.conv2d(rounded(z), rounded(out), groups=k)
+    want = torch.addcmul(state.view(b, k, m, h, w), update.view(b, k, m, h, w), fire).view(b, k * m, h, w)
+    weights = Weights.of(base, kernel, out, k)
+    got = to_first(triton_step(to_last(state, k), weights, fire.reshape(b, k, h, w).contiguous(), bf16=True))
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    fp32 = to_first(triton_step(to_last(state, k), weights, fire.reshape(b, k, h, w).contiguous()))
+    assert (got - fp32).abs().max() > 1e-3  # the rounding is there: fp32 gives other numbers
+
+
+def test_bf16_autocast_training_step_stays_within_stated_tolerance_of_fp32():
+    """Under a bfloat16 autocast the kernel's states are within 2% and every gradient within 5%
+    (relative to its norm) of the fp32 torch path's; 3 steps, 2 folds, 16 channels."""
+    size, fire = (8, 8), masks(2, (8, 8))
+    state_t, grads_t = run("torch", 2, 16, size, fire)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        state_k, grads_k = run("triton", 2, 16, size, fire)
+    torch.testing.assert_close(state_k.float(), state_t, rtol=2e-2, atol=2e-2)
+    for name in grads_t:
+        error = (grads_k[name].float() - grads_t[name]).norm() / grads_t[name].norm().clamp_min(1e-12)
+        assert error < 5e-2, (name, float(error))
+    assert not torch.equal(state_k.float(), state_t)

@@ -138,7 +138,9 @@ def run_nca(weights: Fused, rgb: torch.Tensor, steps: int, fire: torch.Tensor | 
     if kernel == "triton":
         from .triton_step import triton_steps  # imports Triton only where it runs
 
-        state = triton_steps(state, base, kernel_w, out, fire, steps, k)
+        # As torch's convolutions do, the kernel honours a bfloat16 autocast around it.
+        bf16 = torch.is_autocast_enabled(x.device.type) and torch.get_autocast_dtype(x.device.type) == torch.bfloat16
+        state = triton_steps(state, base, kernel_w, out, fire, steps, k, bf16)
     else:
         for step in range(steps):
             z = F.conv2d(F.pad(state, (1, 1, 1, 1), mode="reflect"), kernel_w, groups=k).add_(base).relu_()
