@@ -4,10 +4,15 @@
 Same data, same seeds, same per-fold generators in every row; images/s counts
 every fold's training images once per epoch. Rows:
 - sequential: each fold trained alone (k = 1), one after another, eagerly;
-- batched: the library's FoldStack, the folds' convolutions one after another in
-  one forward pass (the default), or as grouped convolutions (groups = folds);
-- on CUDA also both with the step loop replayed as a CUDA graph, and bf16
-  autocast (with graph).
+- batched: the library's BatchedTrainer over FoldStack. On CPU by default fold by
+  fold (each fold's batch its own forward, backward and optimiser step, inside one
+  loop over the batches); one stacked pass of all folds (the folds' convolutions
+  one after another, the default on GPUs), or grouped convolutions (groups = folds);
+- on CUDA also both with the step loop replayed as a CUDA graph, bf16 autocast
+  (with graph), and the Triton step kernel (kernel: triton), fp32 and bf16.
+Each row's share of the device's limits: the paper's FLOPs over the measured
+matmul rate (bf16 on GPUs, fp32 on CPU), and the bytes a once-per-step kernel
+must move (common.fused_bytes_per_image) over the measured copy bandwidth.
 Then the final evaluation (every read-out of configs/paper.yaml, both CNN
 baselines' CAMs) of every fold's test images, beside one training epoch.
 
@@ -23,7 +28,7 @@ from pathlib import Path
 import torch
 
 import ncawss
-from common import device_limits, machine
+from common import device_limits, fused_bytes_per_image, machine, paper_flops_per_image
 from ncawss.method.baselines import CNN_WIDTHS, train_cnns
 from ncawss.method.evaluation import TestSet, evaluate
 from ncawss.method.loop import BatchedTrainer, build_model, make_folds, normalised_training_set
@@ -37,7 +42,7 @@ def synchronise(device):
         torch.cuda.synchronize()
 
 
-def time_training(config, splits, device, epochs, stack_of=FoldStack) -> float:
+def time_training(config, splits, device, epochs, stack_of=FoldStack, fold_by_fold=None) -> float:
     """Seconds for `epochs` epochs of the given folds as one batched model (setup excluded)."""
     data = []
     for train, _ in splits:
@@ -45,12 +50,28 @@ def time_training(config, splits, device, epochs, stack_of=FoldStack) -> float:
         data.append((x.to(device), torch.as_tensor(train.labels, dtype=torch.long, device=device)))
     models = [build_model(config, len(splits[0][0].classes)).to(device) for _ in splits]
     trainer = BatchedTrainer(stack_of(models), make_folds(config, models, data, device, fire=True), config,
-                             config.fire_rate, config.steps)
+                             config.fire_rate, config.steps, fold_by_fold=fold_by_fold)
     trainer.epoch()  # warm-up (and graph capture), not timed
     synchronise(device)
     start = time.perf_counter()
     for _ in range(epochs):
         trainer.epoch()
+    synchronise(device)
+    return time.perf_counter() - start
+
+
+def time_evaluation(config, dataset, splits, device) -> float:
+    """Seconds of the final evaluation of every read-out with both CNN baselines' CAMs, all folds' test images."""
+    cnn_config = config.model_copy(update={"epochs": 1})
+    cnns = {size: train_cnns(cnn_config, [tr for tr, _ in splits], size, device) for size in CNN_WIDTHS}
+    models = [build_model(config, len(dataset.classes)).to(device) for _ in splits]
+    synchronise(device)
+    start = time.perf_counter()
+    for i, ((train, test), model) in enumerate(zip(splits, models)):
+        _, mean, std = normalised_training_set(train, config.image_size)
+        prepared = TestSet.prepare(test, mean, std, config.image_size, {s: cnns[s][i] for s in CNN_WIDTHS},
+                                   ("gradcam", "eigencam"), device)
+        evaluate(model, prepared, config, device)
     synchronise(device)
     return time.perf_counter() - start
 
@@ -62,7 +83,8 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=2, help="timed epochs per row, after one warm-up epoch")
     p.add_argument("--images", type=int, default=240, help="synthetic images in the folds (default 240)")
     p.add_argument("--data", help="a dataset Parquet file instead of synthetic images")
-    p.add_argument("--skip", nargs="*", default=[], help="rows to leave out: sequential")
+    p.add_argument("--skip", nargs="*", default=[], choices=["sequential", "grouped", "evaluation"],
+                   help="parts to leave out")
     args = p.parse_args()
     device = torch.device(args.device)
     config = ncawss.load_config(ROOT / "configs/paper.yaml")
@@ -77,38 +99,41 @@ def main() -> None:
         seconds = sum(time_training(eager, [s], device, args.epochs) for s in splits)
         rows.append(("sequential (one fold at a time)", seconds))
     grouped = functools.partial(FoldStack, grouped=True)
-    rows.append(("batched", time_training(eager, splits, device, args.epochs)))
-    rows.append(("batched, grouped convolutions", time_training(eager, splits, device, args.epochs, grouped)))
+    if device.type == "cpu":
+        rows.append(("batched, fold by fold (default)", time_training(eager, splits, device, args.epochs)))
+    rows.append(("batched, one stacked pass", time_training(eager, splits, device, args.epochs, fold_by_fold=False)))
+    if "grouped" not in args.skip:
+        rows.append(("batched, grouped convolutions",
+                     time_training(eager, splits, device, args.epochs, grouped, False)))
     if device.type == "cuda":
         rows.append(("batched + CUDA graph", time_training(config, splits, device, args.epochs)))
         rows.append(("batched grouped + CUDA graph", time_training(config, splits, device, args.epochs, grouped)))
         bf16 = config.model_copy(update={"precision": "bf16"})
         rows.append(("batched + CUDA graph, bf16", time_training(bf16, splits, device, args.epochs)))
+        triton = config.model_copy(update={"kernel": "triton"})
+        rows.append(("triton + CUDA graph", time_training(triton, splits, device, args.epochs)))
+        rows.append(("triton + CUDA graph, bf16", time_training(triton.model_copy(update={"precision": "bf16"}),
+                                                               splits, device, args.epochs)))
     epoch_seconds = min(s for _, s in rows) / args.epochs
 
-    # Final evaluation of every read-out with both CNN baselines' CAMs, all folds' test images.
-    cnn_config = config.model_copy(update={"epochs": 1})
-    cnns = {size: train_cnns(cnn_config, [tr for tr, _ in splits], size, device) for size in CNN_WIDTHS}
-    models = [build_model(config, len(dataset.classes)).to(device) for _ in splits]
-    synchronise(device)
-    start = time.perf_counter()
-    for i, ((train, test), model) in enumerate(zip(splits, models)):
-        _, mean, std = normalised_training_set(train, config.image_size)
-        prepared = TestSet.prepare(test, mean, std, config.image_size, {s: cnns[s][i] for s in CNN_WIDTHS},
-                                   ("gradcam", "eigencam"), device)
-        evaluate(model, prepared, config, device)
-    synchronise(device)
-    evaluation = time.perf_counter() - start
+    evaluation = None if "evaluation" in args.skip else time_evaluation(config, dataset, splits, device)
 
     limits = device_limits(device)
     print(f"machine: {machine(device)}; {limits}")
     print(f"paper configuration (32 ch, hidden 32, 32 steps, 64x64, batch 32 per fold), {args.folds} folds of "
           f"{dataset.name} ({sum(len(tr) for tr, _ in splits)} training images), {args.epochs} timed epochs\n")
-    print("| path                             | seconds | images/s | vs sequential |")
-    print("|----------------------------------|--------:|---------:|--------------:|")
+    flops = paper_flops_per_image(config.channels, config.hidden, config.steps, config.image_size)
+    traffic = fused_bytes_per_image(config.channels, config.hidden, config.steps, config.image_size)
+    print("| path                             | seconds | images/s | vs sequential | share of the device's limits"
+          "          |")
+    print("|----------------------------------|--------:|---------:|--------------:|-----------------------------"
+          "----------|")
     base = rows[0][1]
     for name, seconds in rows:
-        print(f"| {name:<32} | {seconds:7.2f} | {images / seconds:8.0f} | {base / seconds:12.2f}x |")
+        print(f"| {name:<32} | {seconds:7.2f} | {images / seconds:8.0f} | {base / seconds:12.2f}x | "
+              f"{limits.shares(images / seconds, flops, traffic):<37} |")
+    if evaluation is None:
+        return
     print(f"\nfinal evaluation ({len(config.readouts())} read-outs, intensity + 4 CAM baselines, "
           f"{sum(len(te) for _, te in splits)} test images of {args.folds} folds): {evaluation:.2f} s "
           f"= {evaluation / epoch_seconds:.2f} of one batched training epoch ({epoch_seconds:.2f} s)")

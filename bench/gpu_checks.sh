@@ -4,9 +4,10 @@
 # machine lacks: ../shared/device/wheels.sh, or `pip download pydantic captum pytest`) and
 # data/zheng2018-d1.parquet (jobs/prepare_data.py). Logs go to $OUT (default gpu-logs/).
 #
-#     OUT=gpu-logs bash bench/gpu_checks.sh [STEP ...]    # default: every step, in this order
+#     OUT=gpu-logs bash bench/gpu_checks.sh [STEP ...]
+# default: tests cv_throughput nca_throughput cv_triton cv_baselines, in this order
 set -u
-STEPS=${*:-tests cv_throughput cv_baselines cv_bf16 cv_fp32 nca_throughput}
+STEPS=${*:-tests cv_throughput nca_throughput cv_triton cv_baselines}
 OUT=${OUT:-gpu-logs}
 mkdir -p "$OUT"
 if ! python3 -c "import pydantic, captum" 2>/dev/null; then
@@ -29,10 +30,13 @@ step() {  # step NAME SECONDS COMMAND...: run with a time limit, log to $OUT/NAM
 }
 
 wanted() { [[ " $STEPS " == *" $1 "* ]]; }
-wanted tests && step tests 150 python3 -m pytest -q -p no:cacheprovider tests/test_batched.py tests/test_nca.py tests/test_triton.py
-wanted cv_throughput && step cv_throughput 100 python3 bench/cv_throughput.py --device cuda --folds 5 --epochs 3 --data "$DATA"
-wanted cv_baselines && step cv_baselines 300 "${CV[@]}" --baselines gradcam eigencam --json "$OUT/cv_baselines.json"
+# At most 10 minutes in all (the limits add up to 590 s).
+wanted tests && step tests 120 python3 -m pytest -q -p no:cacheprovider tests/test_batched.py tests/test_nca.py tests/test_triton.py tests/test_components.py
+wanted cv_throughput && step cv_throughput 110 python3 bench/cv_throughput.py --device cuda --folds 5 --epochs 3 --data "$DATA"
+wanted nca_throughput && step nca_throughput 60 python3 bench/nca_throughput.py --device cuda --triton
+wanted cv_triton && step cv_triton 100 "${CV[@]}" --kernel triton --json "$OUT/cv_triton.json"
+wanted cv_baselines && step cv_baselines 200 "${CV[@]}" --baselines gradcam eigencam --json "$OUT/cv_baselines.json"
+# Not in the default run (named to run): the torch path's CV in bf16 and fp32.
 wanted cv_bf16 && step cv_bf16 240 "${CV[@]}" --precision bf16 --json "$OUT/cv_bf16.json"
 wanted cv_fp32 && step cv_fp32 240 "${CV[@]}" --json "$OUT/cv_fp32.json"
-wanted nca_throughput && step nca_throughput 90 python3 bench/nca_throughput.py --device cuda --triton
 exit 0

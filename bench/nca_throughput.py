@@ -6,8 +6,11 @@ checked equal first. Default: 32 channels, hidden 32, 32 steps, 64x64, batch 32.
 
     python bench/nca_throughput.py [--device cpu|cuda] [--batch 32] [--size 64] [--repeats 3] [--triton]
 
---triton adds the row of the Triton step kernel (kernel: triton; a CUDA device, or on CPU
-Triton's interpreter with TRITON_INTERPRET=1, which checks it but times nothing useful).
+--triton adds the rows of the Triton step kernel (kernel: triton), fp32 and under a bf16 autocast
+(and on CUDA torch's path under bf16 too): a CUDA device, or on CPU Triton's interpreter with
+TRITON_INTERPRET=1, which checks it but times nothing useful. Each row's share of the device's
+limits: its paper FLOPs over the measured matmul rate (bf16 on GPUs, fp32 on CPU), and the bytes
+a once-per-step kernel must move over the measured copy bandwidth.
 """
 from __future__ import annotations
 
@@ -15,15 +18,9 @@ import argparse
 
 import torch
 
-from common import best_of, machine, matmul_gflops
+from common import best_of, device_limits, fused_bytes_per_image, machine, paper_flops_per_image
 from ncawss.method.nca import NCA, PARAMETERS, fused_weights, run_nca, stacked
 from reference_nca import reference_forward
-
-
-def paper_flops_per_image(channels: int, hidden: int, steps: int, size: int) -> float:
-    """Forward+backward FLOPs of the published algorithm (not of the fused form): backward ~ 2x forward."""
-    per_pixel_step = 2 * (2 * channels * 9 + 3 * channels * hidden + hidden * channels)
-    return 3 * per_pixel_step * size * size * steps
 
 
 def main() -> None:
@@ -55,6 +52,12 @@ def main() -> None:
     def reference_forward_():
         return reference_forward(nca, x, args.steps, nca.fire_rate, generator=torch.Generator(device).manual_seed(2))
 
+    def bf16(forward):
+        def run():
+            with torch.autocast(device.type, dtype=torch.bfloat16):
+                return forward()
+        return run
+
     def train_step(forward):
         def step():
             nca.zero_grad()
@@ -74,21 +77,26 @@ def main() -> None:
         with torch.no_grad():
             torch.testing.assert_close(triton_forward(), a, rtol=tolerance, atol=tolerance)
         implementations.append(("ncawss triton", triton_forward))
+        implementations.append(("ncawss triton bf16", bf16(triton_forward)))
+        if device.type == "cuda":
+            implementations.append(("ncawss bf16", bf16(ours_forward)))
 
-    peak = matmul_gflops(8192 if device.type == "cuda" else 2048, device=device)
-    flops = paper_flops_per_image(args.channels, args.hidden, args.steps, args.size) * args.batch
+    limits = device_limits(device)
+    flops = paper_flops_per_image(args.channels, args.hidden, args.steps, args.size)
+    traffic = fused_bytes_per_image(args.channels, args.hidden, args.steps, args.size)
     rows = [(name, best_of(train_step(fn), args.repeats)) for name, fn in implementations]
-    print(f"machine: {machine(device)}; fp32 matmul {peak:.0f} GFLOP/s")
+    print(f"machine: {machine(device)}; {limits}")
     print(f"NCA {args.channels} ch, hidden {args.hidden}, {args.steps} steps, {args.size}x{args.size}, "
-          f"batch {args.batch}, forward+backward; outputs equal (max |diff| {max_diff:.1e})\n")
-    print("| implementation  | images/s | s/batch | GFLOP/s (paper FLOPs) | % of matmul rate | speed-up |")
-    print("|-----------------|---------:|--------:|----------------------:|-----------------:|---------:|")
+          f"batch {args.batch}, forward+backward; outputs equal (max |diff| {max_diff:.1e})")
+    print(f"per image: {flops / 1e9:.3g} GFLOP (the paper's algorithm), {traffic / 1e6:.3g} MB (a step loop that "
+          f"reads and writes each tensor once a step)\n")
+    print("| implementation     | images/s | s/batch | GFLOP/s | share of the device's limits          | speed-up |")
+    print("|--------------------|---------:|--------:|--------:|---------------------------------------|---------:|")
     base = rows[0][1]
     for name, seconds in rows:
-        rate = flops / seconds / 1e9
-        print(f"| {name:<15} | {args.batch / seconds:8.1f} | {seconds:7.2f} | {rate:21.1f} | "
-              f"{100 * rate / peak:15.0f}% | {base / seconds:7.2f}x |")
-
+        per_s = args.batch / seconds
+        print(f"| {name:<18} | {per_s:8.1f} | {seconds:7.3f} | {per_s * flops / 1e9:7.0f} | "
+              f"{limits.shares(per_s, flops, traffic):<37} | {base / seconds:7.2f}x |")
 
 if __name__ == "__main__":
     main()

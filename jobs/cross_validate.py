@@ -42,6 +42,7 @@ def parse_args() -> argparse.Namespace:
                    help="baselines beside NCA-WSS (intensity and otsu_* are always on)")
     p.add_argument("--epochs", type=int, help="override the config's epochs")
     p.add_argument("--precision", choices=["fp32", "bf16"], help="override the config's precision")
+    p.add_argument("--kernel", choices=["torch", "triton"], help="override the config's NCA step kernel")
     p.add_argument("--no-cuda-graph", action="store_true", help="on CUDA, run every batch eagerly")
     p.add_argument("--sequential", action="store_true", help="train the folds one after another")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0 (default cpu)")
@@ -57,7 +58,7 @@ def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     try:
         config = ncawss.load_config(args.config)
-        overrides = {"epochs": args.epochs, "precision": args.precision,
+        overrides = {"epochs": args.epochs, "precision": args.precision, "kernel": args.kernel,
                      "cuda_graph": False if args.no_cuda_graph else None}
         config = config.model_copy(update={k: v for k, v in overrides.items() if v is not None})
         dataset = ncawss.read_dataset(args.data) if args.data else ncawss.make_synthetic(n=200, size=config.image_size)

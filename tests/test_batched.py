@@ -5,6 +5,8 @@ import torch
 
 from ncawss import FoldsHooks, TrainConfig, make_synthetic, train_cnn, train_fold, train_folds
 from ncawss.method.baselines import train_cnns
+from ncawss.method.loop import BatchedTrainer, build_model, make_folds, normalised_training_set
+from ncawss.method.nca import FoldStack
 
 TINY = TrainConfig(channels=6, hidden=8, head_hidden=8, steps=3, image_size=12, epochs=2, batch_size=32,
                    lr=1e-3, seed=3, variants={})
@@ -52,6 +54,31 @@ def test_each_batched_fold_equals_that_fold_trained_alone(uneven_splits):
     # 193 images: 7 optimiser steps an epoch; 192: 6; 64: 2 (none skipped, none added)
     assert [c["scheduler"]["last_epoch"] for c in hooks.saved[-1]] == [14, 12, 4]
     assert [c["optimiser"]["state"][0]["step"].item() for c in hooks.saved[-1]] == [14, 12, 4]
+
+
+def trained_stack(splits, fold_by_fold: bool) -> tuple[list[dict], list[list[dict]]]:
+    """Two epochs of the folds through BatchedTrainer: (state dicts, per-fold epoch metrics)."""
+    data = []
+    for train, _ in splits:
+        x, _, _ = normalised_training_set(train, TINY.image_size)
+        data.append((x, torch.as_tensor(train.labels)))
+    models = [build_model(TINY, len(splits[0][0].classes)) for _ in splits]
+    trainer = BatchedTrainer(FoldStack(models), make_folds(TINY, models, data, "cpu", fire=True), TINY,
+                             TINY.fire_rate, TINY.steps, fold_by_fold=fold_by_fold)
+    metrics = [trainer.epoch() for _ in range(2)]
+    return [m.state_dict() for m in models], metrics
+
+
+def test_fold_by_fold_training_equals_one_stacked_pass(uneven_splits):
+    by_fold, by_fold_metrics = trained_stack(uneven_splits, fold_by_fold=True)
+    stacked, stacked_metrics = trained_stack(uneven_splits, fold_by_fold=False)
+    for a, b in zip(by_fold, stacked):
+        assert_close_weights(a, b)
+    for epoch_a, epoch_b in zip(by_fold_metrics, stacked_metrics):
+        for a, b in zip(epoch_a, epoch_b):
+            assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
+            assert a["train_accuracy"] == b["train_accuracy"] and a["lr"] == b["lr"]
+    assert not torch.equal(by_fold[0]["nca.fc1.weight"], build_model(TINY, 5).state_dict()["nca.fc1.weight"])
 
 
 def test_batched_folds_differ_from_each_other(uneven_splits):

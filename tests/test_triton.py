@@ -110,7 +110,7 @@ def test_one_step_s_backward_kernels_give_torch_s_four_gradients_through_the_ref
     expected = torch.autograd.grad(new, [state, base, kernel, out], grad)
     weights = Weights.of(base.detach(), kernel.detach(), out.detach(), k)
     d_state, *rest = step_gradients(to_last(state.detach(), k), weights, fire.reshape(b, k, h, w).contiguous(),
-                                    to_last(grad, k), k, block, splits)
+                                    to_last(grad, k), k, block=block, splits=splits)
     for got, want in zip([to_first(d_state), *rest], expected):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 

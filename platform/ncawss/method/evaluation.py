@@ -109,7 +109,7 @@ def evaluate(model: NCAClassifier, test: TestSet, config: TrainConfig, device: s
             iou=iou_each(masks, truth),
             baseline_iou={b: iou_each(m, truth) for b, m in baselines.items()},
             predictions=pred, masks=masks, baseline_masks=baselines,
-            responses=result.response.numpy(), degenerate=int(result.degenerate.sum()),
+            responses=result.response.cpu().numpy(), degenerate=int(result.degenerate.sum()),
             **authors_iou(result, truth, r.post, r.upsample))
     return out
 
@@ -133,7 +133,14 @@ def at_authors_size(mask: np.ndarray) -> np.ndarray:
 
 
 def iou_each(masks: list[np.ndarray], truth: list[np.ndarray]) -> np.ndarray:
-    return np.array([iou(m, t) for m, t in zip(masks, truth)])
+    """Per image IoU of bool masks of any sizes: one vectorised `iou` per distinct size."""
+    out = np.empty(len(masks))
+    by_shape: dict[tuple, list[int]] = {}
+    for i, (m, t) in enumerate(zip(masks, truth)):
+        by_shape.setdefault((m.shape, t.shape), []).append(i)
+    for indices in by_shape.values():
+        out[indices] = iou(np.stack([masks[i] for i in indices]), np.stack([truth[i] for i in indices]))
+    return out
 
 
 def majority_vote(fold_masks: list[list[np.ndarray]]) -> list[np.ndarray]:

@@ -31,12 +31,12 @@ def read_state(model: NCAClassifier, x: torch.Tensor, readout: Readout, generato
 
 
 def concat(results: list[PCAOtsu]) -> PCAOtsu:
-    return PCAOtsu(*(torch.cat([getattr(r, f).cpu() for r in results]) for f in PCAOtsu._fields))
+    return PCAOtsu(*(torch.cat([getattr(r, f) for r in results]) for f in PCAOtsu._fields))
 
 
 def read_out(model: NCAClassifier, x: torch.Tensor, readouts: dict[str, Readout], config: TrainConfig,
              device) -> tuple[dict[str, PCAOtsu], dict[str, np.ndarray]]:
-    """Per read-out, the PCA-Otsu result (on CPU) and the class predictions of normalised images x,
+    """Per read-out, the PCA-Otsu result (on the device) and the class predictions of normalised images x,
     read in fixed chunks of config.batch_size images (the noise does not depend on `runs`)."""
     generators = stochastic_generators(readouts, config, device)
     parts = [read_chunk(model, x[start:start + config.batch_size].to(device), readouts, generators)

@@ -27,7 +27,8 @@ returned oriented the same way: the foreground lies on its high side.
 Masks are compared at the ground truth's resolution (`masks_at`): the oriented
 response is upsampled bilinearly and cut at the threshold Otsu chose at the
 response's own resolution, or (upsample "mask") the mask itself is upsampled
-bilinearly and cut at 1/2; post-processing runs on the upsampled mask.
+bilinearly and cut at 1/2; post-processing runs on the upsampled mask. All of it runs on the
+result's device (post-processing on accelerators in torch: components.py).
 """
 from __future__ import annotations
 
@@ -38,6 +39,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy import ndimage
+
+from .components import post_process_masks
 
 OTSU_BINS = 256  # as scikit-image's threshold_otsu
 CPU_CHUNK_BYTES = 8 << 20
@@ -159,10 +162,7 @@ def read_response(response: torch.Tensor, *, smooth: float = 0.0, orient: str = 
         flip = (fg_on_frame > bg_on_frame) | ((fg_on_frame == bg_on_frame) & (2 * fg.sum(dim=1) > h * w))
         sign = 1.0 - 2.0 * flip.to(r.dtype)
         fg = torch.where(flip[:, None], ~fg, fg)
-    masks = (fg & ~degenerate[:, None]).view(b, h, w)
-    if post != "none" and b:
-        kept = [torch.from_numpy(post_process(m, post)) for m in masks.cpu().numpy()]
-        masks = torch.stack(kept).to(masks.device)
+    masks = post_process_batch((fg & ~degenerate[:, None]).view(b, h, w), post)
     oriented = torch.where(degenerate[:, None], torch.zeros_like(r), r * sign[:, None])
     threshold = torch.where(degenerate, torch.zeros_like(tau), tau * sign)
     return PCAOtsu(masks, oriented.view(b, h, w), threshold, degenerate)
@@ -198,6 +198,18 @@ def post_process(mask: np.ndarray, post: str) -> np.ndarray:
     return fill_holes(labels == keep)
 
 
+def post_process_batch(masks: torch.Tensor, post: str) -> torch.Tensor:
+    """post_process of a bool (B, H, W) batch on its device: on CPU with scipy one mask at a time,
+    elsewhere in torch for the whole batch (components.py: the same masks)."""
+    if post not in POSTS:
+        raise ValueError(f"unknown post {post!r}; choose one of {list(POSTS)}")
+    if post == "none" or not len(masks):
+        return masks
+    if masks.device.type != "cpu":
+        return post_process_masks(masks, post)
+    return torch.from_numpy(np.stack([post_process(m, post) for m in masks.numpy()]))
+
+
 def fill_holes(mask: np.ndarray) -> np.ndarray:
     """The mask with every background region that does not reach the image border filled
     (scipy's binary_fill_holes, in one labelling pass instead of iterated dilations: 2x faster)."""
@@ -214,7 +226,8 @@ def masks_at(result: PCAOtsu, shapes: list[tuple[int, int]], post: str = "none",
     """Masks at other resolutions (e.g. each ground truth's), then post-processing. upsample
     "response": bilinear upsampling of the oriented response, cut at the same threshold; "mask":
     bilinear upsampling of the 0/1 mask, cut at 1/2 (the boundary midway between pixel centres,
-    whatever the response's values on either side). One interpolation per target size."""
+    whatever the response's values on either side). One interpolation and one post-processing
+    batch per target size, on the result's device; the masks are returned on the host."""
     if upsample not in UPSAMPLES:
         raise ValueError(f"unknown upsample {upsample!r}; choose one of {list(UPSAMPLES)}")
     out: list[np.ndarray | None] = [None] * len(shapes)
@@ -222,17 +235,18 @@ def masks_at(result: PCAOtsu, shapes: list[tuple[int, int]], post: str = "none",
     for i, shape in enumerate(shapes):
         by_shape.setdefault(tuple(shape), []).append(i)
     for shape, indices in by_shape.items():
+        rows = torch.tensor(indices, device=result.response.device)
         if upsample == "mask":
-            up = F.interpolate(result.masks[indices].float().cpu()[:, None], size=shape, mode="bilinear",
+            up = F.interpolate(result.masks[rows].float()[:, None], size=shape, mode="bilinear",
                                align_corners=False)[:, 0]
             cut = up > 0.5
         else:
-            up = F.interpolate(result.response[indices].float().cpu()[:, None], size=shape, mode="bilinear",
+            up = F.interpolate(result.response[rows].float()[:, None], size=shape, mode="bilinear",
                                align_corners=False)[:, 0]
-            cut = up > result.threshold[indices].float().cpu()[:, None, None]
-        cut &= ~result.degenerate[indices].cpu()[:, None, None]  # degenerate: empty
-        for i, mask in zip(indices, cut.numpy()):
-            out[i] = post_process(mask, post)
+            cut = up > result.threshold[rows].float()[:, None, None]
+        cut &= ~result.degenerate[rows][:, None, None]  # degenerate: empty
+        for i, mask in zip(indices, post_process_batch(cut, post).cpu().numpy()):
+            out[i] = mask
     return out
 
 
