@@ -9,15 +9,18 @@ MODEL: a sweep output directory (its best configuration), a folder of fold weigh
 For each image, at the image's own resolution, DIR gets masks/<id>.png (0/255: the
 majority vote of the fold models under the configuration's read-out), overlays/<id>.png
 (the mask's outline on the image) and one row of predictions.csv (id, source, class and
-its probability (mean of the folds' softmax), mask area fraction, quality score, fold
-agreement, and the true IoU where the input has masks). contact_sheet.png shows the
+its probability (mean of the folds' softmax), the quality score and the label-free signals
+it is drawn from, and the true IoU where the input has masks). contact_sheet.png shows the
 lowest-quality images first.
 
-Quality score (label-free): every fold model segments the image --runs more times with
-random fire masks; the score is the mean IoU over all pairs of those masks that come
-from two different folds. Low scores flag masks to check. Where masks exist, the job
-prints the Spearman correlation between quality and true IoU, so you can see whether
-to trust the score on your data.
+Quality score (label-free): the mask's best agreement (IoU) with any threshold baseline's
+mask of the image (grayscale or one colour channel), times the mask's solidity. Beside it:
+stability (every fold model segments the image --runs more times with random fire masks:
+the mean IoU over pairs of masks from two different folds), fold agreement, the agreement
+with each threshold, PC1's variance share, Otsu's separability, the class margin and the
+mask's shape (ncawss/method/quality.py documents each). Low scores flag masks to check.
+Where masks exist, the job prints the Spearman correlation between quality and true IoU,
+so you can see whether to trust the score on your data.
 
 Exit status: the number of inputs that failed (at most 254); 255 where nothing could
 run (model not found, output not writable).
@@ -46,11 +49,14 @@ from ncawss.method.ensemble import Ensemble
 from ncawss.method.gallery import overlay
 from ncawss.method.predict import QUALITY_RUNS, Predictor, decode_image
 from ncawss.method.quality import rank_by_score
+from ncawss.method.thresholds import THRESHOLD_BASELINES
 from ncawss.tracking.sources import load_records
 from ncawss.tracking.tracker import TrackingError
 
 FATAL = 255
-COLUMNS = ["id", "source", "label", "probability", "area_fraction", "quality", "fold_agreement", "iou", "error"]
+SIGNALS = ["stability", "fold_agreement", *(f"agree_{name}" for name in THRESHOLD_BASELINES), "pc1_share",
+           "separability", "margin", "area_fraction", "solidity", "eccentricity", "centre_offset", "raw_solidity"]
+COLUMNS = ["id", "source", "label", "probability", "quality", *SIGNALS, "iou", "error"]
 
 
 @dataclass
@@ -74,7 +80,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--read-out", default="readout", metavar="NAME",
                    help="read-out of the model's configuration: 'readout' (default) or one of its variants")
     p.add_argument("--runs", type=int, default=QUALITY_RUNS,
-                   help=f"stochastic runs per fold for the quality score (default {QUALITY_RUNS}; 0: no score)")
+                   help=f"stochastic runs per fold for the stability signal (default {QUALITY_RUNS}; 0: none)")
     p.add_argument("--sheet", type=int, default=24, help="images on the contact sheet (default 24)")
     p.add_argument("--mlflow-uri", help="MLflow tracking URI for run ids and model URIs "
                                         "(default: $MLFLOW_TRACKING_URI)")
@@ -98,7 +104,7 @@ def main() -> int:
         return FATAL
     config = ensemble.config
     print(f"model: {args.model}: {len(ensemble.folds)} fold models, classes {', '.join(ensemble.classes)}; "
-          f"read-out {args.read_out} ({config.readout.name}); quality from {args.runs} runs per fold")
+          f"read-out {args.read_out} ({config.readout.name}); stability from {args.runs} runs per fold")
     items = gather(args.images, ensemble.min_side, config.readout.target)
     good = [item for item in items if item.error is None]
     rows: list[dict] = []
@@ -111,8 +117,7 @@ def main() -> int:
     rows += [{"id": item.id, "source": item.source, "error": item.error} for item in items if item.error]
     write_atomic(output / "predictions.csv", csv_text(rows))
     if any("error" not in r for r in rows):
-        key = "quality" if args.runs else "fold_agreement"
-        write_atomic(output / "contact_sheet.png", contact_sheet(output, rows, key, args.sheet))
+        write_atomic(output / "contact_sheet.png", contact_sheet(output, rows, "quality", args.sheet))
     failed = sum(item.error is not None for item in items)
     report(rows, failed, output)
     return min(failed, FATAL - 1)
@@ -190,8 +195,8 @@ def write_outputs(output: Path, item: Item, prediction, classes: list[str]) -> d
     write_atomic(output / "masks" / f"{name}.png", encode_png(prediction.mask.astype(np.uint8) * 255))
     write_atomic(output / "overlays" / f"{name}.png", encode_png(overlay(item.image, prediction.mask)))
     row = {"id": item.id, "source": item.source, "label": classes[prediction.label],
-           "probability": round(prediction.probability, 4), "area_fraction": round(prediction.area, 4),
-           "quality": round(prediction.quality, 4), "fold_agreement": round(prediction.agreement, 4)}
+           "probability": round(prediction.probability, 4), "quality": round(prediction.quality, 4),
+           **{name: round(value, 4) for name, value in prediction.signals.columns().items()}}
     if item.truth is not None:
         row["iou"] = round(ncawss.iou(prediction.mask, item.truth), 4)
     return row
@@ -251,8 +256,8 @@ def quality_lines(quality: np.ndarray, iou: np.ndarray) -> list[str]:
     ranking = rank_by_score(quality, iou)
     return [f"the inputs have masks: mean IoU {100 * iou.mean():.1f} over {len(iou)} images; Spearman(quality, IoU) "
             f"= {ranking.spearman:.2f}",
-            f"mean IoU of the least-agreeing quarter {100 * ranking.low_iou:.1f}, "
-            f"of the most-agreeing quarter {100 * ranking.high_iou:.1f}"]
+            f"mean IoU of the lowest-quality quarter {100 * ranking.low_iou:.1f}, "
+            f"of the highest-quality quarter {100 * ranking.high_iou:.1f}"]
 
 
 if __name__ == "__main__":

@@ -6,9 +6,10 @@ from scipy import ndimage
 
 from ncawss import Dataset, NCAClassifier, Readout, TrainConfig, iou, pca_otsu
 from ncawss.method.baselines import cam_maps, train_cnn
+from ncawss.method.components import post_process
 from ncawss.method.loop import normalise, resize_images
 from ncawss.method.readout import read_state
-from ncawss.method.segment import PCAOtsu, gaussian_blur, masks_at, post_process, read_response
+from ncawss.method.segment import PCAOtsu, gaussian_blur, masks_at, read_response
 
 
 def disk(h=32, w=32, r=6.0, cy=None, cx=None):

@@ -129,7 +129,7 @@ def test_constant_features_with_a_large_offset_are_degenerate_but_small_structur
 def test_fill_holes_equals_scipys_binary_fill_holes():
     from scipy import ndimage
 
-    from ncawss.method.segment import fill_holes
+    from ncawss.method.components import fill_holes
     rng = np.random.default_rng(0)
     for _ in range(50):
         mask = ndimage.binary_opening(rng.random((40, 37)) < 0.6)

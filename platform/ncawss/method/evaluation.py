@@ -11,12 +11,13 @@ import torch.nn.functional as F
 
 from ..data import Dataset
 from .baselines import CNNBaseline, baseline_name, cam_maps
+from .components import post_process
 from .config import Readout, TrainConfig
 from .loop import normalise, resize_images
 from .nca import NCAClassifier
 from .readout import read_out
 from .scores import Scores
-from .segment import iou, masks_at, pca_otsu, pooled_iou, post_process, read_response
+from .segment import iou, masks_at, pca_otsu, pooled_iou, read_response
 from .thresholds import THRESHOLD_BASELINES, threshold_masks
 
 log = logging.getLogger(__name__)

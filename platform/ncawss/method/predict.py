@@ -1,13 +1,15 @@
 """Masks for new images: the k fold models' majority vote at each image's own resolution, the
-class with its probability, and a label-free quality score drawn from the NCA's own randomness.
+class with its probability, and a label-free quality score with the signals it is drawn from.
 
-Quality score of an image: each of the k fold models segments it R more times, each run with
-its own random fire masks (stochastic inference; the configuration's read-out otherwise:
-channels, smoothing, orientation, post-processing; masks at the image's resolution). The score
-is the mean IoU over every pair of those k x R masks that come from two different folds
-(C(k, 2) x R^2 pairs; both empty counts as 1). Pairs within one fold are left out, so with fire
-rate 1, where every run of a fold is the same, the score equals the fold agreement: the mean
-pairwise IoU of the k masks the folds vote with. A single model: the mean over pairs of its runs.
+Quality score of an image: a fixed function of its signals (quality.py, `combined_quality`).
+One of them, stability, comes from the NCA's own randomness: each of the k fold models segments
+the image R more times, each run with its own random fire masks (stochastic inference; the
+configuration's read-out otherwise: channels, smoothing, orientation, post-processing; masks at
+the image's resolution), and stability is the mean IoU over every pair of those k x R masks that
+come from two different folds (C(k, 2) x R^2 pairs; both empty counts as 1). Pairs within one
+fold are left out, so with fire rate 1, where every run of a fold is the same, it equals the
+fold agreement: the mean pairwise IoU of the k masks the folds vote with. A single model: the
+mean over pairs of its runs.
 """
 from __future__ import annotations
 
@@ -22,9 +24,9 @@ from ..data import DataError
 from .ensemble import Ensemble
 from .evaluation import majority_vote
 from .loop import normalise, resize_images
-from .quality import cross_fold_agreement
+from .quality import QualitySignals, colour_agreement, combined_quality, cross_fold_agreement, mask_shape
 from .readout import read_chunk, segment_state, stochastic_generators
-from .segment import masks_at
+from .segment import PCAOtsu, masks_at
 
 IMAGE_FORMATS = {"PNG", "BMP", "TIFF", "JPEG", "MPO"}  # MPO: JPEG with extra frames, as cameras write
 QUALITY_RUNS = 4  # stochastic runs per fold model for the quality score, by default
@@ -36,8 +38,9 @@ class Prediction:
     mask: np.ndarray        # bool, at the image's resolution: the folds' majority vote
     label: int              # argmax of the folds' mean softmax
     probability: float      # that class's mean softmax over the folds
-    quality: float          # label-free quality score (module doc)
+    quality: float          # label-free quality score: the signals' fixed combination (quality.py)
     agreement: float        # mean pairwise IoU of the folds' masks
+    signals: QualitySignals | None = None
 
     @property
     def area(self) -> float:
@@ -101,23 +104,33 @@ class Predictor:
         config, readout = self.ensemble.config, self.ensemble.config.readout
         raw = resize_images(images, config.image_size)
         shapes = [image.shape[:2] for image in images]
-        votes, probabilities, runs = [], [], []
+        votes, probabilities, runs, shares, separabilities, compact = [], [], [], [], [], []
         for fold, model, generators, quality in zip(self.ensemble.folds, self.models, self.generators,
                                                     self.quality_generators):
             x = normalise(raw, fold.norm_mean, fold.norm_std).to(self.device)
             segments, logits = read_chunk(model, x, self.readouts, generators)
             votes.append(masks_at(segments["readout"], shapes, readout.post, readout.upsample))
             probabilities.append(logits["readout"].float().softmax(1).cpu())
+            shares.append(segments["readout"].pc1_share.float().cpu())
+            separabilities.append(segments["readout"].separability.float().cpu())
+            compact.append(raw_solidity(segments["readout"]))
             if self.runs:
                 runs.append(self.quality_masks(model, x, shapes, quality))
         probability = torch.stack(probabilities).mean(0)
         labels = probability.argmax(1)
+        top = probability.topk(min(2, probability.shape[1]), dim=1).values
+        margin = top[:, 0] - top[:, 1] if top.shape[1] > 1 else top[:, 0]
+        share, separability = torch.stack(shares).mean(0), torch.stack(separabilities).mean(0)
+        raw_solidities = np.mean(compact, axis=0)
         out = []
         for i, mask in enumerate(majority_vote(votes)):
-            fold_masks = np.stack([v[i] for v in votes])
-            agreement = cross_fold_agreement(fold_masks[:, None])
-            quality = cross_fold_agreement(np.stack([r[i] for r in runs])) if runs else float("nan")
-            out.append(Prediction(mask, int(labels[i]), float(probability[i, labels[i]]), quality, agreement))
+            agreement = cross_fold_agreement(np.stack([v[i] for v in votes])[:, None])
+            stability = cross_fold_agreement(np.stack([r[i] for r in runs])) if runs else float("nan")
+            signals = QualitySignals(stability, agreement, colour_agreement(images[i], mask, readout.post),
+                                     float(share[i]), float(separability[i]), float(margin[i]), mask_shape(mask),
+                                     float(raw_solidities[i]))
+            out.append(Prediction(mask, int(labels[i]), float(probability[i, labels[i]]), combined_quality(signals),
+                                  agreement, signals))
         return out
 
     def quality_masks(self, model, x: torch.Tensor, shapes: list, generator: torch.Generator) -> list[np.ndarray]:
@@ -128,6 +141,13 @@ class Predictor:
         # run-major: run r of image i at r * B + i
         masks = masks_at(segment_state(state, readout), shapes * self.runs, readout.post, readout.upsample)
         return [np.stack(masks[i::len(shapes)]) for i in range(len(shapes))]
+
+
+def raw_solidity(result: PCAOtsu) -> np.ndarray:
+    """Per image, the solidity of the read-out's mask before post-processing (at the training
+    resolution): the response's high side, which the component choice would hide."""
+    raw = (result.response > result.threshold[:, None, None]) & ~result.degenerate[:, None, None]
+    return np.array([mask_shape(m).solidity for m in raw.cpu().numpy()])
 
 
 def predict(ensemble: Ensemble, images: list[np.ndarray], device: str | torch.device = "cpu",

@@ -1,7 +1,32 @@
-"""How far a fold ensemble's masks of one image agree, and how well a label-free score ranks
-images by their true IoU."""
+"""Label-free signals of a predicted mask's quality, their fixed combination, and how well a
+score ranks images by their true IoU.
+
+Signals of one image (each a column of predict.py's predictions.csv):
+- stability: mean IoU over pairs of masks from two different folds' stochastic runs (the
+  score before the combination; NaN without runs);
+- fold_agreement: mean IoU over pairs of the folds' own masks (those the folds vote with);
+- agree_<baseline>: IoU of the mask with each threshold baseline's mask (intensity and the
+  colour thresholds, under the read-out's post-processing): a mask that no threshold of any
+  channel reproduces has followed something other than the stain;
+- pc1_share: the share of the NCA features' variance the first principal component explains
+  (mean over folds): a state with one dominant direction has one thing to separate;
+- separability: Otsu's between-class variance over the total variance of the response it
+  thresholds (mean over folds): near 1 for a two-sided response, low where the cut is arbitrary;
+- margin: the mean softmax's top class minus the second: how sure the classifier is;
+- area_fraction, solidity (area over convex hull area), eccentricity (of the ellipse with the
+  mask's second moments), centre_offset (the centroid's distance from the image centre over half
+  the diagonal): a white cell in a single-cell crop is one compact, roughly central blob;
+- raw_solidity: the solidity of each fold's mask before post-processing (mean over folds),
+  at the training resolution: keeping one component makes any mask compact, so the raw mask
+  tells a read-out that found one blob from one that found debris.
+
+quality, the score predict.py reports and sorts by, is their fixed combination
+(`combined_quality`); the parts stay beside it.
+"""
 from __future__ import annotations
 
+import math
+from dataclasses import asdict, dataclass
 from typing import NamedTuple
 
 import numpy as np
@@ -42,3 +67,63 @@ def rank_by_score(score: np.ndarray, iou: np.ndarray) -> Ranking:
     quarter = max(len(order) // 4, 1)
     return Ranking(float(spearmanr(score, iou).statistic), float(iou[order[:quarter]].mean()),
                    float(iou[order[-quarter:]].mean()), order[:quarter])
+
+
+@dataclass(frozen=True)
+class MaskShape:
+    """Shape of a bool mask (its foreground taken as one region). Empty: area and solidity 0,
+    eccentricity and centre_offset 1 (the worst values)."""
+    area_fraction: float
+    solidity: float
+    eccentricity: float
+    centre_offset: float
+
+
+def mask_shape(mask: np.ndarray) -> MaskShape:
+    from skimage.measure import regionprops
+
+    if not mask.any():
+        return MaskShape(0.0, 0.0, 1.0, 1.0)
+    region = regionprops(mask.astype(np.uint8))[0]
+    h, w = mask.shape
+    cy, cx = region.centroid
+    offset = math.hypot(cy - (h - 1) / 2, cx - (w - 1) / 2) / math.hypot((h - 1) / 2, (w - 1) / 2) if h * w > 1 else 0.0
+    return MaskShape(float(mask.mean()), float(region.solidity), float(region.eccentricity), min(offset, 1.0))
+
+
+@dataclass(frozen=True)
+class QualitySignals:
+    """The label-free signals of one predicted mask (module doc)."""
+    stability: float
+    fold_agreement: float
+    colour_agreement: dict[str, float]   # threshold baseline -> IoU of the mask with its mask
+    pc1_share: float
+    separability: float
+    margin: float
+    shape: MaskShape
+    raw_solidity: float = float("nan")   # the read-out's masks before post-processing (mean over folds)
+
+    def columns(self) -> dict[str, float]:
+        """Flat, as predictions.csv names them."""
+        return {"stability": self.stability, "fold_agreement": self.fold_agreement,
+                **{f"agree_{name}": v for name, v in self.colour_agreement.items()},
+                "pc1_share": self.pc1_share, "separability": self.separability, "margin": self.margin,
+                **asdict(self.shape), "raw_solidity": self.raw_solidity}
+
+
+def colour_agreement(image: np.ndarray, mask: np.ndarray, post: str) -> dict[str, float]:
+    """IoU of a mask with each threshold baseline's mask of its (H, W, 3) image, post-processed as the mask was."""
+    from .components import post_process
+    from .segment import iou
+    from .thresholds import threshold_masks
+
+    return {name: iou(mask, post_process(m, post)) for name, m in threshold_masks(image).items()}
+
+
+def combined_quality(signals: QualitySignals) -> float:
+    """The quality score, a fixed function of one image's signals (nothing is fitted): the best
+    agreement of the mask with any threshold baseline's mask, times the mask's solidity. High
+    where some channel of the stain reproduces the mask and the mask is one compact blob; low for
+    an empty mask, a mask no channel explains (a red cell, background), or one split in pieces.
+    Chosen among fixed candidates on Dataset 1 and synthetic data (docs/RESULTS.md section 11)."""
+    return max(signals.colour_agreement.values(), default=0.0) * signals.shape.solidity

@@ -31,7 +31,8 @@ def read_state(model: NCAClassifier, x: torch.Tensor, readout: Readout, generato
 
 
 def concat(results: list[PCAOtsu]) -> PCAOtsu:
-    return PCAOtsu(*(torch.cat([getattr(r, f) for r in results]) for f in PCAOtsu._fields))
+    parts = [[getattr(r, f) for r in results] for f in PCAOtsu._fields]
+    return PCAOtsu(*(None if any(t is None for t in ts) else torch.cat(ts) for ts in parts))
 
 
 def read_out(model: NCAClassifier, x: torch.Tensor, readouts: dict[str, Readout], config: TrainConfig,

@@ -38,14 +38,12 @@ from typing import NamedTuple
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy import ndimage
 
-from .components import post_process_masks
+from .components import post_process_batch
 
 OTSU_BINS = 256  # as scikit-image's threshold_otsu
 CPU_CHUNK_BYTES = 8 << 20
 ORIENTS = ("signed", "deviation", "none")
-POSTS = ("none", "largest", "centre")
 
 
 class PCAOtsu(NamedTuple):
@@ -53,6 +51,8 @@ class PCAOtsu(NamedTuple):
     response: torch.Tensor     # (B, H, W), projection on PC1, oriented by the sign rule
     threshold: torch.Tensor    # (B,), on the oriented response
     degenerate: torch.Tensor   # bool (B,): constant projection -> empty mask
+    separability: torch.Tensor | None = None  # (B,): Otsu's between-class over total variance, in [0, 1]
+    pc1_share: torch.Tensor | None = None     # (B,): the share of the features' variance PC1 explains (PCA only)
 
 
 def otsu_thresholds(values: torch.Tensor, bins: int = OTSU_BINS) -> torch.Tensor:
@@ -83,9 +83,10 @@ def border_frame(height: int, width: int, device: torch.device | None = None) ->
 
 
 def pc1_projection(features: torch.Tensor, *, binarise: bool = False, standardise: bool = False,
-                   sklearn_sign: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+                   sklearn_sign: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(B, C, H, W) -> ((B, H*W) projection of each image's centred pixels on its first principal
-    component, (B,) largest |channel mean|, the scale of the rounding error left by centring).
+    component, (B,) largest |channel mean|, the scale of the rounding error left by centring,
+    (B,) the share of the variance PC1 explains: its eigenvalue over their sum, 0 for none).
     binarise, standardise: see the module doc; sklearn_sign: PC1's sign as scikit-learn's.
 
     On CPU the batch is processed in chunks of about CPU_CHUNK_BYTES, so that the
@@ -95,7 +96,7 @@ def pc1_projection(features: torch.Tensor, *, binarise: bool = False, standardis
     x = features.detach().flatten(2)                                  # (B, C, HW), a view
     per_image = x[0].numel() * x.element_size() if len(x) else 1
     step = max(1, CPU_CHUNK_BYTES // per_image) if x.device.type == "cpu" else max(len(x), 1)
-    out, offsets = [], []
+    out, offsets, shares = [], [], []
     for start in range(0, len(x), step):
         chunk = x[start:start + step]
         if binarise:
@@ -109,14 +110,18 @@ def pc1_projection(features: torch.Tensor, *, binarise: bool = False, standardis
             constant = std <= chunk.shape[2] * torch.finfo(chunk.dtype).eps * mean.abs()
             chunk = torch.where(constant | (std == 0), 0.0, chunk / std.clamp_min(torch.finfo(chunk.dtype).tiny))
         cov = (chunk @ chunk.transpose(1, 2)).double()                # (b, C, C), scale is irrelevant
-        pc1 = torch.linalg.eigh(cov)[1][:, :, -1].to(chunk.dtype)     # eigenvalues ascend: PC1 is last
+        values, vectors = torch.linalg.eigh(cov)
+        pc1 = vectors[:, :, -1].to(chunk.dtype)                        # eigenvalues ascend: PC1 is last
+        total = values.clamp_min(0).sum(1)
+        shares.append(torch.where(total > 0, values[:, -1].clamp_min(0) / total.clamp_min(1e-300), 0.0)
+                      .to(chunk.dtype))
         if sklearn_sign:
             biggest = pc1.gather(1, pc1.abs().argmax(dim=1, keepdim=True))
             pc1 = pc1 * torch.where(biggest < 0, -1.0, 1.0)
         out.append((pc1[:, None, :] @ chunk).squeeze(1))
     if not out:
-        return x.new_zeros(0, x.shape[2]), x.new_zeros(0)
-    return torch.cat(out), torch.cat(offsets)
+        return x.new_zeros(0, x.shape[2]), x.new_zeros(0), x.new_zeros(0)
+    return torch.cat(out), torch.cat(offsets), torch.cat(shares)
 
 
 def pca_otsu(features: torch.Tensor, *, binarise: bool = False, standardise: bool = False, smooth: float = 0.0,
@@ -131,13 +136,13 @@ def pca_otsu(features: torch.Tensor, *, binarise: bool = False, standardise: boo
     b, _, h, w = features.shape
     if orient not in ORIENTS:
         raise ValueError(f"unknown orient {orient!r}; choose one of {list(ORIENTS)}")
-    projection, offset = pc1_projection(features, binarise=binarise, standardise=standardise,
-                                        sklearn_sign=orient == "none")  # (B, HW), (B,)
+    projection, offset, share = pc1_projection(features, binarise=binarise, standardise=standardise,
+                                               sklearn_sign=orient == "none")  # (B, HW), (B,), (B,)
     span = projection.amax(dim=1) - projection.amin(dim=1)
     # Constant features leave only centring's rounding error: no structure to threshold.
     degenerate = span <= 1e-5 * offset + torch.finfo(projection.dtype).tiny
     result = read_response(projection.view(b, h, w), smooth=smooth, orient=orient, post=post,
-                           degenerate=degenerate)
+                           degenerate=degenerate)._replace(pc1_share=torch.where(degenerate, 0.0, share))
     return result if details else (result.masks, result.response)
 
 
@@ -165,7 +170,20 @@ def read_response(response: torch.Tensor, *, smooth: float = 0.0, orient: str = 
     masks = post_process_batch((fg & ~degenerate[:, None]).view(b, h, w), post)
     oriented = torch.where(degenerate[:, None], torch.zeros_like(r), r * sign[:, None])
     threshold = torch.where(degenerate, torch.zeros_like(tau), tau * sign)
-    return PCAOtsu(masks, oriented.view(b, h, w), threshold, degenerate)
+    separability = torch.where(degenerate, 0.0, otsu_separability(r, tau))
+    return PCAOtsu(masks, oriented.view(b, h, w), threshold, degenerate, separability)
+
+
+def otsu_separability(values: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
+    """Per row of (B, N) values cut at tau (B,): the between-class variance over the total one,
+    Otsu's own measure of how two-sided the values are (1: two spikes, near 0: no split)."""
+    above = values > tau[:, None]
+    w1 = above.to(values.dtype).mean(1)
+    mean1 = (values * above).sum(1) / above.sum(1).clamp_min(1)
+    mean0 = (values * ~above).sum(1) / (~above).sum(1).clamp_min(1)
+    total = values.var(dim=1, unbiased=False)
+    between = w1 * (1 - w1) * (mean1 - mean0) ** 2
+    return torch.where(total > 0, (between / total.clamp_min(torch.finfo(values.dtype).tiny)).clamp(0, 1), 0.0)
 
 
 def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -179,43 +197,6 @@ def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
     x = F.pad(maps[:, None], (radius, radius, radius, radius), mode="reflect")
     x = F.conv2d(x, kernel.view(1, 1, 1, -1))
     return F.conv2d(x, kernel.view(1, 1, -1, 1))[:, 0]
-
-
-def post_process(mask: np.ndarray, post: str) -> np.ndarray:
-    """Keep one connected component of a bool (H, W) mask, holes filled: 'largest' or 'centre'."""
-    if post not in POSTS:
-        raise ValueError(f"unknown post {post!r}; choose one of {list(POSTS)}")
-    if post == "none" or not mask.any():
-        return mask
-    labels, _ = ndimage.label(mask)
-    if post == "largest":
-        keep = 1 + int(np.argmax(np.bincount(labels.ravel())[1:]))
-    else:
-        h, w = mask.shape
-        ys, xs = np.nonzero(labels)
-        nearest = np.argmin((ys - (h - 1) / 2) ** 2 + (xs - (w - 1) / 2) ** 2)
-        keep = int(labels[ys[nearest], xs[nearest]])
-    return fill_holes(labels == keep)
-
-
-def post_process_batch(masks: torch.Tensor, post: str) -> torch.Tensor:
-    """post_process of a bool (B, H, W) batch on its device: on CPU with scipy one mask at a time,
-    elsewhere in torch for the whole batch (components.py: the same masks)."""
-    if post not in POSTS:
-        raise ValueError(f"unknown post {post!r}; choose one of {list(POSTS)}")
-    if post == "none" or not len(masks):
-        return masks
-    if masks.device.type != "cpu":
-        return post_process_masks(masks, post)
-    return torch.from_numpy(np.stack([post_process(m, post) for m in masks.numpy()]))
-
-
-def fill_holes(mask: np.ndarray) -> np.ndarray:
-    """The mask with every background region that does not reach the image border filled
-    (scipy's binary_fill_holes, in one labelling pass instead of iterated dilations: 2x faster)."""
-    background, _ = ndimage.label(~mask)
-    outside = np.unique(np.concatenate([background[0], background[-1], background[:, 0], background[:, -1]]))
-    return ~np.isin(background, outside[outside > 0])
 
 
 UPSAMPLES = ("response", "mask")
