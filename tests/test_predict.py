@@ -17,6 +17,7 @@ from ncawss.method import evaluation
 from ncawss.method.evaluation import evaluate, majority_vote
 from ncawss.method.loop import build_model
 from ncawss.method.quality import cross_fold_agreement, pairwise_iou
+from quality_vs_iou import fade, synthetic_columns  # bench/quality_vs_iou.py
 
 
 def random_ensemble(fire_rate: float, k: int = 3, size: int = 16) -> Ensemble:
@@ -30,14 +31,6 @@ def random_ensemble(fire_rate: float, k: int = 3, size: int = 16) -> Ensemble:
         torch.nn.init.normal_(model.nca.fc1.weight, std=0.3)
         folds.append(FoldModel(model.state_dict(), [0.5] * 3, [0.25] * 3, 5))
     return Ensemble(config, folds, [f"class{i}" for i in range(5)])
-
-
-def fade(image: np.ndarray, mask: np.ndarray, amount: float) -> np.ndarray:
-    """The cell blended into the median background colour: a planted hard image."""
-    background = np.median(image[~mask], axis=0)
-    out = image.astype(float)
-    out[mask] = (1 - amount) * out[mask] + amount * background
-    return out.round().astype(np.uint8)
 
 
 def test_pairwise_iou_matches_iou_and_counts_both_empty_as_one():
@@ -120,8 +113,6 @@ def test_on_another_stain_the_quality_score_ranks_masks_better_than_stability():
     """bench/quality_vs_iou.py --synthetic, in one run: trained on synthetic domain a, scored on
     domain b with a third of the images faded. (With a smoothed, largest-component read-out
     stability ranks better on such images: docs/RESULTS.md section 11.)"""
-    from quality_vs_iou import synthetic_columns
-
     columns = synthetic_columns(epochs=20)
     iou = columns["iou"]
     assert iou[40:].mean() < iou[:40].mean() - 0.1                     # the faded images are harder

@@ -104,7 +104,7 @@ class Predictor:
         config, readout = self.ensemble.config, self.ensemble.config.readout
         raw = resize_images(images, config.image_size)
         shapes = [image.shape[:2] for image in images]
-        votes, probabilities, runs, shares, separabilities, compact = [], [], [], [], [], []
+        votes, probabilities, runs, shares, separabilities, solidities = [], [], [], [], [], []
         for fold, model, generators, quality in zip(self.ensemble.folds, self.models, self.generators,
                                                     self.quality_generators):
             x = normalise(raw, fold.norm_mean, fold.norm_std).to(self.device)
@@ -113,7 +113,7 @@ class Predictor:
             probabilities.append(logits["readout"].float().softmax(1).cpu())
             shares.append(segments["readout"].pc1_share.float().cpu())
             separabilities.append(segments["readout"].separability.float().cpu())
-            compact.append(raw_solidity(segments["readout"]))
+            solidities.append(raw_solidity(segments["readout"]))
             if self.runs:
                 runs.append(self.quality_masks(model, x, shapes, quality))
         probability = torch.stack(probabilities).mean(0)
@@ -121,7 +121,7 @@ class Predictor:
         top = probability.topk(min(2, probability.shape[1]), dim=1).values
         margin = top[:, 0] - top[:, 1] if top.shape[1] > 1 else top[:, 0]
         share, separability = torch.stack(shares).mean(0), torch.stack(separabilities).mean(0)
-        raw_solidities = np.mean(compact, axis=0)
+        raw_solidities = np.mean(solidities, axis=0)
         out = []
         for i, mask in enumerate(majority_vote(votes)):
             agreement = cross_fold_agreement(np.stack([v[i] for v in votes])[:, None])

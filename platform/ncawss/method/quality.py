@@ -31,6 +31,10 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .components import post_process
+from .segment import iou
+from .thresholds import threshold_masks
+
 
 def pairwise_iou(masks: np.ndarray) -> np.ndarray:
     """(n, H, W) bool masks -> (n, n) IoU of every pair; both empty = 1."""
@@ -113,10 +117,6 @@ class QualitySignals:
 
 def colour_agreement(image: np.ndarray, mask: np.ndarray, post: str) -> dict[str, float]:
     """IoU of a mask with each threshold baseline's mask of its (H, W, 3) image, post-processed as the mask was."""
-    from .components import post_process
-    from .segment import iou
-    from .thresholds import threshold_masks
-
     return {name: iou(mask, post_process(m, post)) for name, m in threshold_masks(image).items()}
 
 

@@ -52,22 +52,33 @@ def _hidden(state_ptr, base_ptr, kernel_ptr, f, image, pix, inside, H, W, M: tl.
 
 
 @triton.jit
+def _tile(H, W, BLOCK: tl.constexpr):
+    """This program's fold, its BLOCK pixels, which of them lie inside the image, and the offset
+    of its image's first pixel in the (B, k, H, W) layout (grid: tiles, batch, folds)."""
+    tile, b, f = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    pix = tile * BLOCK + tl.arange(0, BLOCK)
+    return f, pix, pix < H * W, (b * tl.num_programs(2) + f).to(tl.int64) * H * W
+
+
+@triton.jit
+def _out_weights(out_ptr, f, M: tl.constexpr, HID: tl.constexpr, MP: tl.constexpr, HP: tl.constexpr):
+    """Fold f's output layer, (HP, MP), zero in the padding."""
+    m, h = tl.arange(0, MP), tl.arange(0, HP)
+    return tl.load(out_ptr + (f * HID + h[:, None]) * M + m[None, :], mask=(h[:, None] < HID) & (m[None, :] < M),
+                   other=0.0)
+
+
+@triton.jit
 def step_kernel(state_ptr, base_ptr, kernel_ptr, out_ptr, fire_ptr, new_ptr, fire_rate, H, W,
                  M: tl.constexpr, HID: tl.constexpr, MP: tl.constexpr, HP: tl.constexpr,
                  BLOCK: tl.constexpr, MASKED: tl.constexpr, BF16: tl.constexpr):
     """One step of one fold on one tile of BLOCK pixels of one image. Layouts (channels last):
     state/new (B, k, H, W, M), base (B, k, H, W, HID), kernel (k, 9, M, HID), out (k, HID, M),
     fire (B, k, H, W)."""
-    tile, b, f = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    pix = tile * BLOCK + tl.arange(0, BLOCK)
-    inside = pix < H * W
-    m, h = tl.arange(0, MP), tl.arange(0, HP)
-    image = (b * tl.num_programs(2) + f).to(tl.int64) * H * W
+    f, pix, inside, image = _tile(H, W, BLOCK)
+    m = tl.arange(0, MP)
     pre = _hidden(state_ptr, base_ptr, kernel_ptr, f, image, pix, inside, H, W, M, HID, MP, HP, BLOCK, BF16)
-    z = tl.maximum(pre, 0.0)
-    o = tl.load(out_ptr + (f * HID + h[:, None]) * M + m[None, :], mask=(h[:, None] < HID) & (m[None, :] < M),
-                other=0.0)
-    update = _dot(z, o, BF16)
+    update = _dot(tl.maximum(pre, 0.0), _out_weights(out_ptr, f, M, HID, MP, HP), BF16)
     here = (image + pix)[:, None] * M + m[None, :]
     keep = inside[:, None] & (m[None, :] < M)
     s = tl.load(state_ptr + here, mask=keep, other=0.0)
@@ -85,12 +96,8 @@ def grad_kernel(state_ptr, base_ptr, kernel_ptr, out_ptr, fire_ptr, grad_ptr, dz
     """Backward of one step on one tile, the hidden layer recomputed, not stored: from the new
     state's gradient, the first layer's pre-ReLU gradient dz (B, k, H, W, HID) (also base's) and
     this tile's share of the output layer's gradient, (HP, MP) at dout[fold, b * tiles + tile]."""
-    tile, b, f = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    tiles, batch = tl.num_programs(0), tl.num_programs(1)
-    pix = tile * BLOCK + tl.arange(0, BLOCK)
-    inside = pix < H * W
+    f, pix, inside, image = _tile(H, W, BLOCK)
     m, h = tl.arange(0, MP), tl.arange(0, HP)
-    image = (b * tl.num_programs(2) + f).to(tl.int64) * H * W
     pre = _hidden(state_ptr, base_ptr, kernel_ptr, f, image, pix, inside, H, W, M, HID, MP, HP, BLOCK, BF16)
     z = tl.maximum(pre, 0.0)
     g = tl.load(grad_ptr + (image + pix)[:, None] * M + m[None, :], mask=inside[:, None] & (m[None, :] < M),
@@ -99,12 +106,10 @@ def grad_kernel(state_ptr, base_ptr, kernel_ptr, out_ptr, fire_ptr, grad_ptr, dz
         du = g * tl.load(fire_ptr + image + pix, mask=inside, other=0.0)[:, None]
     else:
         du = g * fire_rate
-    o = tl.load(out_ptr + (f * HID + h[:, None]) * M + m[None, :], mask=(h[:, None] < HID) & (m[None, :] < M),
-                other=0.0)
-    dz = tl.where(pre > 0, _dot(du, tl.trans(o), BF16), 0.0)
+    dz = tl.where(pre > 0, _dot(du, tl.trans(_out_weights(out_ptr, f, M, HID, MP, HP)), BF16), 0.0)
     tl.store(dz_ptr + (image + pix)[:, None] * HID + h[None, :], dz, mask=inside[:, None] & (h[None, :] < HID))
     part = _dot(tl.trans(z), du, BF16)
-    slot = (f * batch + b) * tiles + tile
+    slot = (f * tl.num_programs(1) + tl.program_id(1)) * tl.num_programs(0) + tl.program_id(0)
     tl.store(dout_ptr + slot.to(tl.int64) * HP * MP + h[:, None] * MP + m[None, :], part)
 
 
@@ -129,12 +134,9 @@ def input_grad_kernel(dz_ptr, kernel_ptr, grad_ptr, dstate_ptr, H, W, M: tl.cons
     """The input state's gradient of one step on one tile: the new state's gradient (the identity
     path) plus, for each tap, dz at every pixel whose reflect-padded neighbour this pixel is, times
     the tap's weights. Gathered, not scattered: no atomics."""
-    tile, b, f = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    pix = tile * BLOCK + tl.arange(0, BLOCK)
-    inside = pix < H * W
+    f, pix, inside, image = _tile(H, W, BLOCK)
     y, x = pix // W, pix % W
     m, h = tl.arange(0, MP), tl.arange(0, HP)
-    image = (b * tl.num_programs(2) + f).to(tl.int64) * H * W
     here = (image + pix)[:, None] * M + m[None, :]
     keep = inside[:, None] & (m[None, :] < M)
     acc = tl.load(grad_ptr + here, mask=keep, other=0.0)
