@@ -48,15 +48,12 @@ from ncawss.data import IMAGE_SUFFIXES, DataError, encode_png, replace_atomicall
 from ncawss.method.ensemble import Ensemble
 from ncawss.method.gallery import overlay
 from ncawss.method.predict import QUALITY_RUNS, Predictor, decode_image
-from ncawss.method.quality import rank_by_score
-from ncawss.method.thresholds import THRESHOLD_BASELINES
+from ncawss.method.quality import rank_by_score, signal_columns
 from ncawss.tracking.sources import load_records
 from ncawss.tracking.tracker import TrackingError
 
 FATAL = 255
-SIGNALS = ["stability", "fold_agreement", *(f"agree_{name}" for name in THRESHOLD_BASELINES), "pc1_share",
-           "separability", "margin", "area_fraction", "solidity", "eccentricity", "centre_offset", "raw_solidity"]
-COLUMNS = ["id", "source", "label", "probability", "quality", *SIGNALS, "iou", "error"]
+COLUMNS = ["id", "source", "label", "probability", "quality", *signal_columns(), "iou", "error"]
 
 
 @dataclass

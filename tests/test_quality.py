@@ -82,3 +82,11 @@ def test_the_combined_score_is_the_best_threshold_agreement_times_solidity():
     assert combined_quality(signals(shape=mask_shape(np.zeros((9, 9), bool)))) == 0.0
     assert combined_quality(signals(colour_agreement={"intensity": 0.1, "otsu_b": 0.2})) < combined_quality(base)
     assert combined_quality(signals(stability=float("nan"))) == combined_quality(base)  # no runs: still a score
+
+
+def test_the_csv_header_names_every_signal_the_record_gives_in_its_order():
+    from ncawss.method.quality import signal_columns
+    from ncawss.method.thresholds import THRESHOLD_BASELINES
+
+    every = signals(colour_agreement={name: 0.5 for name in THRESHOLD_BASELINES})
+    assert signal_columns() == list(every.columns())

@@ -38,7 +38,7 @@ def post_process(mask: np.ndarray, post: str) -> np.ndarray:
 
 def post_process_batch(masks: torch.Tensor, post: str) -> torch.Tensor:
     """post_process of a bool (B, H, W) batch on its device: on CPU with scipy one mask at a time,
-    elsewhere in torch for the whole batch (components.py: the same masks)."""
+    elsewhere in torch for the whole batch (post_process_masks: the same masks)."""
     if post not in POSTS:
         raise ValueError(f"unknown post {post!r}; choose one of {list(POSTS)}")
     if post == "none" or not len(masks):

@@ -26,14 +26,14 @@ quality, the score predict.py reports and sorts by, is their fixed combination
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import NamedTuple
 
 import numpy as np
 
 from .components import post_process
 from .segment import iou
-from .thresholds import threshold_masks
+from .thresholds import THRESHOLD_BASELINES, threshold_masks
 
 
 def pairwise_iou(masks: np.ndarray) -> np.ndarray:
@@ -113,6 +113,13 @@ class QualitySignals:
                 **{f"agree_{name}": v for name, v in self.colour_agreement.items()},
                 "pc1_share": self.pc1_share, "separability": self.separability, "margin": self.margin,
                 **asdict(self.shape), "raw_solidity": self.raw_solidity}
+
+
+def signal_columns() -> list[str]:
+    """The names QualitySignals.columns() gives, in its order: predictions.csv's header."""
+    shape = [f.name for f in fields(MaskShape)]
+    return ["stability", "fold_agreement", *(f"agree_{name}" for name in THRESHOLD_BASELINES), "pc1_share",
+            "separability", "margin", *shape, "raw_solidity"]
 
 
 def colour_agreement(image: np.ndarray, mask: np.ndarray, post: str) -> dict[str, float]:
