@@ -183,6 +183,12 @@ class GraphedStep:
         return self.outputs
 
 
+def hits(logits: torch.Tensor, y: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Per fold, the real rows (weight > 0) of logits (B, k, C) that the labels y (B, k) agree with."""
+    with torch.no_grad():
+        return ((logits.argmax(-1) == y) & (weight > 0)).sum(0)
+
+
 class BatchedTrainer:
     """Runs epochs of k folds as one stacked model: `stack(x (B, k, 3, S, S), fire)` -> (logits (B, k, C), ...)."""
 
@@ -201,10 +207,10 @@ class BatchedTrainer:
         self.parts = [type(stack)(stack.models[i:i + 1]) for i in range(len(folds))] \
             if fold_by_fold and len(folds) > 1 else None
 
-    def loss(self, x, y, weight, fire):
-        """(summed loss, each fold's batch-mean loss (k,), logits (B, k, C))."""
+    def loss(self, x, y, weight, fire, stack: nn.Module | None = None):
+        """(summed loss, each fold's batch-mean loss (k,), logits (B, k, C)) of `stack` (default: all folds)."""
         with precision_context(self.config, self.device):
-            logits = self.stack(x, fire)[0]
+            logits = (stack or self.stack)(x, fire)[0]
         per_fold = (focal_terms(logits, y, self.config.focal_gamma) * weight).sum(0)
         return per_fold.sum(), per_fold, logits
 
@@ -217,49 +223,46 @@ class BatchedTrainer:
         for start in range(0, max(len(f.x) for f in self.folds), cfg.batch_size):
             idx = [order[start:start + cfg.batch_size] for order in orders]
             sizes = [len(i) for i in idx]
-            if self.parts is not None:
-                per_fold, hits = self.fold_by_fold(idx, sizes)
-                loss_sum += per_fold * torch.tensor(sizes, device=device)
-                correct += hits
-                continue
-            x, y, weight, fire = self.batch(idx, sizes)
-            if self.use_graph and min(sizes) == cfg.batch_size:
-                if self.graphed is None:
-                    self.graphed = GraphedStep(self.loss, list(self.stack.parameters()), (x, y, weight, fire))
-                _, per_fold, logits = self.graphed(x, y, weight, fire)
-            else:
-                for fold in self.folds:
-                    fold.optimiser.zero_grad(set_to_none=self.graphed is None)
-                loss, per_fold, logits = self.loss(x, y, weight, fire)
-                loss.backward()
-            for fold, size in zip(self.folds, sizes):
-                if size:  # a fold whose images ran out takes no step, as it would alone
-                    fold.optimiser.step()
-                    fold.scheduler.step()
-            with torch.no_grad():
-                loss_sum += per_fold.detach() * torch.tensor(sizes, device=device)
-                correct += ((logits.detach().argmax(-1) == y) & (weight > 0)).sum(0)
+            per_fold, hits = (self.stacked if self.parts is None else self.fold_by_fold)(idx, sizes)
+            loss_sum += per_fold * torch.tensor(sizes, device=device)
+            correct += hits
         n = torch.tensor([len(f.x) for f in self.folds], device=device)
         losses, accuracies = (loss_sum / n).tolist(), (correct / n).tolist()
         return [{"train_loss": losses[i], "train_accuracy": accuracies[i],
                  "lr": fold.scheduler.get_last_lr()[0]} for i, fold in enumerate(self.folds)]
 
+    def stacked(self, idx: list[torch.Tensor], sizes: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """One batch of every fold as one stacked forward and backward: (batch-mean losses, hits) (k,)."""
+        x, y, weight, fire = self.batch(idx, sizes)
+        if self.use_graph and min(sizes) == self.config.batch_size:
+            if self.graphed is None:
+                self.graphed = GraphedStep(self.loss, list(self.stack.parameters()), (x, y, weight, fire))
+            _, per_fold, logits = self.graphed(x, y, weight, fire)
+        else:
+            for fold in self.folds:
+                fold.optimiser.zero_grad(set_to_none=self.graphed is None)
+            loss, per_fold, logits = self.loss(x, y, weight, fire)
+            loss.backward()
+        for fold, size in zip(self.folds, sizes):
+            if size:  # a fold whose images ran out takes no step, as it would alone
+                fold.optimiser.step()
+                fold.scheduler.step()
+        return per_fold.detach(), hits(logits, y, weight)
+
     def fold_by_fold(self, idx: list[torch.Tensor], sizes: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """One batch of each fold as its own forward, backward and step: (batch-mean losses, hits) (k,)."""
-        losses, hits = torch.zeros(len(self.folds)), torch.zeros(len(self.folds))
+        losses, correct = torch.zeros(len(self.folds)), torch.zeros(len(self.folds))
         for i, (fold, part, rows, n) in enumerate(zip(self.folds, self.parts, idx, sizes)):
             if not n:  # a fold whose images ran out takes no step, as it would alone
                 continue
             x, y, weight, fire = self.batch([rows], [n], [fold])
             fold.optimiser.zero_grad()
-            with precision_context(self.config, self.device):
-                logits = part(x, fire)[0]
-            loss = (focal_terms(logits, y, self.config.focal_gamma) * weight).sum()
+            loss, _, logits = self.loss(x, y, weight, fire, part)
             loss.backward()
             fold.optimiser.step()
             fold.scheduler.step()
-            losses[i], hits[i] = loss.detach(), (logits.detach().argmax(-1) == y).sum()
-        return losses, hits
+            losses[i], correct[i] = loss.detach(), hits(logits, y, weight)[0]
+        return losses, correct
 
     def batch(self, idx: list[torch.Tensor], sizes: list[int], folds: list[Fold] | None = None):
         """Stacked, augmented inputs (B, k, 3, S, S), labels and loss weights (B, k), fire masks
