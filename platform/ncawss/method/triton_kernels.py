@@ -32,18 +32,24 @@ def _dot(a, b, BF16: tl.constexpr):
 
 
 @triton.jit
+def _shifted(state_ptr, image, pix, inside, tap, H, W, M: tl.constexpr, MP: tl.constexpr):
+    """The state (BLOCK, MP) at each pixel's neighbour `tap` (0..8, row-major 3x3), reflect padding."""
+    ny = _reflect(pix // W + tap // 3 - 1, H)
+    nx = _reflect(pix % W + tap % 3 - 1, W)
+    m = tl.arange(0, MP)
+    return tl.load(state_ptr + (image + ny * W + nx)[:, None] * M + m[None, :],
+                   mask=inside[:, None] & (m[None, :] < M), other=0.0)
+
+
+@triton.jit
 def _hidden(state_ptr, base_ptr, kernel_ptr, f, image, pix, inside, H, W, M: tl.constexpr, HID: tl.constexpr,
             MP: tl.constexpr, HP: tl.constexpr, BLOCK: tl.constexpr, BF16: tl.constexpr):
     """The first layer before its ReLU, (BLOCK, HP): the 3x3 neighbourhood (reflect) of each pixel
     times the fused kernel's 9 taps, plus base."""
-    y, x = pix // W, pix % W
     m, h = tl.arange(0, MP), tl.arange(0, HP)
     acc = tl.zeros((BLOCK, HP), dtype=tl.float32)
     for tap in tl.static_range(9):
-        ny = _reflect(y + tap // 3 - 1, H)
-        nx = _reflect(x + tap % 3 - 1, W)
-        rows = (image + ny * W + nx) * M
-        s = tl.load(state_ptr + rows[:, None] + m[None, :], mask=inside[:, None] & (m[None, :] < M), other=0.0)
+        s = _shifted(state_ptr, image, pix, inside, tap, H, W, M, MP)
         w = tl.load(kernel_ptr + ((f * 9 + tap) * M + m[:, None]) * HID + h[None, :],
                     mask=(m[:, None] < M) & (h[None, :] < HID), other=0.0)
         acc += _dot(s, w, BF16)
@@ -174,10 +180,7 @@ def kernel_grad_kernel(state_ptr, dz_ptr, shares_ptr, blocks, per_split, H, W, M
         pix = tile * BLOCK + tl.arange(0, BLOCK)
         inside = pix < H * W
         image = (b * folds + f).to(tl.int64) * H * W
-        ny = _reflect(pix // W + tap // 3 - 1, H)
-        nx = _reflect(pix % W + tap % 3 - 1, W)
-        s = tl.load(state_ptr + (image + ny * W + nx)[:, None] * M + m[None, :],
-                    mask=inside[:, None] & (m[None, :] < M), other=0.0)
+        s = _shifted(state_ptr, image, pix, inside, tap, H, W, M, MP)
         d = tl.load(dz_ptr + (image + pix)[:, None] * HID + h[None, :], mask=inside[:, None] & (h[None, :] < HID),
                     other=0.0)
         acc += _dot(tl.trans(s), d, BF16)
