@@ -62,7 +62,7 @@ def time_training(config, splits, device, epochs, stack_of=FoldStack, fold_by_fo
 
 def time_evaluation(config, dataset, splits, device) -> float:
     """Seconds of the final evaluation of every read-out with both CNN baselines' CAMs, all folds' test images."""
-    cnn_config = config.model_copy(update={"epochs": 1})
+    cnn_config = config.replace(epochs=1)
     cnns = {size: train_cnns(cnn_config, [tr for tr, _ in splits], size, device) for size in CNN_WIDTHS}
     models = [build_model(config, len(dataset.classes)).to(device) for _ in splits]
     synchronise(device)
@@ -94,7 +94,7 @@ def main() -> None:
     images = sum(len(tr) for tr, _ in splits) * args.epochs
 
     rows = []
-    eager = config.model_copy(update={"cuda_graph": False})
+    eager = config.replace(cuda_graph=False)
     if "sequential" not in args.skip:
         seconds = sum(time_training(eager, [s], device, args.epochs) for s in splits)
         rows.append(("sequential (one fold at a time)", seconds))
@@ -108,11 +108,11 @@ def main() -> None:
     if device.type == "cuda":
         rows.append(("batched + CUDA graph", time_training(config, splits, device, args.epochs)))
         rows.append(("batched grouped + CUDA graph", time_training(config, splits, device, args.epochs, grouped)))
-        bf16 = config.model_copy(update={"precision": "bf16"})
+        bf16 = config.replace(precision="bf16")
         rows.append(("batched + CUDA graph, bf16", time_training(bf16, splits, device, args.epochs)))
-        triton = config.model_copy(update={"kernel": "triton"})
+        triton = config.replace(kernel="triton")
         rows.append(("triton + CUDA graph", time_training(triton, splits, device, args.epochs)))
-        rows.append(("triton + CUDA graph, bf16", time_training(triton.model_copy(update={"precision": "bf16"}),
+        rows.append(("triton + CUDA graph, bf16", time_training(triton.replace(precision="bf16"),
                                                                splits, device, args.epochs)))
     epoch_seconds = min(s for _, s in rows) / args.epochs
 

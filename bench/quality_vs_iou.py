@@ -91,8 +91,8 @@ def synthetic_columns(epochs: int, smooth: float = 0.0, post: str = "none") -> d
     from ncawss.method.predict import predict
 
     config = ncawss.load_config(Path(__file__).resolve().parents[1] / "configs/quickstart.yaml")
-    readout = config.readout.model_copy(update={"smooth": smooth, "post": post})
-    config = config.model_copy(update={"epochs": epochs, "variants": {}, "readout": readout})
+    readout = config.readout.replace(smooth=smooth, post=post)
+    config = config.replace(epochs=epochs, variants={}, readout=readout)
     train = ncawss.make_synthetic(n=120, size=32, seed=1, domain="a")
     result = ncawss.cross_validate(config, train, k=2, seed=0)
     ensemble = ncawss.Ensemble(config, [f.model for f in result.folds], train.classes)

@@ -99,7 +99,7 @@ def main() -> None:
         else:
             # train_fold's own evaluation reads out exactly the chosen read-outs (and always "readout").
             variants = {name: r.model_dump() for name, r in readouts.items() if name != "readout"}
-            result = ncawss.train_fold(config.model_copy(update={"epochs": epochs, "variants": variants}), train,
+            result = ncawss.train_fold(config.replace(epochs=epochs, variants=variants), train,
                                        test, hooks)
             evaluations = {name: result.evaluations[name] for name in readouts}
         first = next(iter(evaluations.values()))

@@ -57,10 +57,16 @@ def main() -> int:
     args = parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     try:
+        if args.folds < 2:
+            raise ValueError(f"--folds {args.folds}: k-fold cross-validation needs at least 2 folds")
+        if not 0.0 <= args.holdout < 1.0:
+            raise ValueError(f"--holdout {args.holdout}: the held-out share must lie in [0, 1)")
         config = ncawss.load_config(args.config)
         overrides = {"epochs": args.epochs, "precision": args.precision, "kernel": args.kernel,
-                     "cuda_graph": False if args.no_cuda_graph else None}
-        config = config.model_copy(update={k: v for k, v in overrides.items() if v is not None})
+                     "cuda-graph": False if args.no_cuda_graph else None}
+        for option, value in overrides.items():
+            if value is not None:
+                config = override(config, option, value)
         dataset = ncawss.read_dataset(args.data) if args.data else ncawss.make_synthetic(n=200, size=config.image_size)
         kept, held = ncawss.holdout_split(dataset.labels, args.holdout, args.seed)
     except (ncawss.ConfigError, ncawss.DataError, ValueError) as exc:
@@ -88,6 +94,14 @@ def main() -> int:
     if args.save:
         save_models(Path(args.save), config, dataset, result, dataset.subset(held), cam_kinds)
     return 0
+
+
+def override(config: ncawss.TrainConfig, option: str, value) -> ncawss.TrainConfig:
+    """The configuration with one command-line option's value; ConfigError names the option."""
+    try:
+        return config.replace(**{option.replace("-", "_"): value})
+    except ncawss.ConfigError as exc:
+        raise ncawss.ConfigError(f"--{option}: {exc}") from None
 
 
 def save_models(folder: Path, config, dataset, result, held, cam_kinds) -> None:

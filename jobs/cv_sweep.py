@@ -22,7 +22,7 @@ import ncawss
 from ncawss import environment
 from ncawss.data import encode_png
 from ncawss.sweep.plan import OptunaStudy
-from ncawss.sweep.space import load_space
+from ncawss.sweep.space import SweepSpec, load_space
 from ncawss.tracking.tracker import SweepTracker, TrackingError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -97,15 +97,24 @@ def check_optuna_storage(url: str) -> None:
         raise ValueError(f"--optuna-storage {url}: cannot open it ({type(exc).__name__}: {exc})") from None
 
 
+def override(spec: SweepSpec, key: str, value) -> SweepSpec:
+    """The space with one command-line option's value; ConfigError names the option."""
+    try:
+        return spec.replace(**{key: value})
+    except ncawss.ConfigError as exc:
+        raise ncawss.ConfigError(f"--{key}: {exc}") from None
+
+
 def main() -> int:
     args = parse_args()
     environment.for_sweep()
     quiet_console(args.verbose)
     try:
         spec = load_space(args.space)
-        overrides = {k: v for k, v in (("trials", args.trials), ("folds", args.folds), ("name", args.name),
-                                       ("holdout", args.holdout)) if v is not None}
-        spec = spec.model_validate({**spec.model_dump(), **overrides})
+        for key, value in (("trials", args.trials), ("folds", args.folds), ("name", args.name),
+                           ("holdout", args.holdout)):
+            if value is not None:
+                spec = override(spec, key, value)
     except (ncawss.ConfigError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

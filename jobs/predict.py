@@ -127,7 +127,7 @@ def load_ensemble(args) -> Ensemble:
     readouts = ensemble.config.readouts()
     if args.read_out not in readouts:
         raise DataError(f"--read-out {args.read_out}: the model's configuration has {', '.join(readouts)}")
-    config = ensemble.config.model_copy(update={"readout": readouts[args.read_out]})
+    config = ensemble.config.replace(readout=readouts[args.read_out])
     return Ensemble(config, ensemble.folds, ensemble.classes)
 
 

@@ -106,7 +106,7 @@ def test_batched_cnn_baselines_equal_each_cnn_trained_alone(uneven_splits):
 def test_resuming_batched_folds_from_a_checkpoint_continues_bit_for_bit(uneven_splits):
     straight = train_folds(TINY, uneven_splits)
     first = Checkpoints()
-    train_folds(TINY.model_copy(update={"epochs": 1}), uneven_splits, first)
+    train_folds(TINY.replace(epochs=1), uneven_splits, first)
 
     class Resume(FoldsHooks):
         def load_checkpoint(self):
@@ -122,7 +122,7 @@ def test_resuming_batched_folds_from_a_checkpoint_continues_bit_for_bit(uneven_s
 @CUDA
 def test_cuda_graph_training_equals_eager_training_on_cuda(uneven_splits):
     graphed = train_folds(TINY, uneven_splits, device="cuda")
-    eager = train_folds(TINY.model_copy(update={"cuda_graph": False}), uneven_splits, device="cuda")
+    eager = train_folds(TINY.replace(cuda_graph=False), uneven_splits, device="cuda")
     for a, b in zip(graphed, eager):
         assert_close_weights(a.model.state_dict, b.model.state_dict)
         assert a.history[-1]["train_loss"] == pytest.approx(b.history[-1]["train_loss"], rel=1e-4)
@@ -131,7 +131,7 @@ def test_cuda_graph_training_equals_eager_training_on_cuda(uneven_splits):
 @CUDA
 def test_bf16_training_runs_and_stays_near_fp32_on_cuda(uneven_splits):
     fp32 = train_folds(TINY, uneven_splits, device="cuda")
-    bf16 = train_folds(TINY.model_copy(update={"precision": "bf16"}), uneven_splits, device="cuda")
+    bf16 = train_folds(TINY.replace(precision="bf16"), uneven_splits, device="cuda")
     for a, b in zip(fp32, bf16):
         assert all(np.isfinite(h["train_loss"]) for h in b.history)
         assert b.history[-1]["train_loss"] == pytest.approx(a.history[-1]["train_loss"], rel=0.05)

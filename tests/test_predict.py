@@ -91,9 +91,8 @@ def test_an_image_s_quality_and_signals_do_not_depend_on_the_images_beside_it(sm
 
 
 def test_planted_hard_images_get_lower_quality_scores():
-    config = ncawss.load_config(ROOT / "configs/quickstart.yaml").model_copy(
-        update={"epochs": 20, "variants": {}, "readout": ncawss.Readout(inference="mean_field", smooth=1.0,
-                                                                          post="largest")})
+    readout = ncawss.Readout(inference="mean_field", smooth=1.0, post="largest")
+    config = ncawss.load_config(ROOT / "configs/quickstart.yaml").replace(epochs=20, variants={}, readout=readout)
     train = ncawss.make_synthetic(n=100, size=32, seed=1)
     result = ncawss.cross_validate(config, train, k=2, seed=0)
     ensemble = Ensemble(config, [f.model for f in result.folds], train.classes)

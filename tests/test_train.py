@@ -41,7 +41,7 @@ def test_training_is_deterministic_given_the_seed(split):
     a, b = train_fold(TINY, *split), train_fold(TINY, *split)
     assert_same_weights(a.model.state_dict, b.model.state_dict)
     assert a.iou == b.iou and a.history == b.history
-    c = train_fold(TINY.model_copy(update={"seed": 6}), *split)
+    c = train_fold(TINY.replace(seed=6), *split)
     assert not torch.equal(a.model.state_dict["nca.fc0.weight"], c.model.state_dict["nca.fc0.weight"])
 
 
@@ -50,7 +50,7 @@ def test_restored_checkpoint_continues_bit_for_bit(split):
     uninterrupted = train_fold(TINY, *split, hooks=straight)
     assert [e for e, _ in straight.epochs] == [1, 2, 3] and len(straight.checkpoints) == 3
     first_epoch = Recorder()
-    train_fold(TINY.model_copy(update={"epochs": 1}), *split, hooks=first_epoch)  # "interrupted" after epoch 1
+    train_fold(TINY.replace(epochs=1), *split, hooks=first_epoch)  # "interrupted" after epoch 1
     resumed_hooks = Recorder(resume_from=first_epoch.checkpoints[-1])
     resumed = train_fold(TINY, *split, hooks=resumed_hooks)
     assert [e for e, _ in resumed_hooks.epochs] == [2, 3]
@@ -60,7 +60,7 @@ def test_restored_checkpoint_continues_bit_for_bit(split):
 
 def test_checkpoint_holds_everything_needed_to_continue(split):
     hooks = Recorder()
-    train_fold(TINY.model_copy(update={"epochs": 1}), *split, hooks=hooks)
+    train_fold(TINY.replace(epochs=1), *split, hooks=hooks)
     checkpoint = hooks.checkpoints[0]
     assert {"epoch", "model", "optimiser", "scheduler", "sample_rng", "fire_rng", "history"} <= checkpoint.keys()
     assert checkpoint["epoch"] == 1 and checkpoint["scheduler"]["last_epoch"] == 3  # 20 images / batch 8
@@ -68,7 +68,7 @@ def test_checkpoint_holds_everything_needed_to_continue(split):
 
 def test_normalisation_statistics_come_from_the_training_fold_only(split):
     train, test = split
-    result = train_fold(TINY.model_copy(update={"epochs": 1}), train, test)
+    result = train_fold(TINY.replace(epochs=1), train, test)
     expected = resize_images(train.images, 16).mean(dim=(0, 2, 3))
     np.testing.assert_allclose(result.model.norm_mean, expected.numpy(), rtol=1e-6)
     everything = resize_images(train.images + test.images, 16).mean(dim=(0, 2, 3))
@@ -95,12 +95,12 @@ def test_fold_result_reports_nca_and_baseline_on_the_same_test_images(split):
 
 def test_eval_every_adds_test_metrics_to_the_epoch(split):
     hooks = Recorder()
-    train_fold(TINY.model_copy(update={"eval_every": 2}), *split, hooks=hooks)
+    train_fold(TINY.replace(eval_every=2), *split, hooks=hooks)
     assert "test_iou" in hooks.epochs[1][1] and "test_iou" not in hooks.epochs[0][1]
 
 
 def test_cross_validate_runs_every_fold(small_synthetic):
-    result = cross_validate(TINY.model_copy(update={"epochs": 1}), small_synthetic, k=2, seed=0)
+    result = cross_validate(TINY.replace(epochs=1), small_synthetic, k=2, seed=0)
     assert len(result.folds) == 2
     assert sorted(sum((f.test_ids for f in result.folds), [])) == sorted(small_synthetic.ids)
     assert result.mean_iou == pytest.approx(np.mean(result.fold_iou))
@@ -133,7 +133,7 @@ def test_read_out_variants_are_changes_to_the_configured_read_out():
 
 def test_every_read_out_variant_is_scored_beside_the_baselines_of_the_same_target(split):
     train, test = split
-    config = TINY.model_copy(update={"variants": {"nucleus": {"target": "nucleus"}, "largest": {"post": "largest"}}})
+    config = TINY.replace(variants={"nucleus": {"target": "nucleus"}, "largest": {"post": "largest"}})
     result = train_fold(config, train, test)
     nucleus = result.evaluations["nucleus"]
     expected = [iou(intensity_baseline(im), gt) for im, gt in zip(test.images, test.nucleus)]

@@ -82,7 +82,7 @@ def test_a_fold_trained_with_the_triton_kernel_equals_the_torch_kernel():
                          seed=1, variants={})
     train, test = data.subset(range(16)), data.subset(range(16, 24))
     a = train_fold(config, train, test)
-    b = train_fold(config.model_copy(update={"kernel": "triton"}), train, test)
+    b = train_fold(config.replace(kernel="triton"), train, test)
     for key, value in a.model.state_dict.items():
         torch.testing.assert_close(b.model.state_dict[key], value, rtol=1e-4, atol=1e-5, msg=key)
     assert np.allclose(b.evaluation.iou, a.evaluation.iou, atol=1e-3)

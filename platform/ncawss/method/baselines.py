@@ -104,7 +104,7 @@ def train_cnns(config: TrainConfig, trains: list[Dataset], size: str = "small",
     """Train one CAM baseline CNN per training fold, all folds batched, like the NCA: same labels,
     loss, augmentation, optimiser, epochs and per-fold generators."""
     started = time.perf_counter()
-    config = config.model_copy(update={"precision": "fp32"})  # baselines never change with the NCA's precision
+    config = config.replace(precision="fp32")  # baselines never change with the NCA's precision
     prepared = [normalised_training_set(train, config.image_size, config.normalise) for train in trains]
     data = [(x.to(device), torch.as_tensor(t.labels, dtype=torch.long, device=device))
             for (x, _, _), t in zip(prepared, trains)]

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, Literal, Self, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -12,10 +12,35 @@ Baseline = Literal["intensity", "otsu_r", "otsu_g", "otsu_b", "otsu_s", "otsu_a"
 BASELINES: tuple[str, ...] = get_args(Baseline)
 
 
-class Readout(BaseModel):
-    """How a trained model's final state becomes a mask; needs no retraining. Defaults: the paper's."""
+class ConfigError(ValueError):
+    """A configuration that failed validation; the message names the source and the key."""
+
+
+def describe_validation_error(source: str, error: ValidationError) -> str:
+    """One line per problem: the source (if any), the key, what is wrong and the value given."""
+    problems = []
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        problems.append(f"{source + ': ' if source else ''}key {key!r}: {item['msg']} (got {item.get('input')!r})")
+    return "\n".join(problems)
+
+
+class Options(BaseModel):
+    """A frozen, validated set of options; `replace` is the one way to derive a changed copy."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def replace(self, **changes: Any) -> Self:
+        """A copy with `changes`, validated as the original was (pydantic's model_copy is not);
+        ConfigError names the key and the value at fault."""
+        try:
+            return type(self).model_validate({**self.model_dump(), **changes})
+        except ValidationError as exc:
+            raise ConfigError(describe_validation_error("", exc)) from None
+
+
+class Readout(Options):
+    """How a trained model's final state becomes a mask; needs no retraining. Defaults: the paper's."""
 
     inference: Literal["stochastic", "mean_field"] = Field(
         "stochastic", description="random fire masks as in training (paper), or mean_field: every step adds "
@@ -67,10 +92,8 @@ DEFAULT_VARIANTS = {
 }
 
 
-class TrainConfig(BaseModel):
+class TrainConfig(Options):
     """Everything one fold's training needs. Defaults are the paper's configuration."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     channels: int = Field(32, ge=4, description="NCA state channels n (RGB included)")
     hidden: int = Field(32, ge=1, description="hidden units of the update MLP")
@@ -129,18 +152,6 @@ class TrainConfig(BaseModel):
         for name, changes in self.variants.items():
             resolved[name] = Readout.model_validate({**self.readout.model_dump(), **changes})
         return resolved
-
-
-class ConfigError(ValueError):
-    """A configuration that failed validation; the message names the source and the key."""
-
-
-def describe_validation_error(source: str, error: ValidationError) -> str:
-    problems = []
-    for item in error.errors():
-        key = ".".join(str(part) for part in item["loc"]) or "(top level)"
-        problems.append(f"{source}: key {key!r}: {item['msg']} (got {item.get('input')!r})")
-    return "\n".join(problems)
 
 
 def make_config(values: dict, source: str = "config") -> TrainConfig:

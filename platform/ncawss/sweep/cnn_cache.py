@@ -38,7 +38,7 @@ def baseline_cnns(spec: SweepSpec, dataset: Dataset, dataset_ref, cache: Path) -
         return None
     config = spec.train_config({})
     if "epochs" in spec.search:  # the same epoch budget as the longest trial
-        config = config.model_copy(update={"epochs": spec.max_epochs})
+        config = config.replace(epochs=spec.max_epochs)
     settings = cnn_settings(config)
     key = hashlib.sha256(json.dumps({"dataset": dataset.fingerprint, "folds": spec.folds, "seed": spec.seed,
                                      "settings": settings}, sort_keys=True, default=list).encode()).hexdigest()[:16]

@@ -8,13 +8,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from ..method.baselines import CNN_WIDTHS, baseline_name
 from ..method.config import (
     BASELINES,
     Baseline,
     ConfigError,
+    Options,
     Readout,
     TrainConfig,
     describe_validation_error,
@@ -35,11 +36,7 @@ SEARCHABLE = (set(TrainConfig.model_fields) - {"seed", "eval_every", "betas", "v
     | {f"readout.{name}" for name in Readout.model_fields}
 
 
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class Param(Strict):
+class Param(Options):
     """One searched option: an int or float range (optionally log-scaled) or a choice."""
 
     type: Literal["int", "float", "choice"]
@@ -71,7 +68,7 @@ class Param(Strict):
         return [int(self.low), int(self.high)] if self.type == "int" else [self.low, self.high]
 
 
-class Resources(Strict):
+class Resources(Options):
     """What one Ray Train worker of a trial reserves, and how many of the trial's folds it holds."""
 
     cpus_per_worker: float = Field(1.0, gt=0, description="CPUs reserved by each worker (its torch threads)")
@@ -106,19 +103,19 @@ class Resources(Strict):
         return values
 
 
-class Asha(Strict):
+class Asha(Options):
     grace_period: int = Field(2, ge=1, description="epochs before a trial may be stopped")
     reduction_factor: float = Field(2.0, gt=1)
 
 
-class Selection(Strict):
+class Selection(Options):
     """Which Pareto trial a multi-objective sweep registers and scores on the holdout: the highest
     first objective among those whose accuracy beats the majority rate by `accuracy_margin`."""
     accuracy_margin: float = Field(0.02, ge=0.0, le=1.0, description="accuracy the chosen trial must have "
                                    "above predicting the training folds' most common class")
 
 
-class SweepSpec(Strict):
+class SweepSpec(Options):
     name: str = Field("nca_wss", min_length=1)
     trials: int = Field(8, ge=1)
     folds: int = Field(5, ge=2)
