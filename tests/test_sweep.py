@@ -275,7 +275,7 @@ def test_an_asha_stop_is_seen_in_mlflow_the_summary_and_trials_csv(asha):
     bad, good = asha["bad"], asha["good"]
     assert bad.data.tags["ncawss.status"] == "stopped early at epoch 1"
     assert "stopped early at epoch 1" in bad.data.tags["mlflow.note.content"]
-    assert "ncawss.status" not in good.data.tags
+    assert good.data.tags["ncawss.status"] == "done"
     assert f"trial {bad.data.tags['ncawss.trial_id']} at epoch 1" in asha["run"].stdout
     assert "stopped early at epoch 1" in (asha["output"] / "trials.csv").read_text()
     assert asha["parent"].data.metrics["trials_stopped_early"] == 1
@@ -323,24 +323,32 @@ def test_one_declared_gpu_runs_four_quarter_gpu_trials_at_once_on_the_cpu(tiny_d
 
 # --- a trial out of retries ---------------------------------------------------------
 
-def test_a_trial_that_fails_on_every_retry_is_reported_with_its_cause(tmp_path, ray_tmp):
+def test_a_trial_whose_error_would_recur_fails_at_once_with_its_cause(tmp_path, ray_tmp):
     """A planted failure: one trial scores the nucleus on data whose masks have no nucleus level.
-    It is retried (max_failures 1), fails again, and the sweep reports why, finishing the rest."""
+    A DataError recurs on any retry: the trial is launched once (max_failures 2 is not spent), and
+    the sweep reports why, finishing the rest."""
     single = dataclasses.replace(make_synthetic(n=30, size=16), nucleus=None, name="single-level")
     data = write_dataset(single, tmp_path / "single.parquet")
-    space = smoke_space(tmp_path, trials=2, holdout=0, max_failures=1,
+    space = smoke_space(tmp_path, trials=2, holdout=0, max_failures=2,
                         search={"readout.target": {"type": "choice", "values": ["cell", "nucleus"]}},
                         first=[{"readout.target": "cell"}, {"readout.target": "nucleus"}])
     output = tmp_path / "out"
     run = run_sweep(data, output, ray_tmp, space=space)
     assert "1 of 2 trials finished" in run.stdout
-    assert re.search(r"failed, out of retries: trial \w+: failed: .*DataError.*nucleus", run.stdout), run.stdout[-3000:]
+    assert re.search(r"trial \w+: failed: .*DataError.*nucleus.*\(not retried: it would fail again\)", run.stdout)
+    assert re.search(r"failed \(a recurring error at once.*\): trial \w+: failed: .*DataError.*nucleus", run.stdout)
+    assert "retried after failure" not in run.stdout
     client, parent, trials = trial_runs(output)
     by_target = {t.data.params["readout"]: t for t in trials if "nucleus" in t.data.params["readout"]}
     (failed,) = by_target.values()
-    assert failed.info.status == "FAILED" and failed.data.tags["ncawss.retries"] == "1"
-    assert failed.data.tags["ncawss.status"].startswith("failed: ") and "nucleus" in failed.data.tags["ncawss.status"]
+    assert failed.info.status == "FAILED" and "ncawss.retries" not in failed.data.tags
+    assert failed.data.metrics["train_launches"] == 1  # one Ray Train run, no retry of it
+    assert failed.data.tags["ncawss.status"].startswith("failed: DataError") and "nucleus" in failed.data.tags[
+        "ncawss.status"]
     rows = list(csv.reader((output / "trials.csv").open()))
     assert sum(row[-1].startswith("failed: ") and "nucleus" in row[-1] for row in rows) == 1
     assert parent.data.metrics["trials_failed"] == 1 and parent.info.status == "FINISHED"
     assert client.get_model_version("smoke", "1").run_id == parent.info.run_id  # the finished trial's model
+    state = yaml.safe_load((output / "sweep.yaml").read_text())
+    study = optuna.load_study(study_name=state["optuna_study"], storage=state["optuna_storage"])
+    assert sorted(t.state.name for t in study.trials) == ["COMPLETE", "FAIL"]  # failed, not pruned

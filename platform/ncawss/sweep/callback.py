@@ -11,13 +11,15 @@ from pathlib import Path
 from ray import tune
 
 from ..tracking.tracker import SweepTracker, log_history
-from .metrics import FOLDS_DONE, METRIC, fold_lines
+from .metrics import EARLIER, EPOCH_CURVES, FOLDS_DONE, METRIC, TRAIN_LAUNCHES, TRIAL_FAILED, fold_lines
 from .space import SweepSpec
-from .summary import copy_checkpoint, failure_cause, stopped_status
+from .status import failure_cause, trial_status
+from .summary import copy_checkpoint
 
 log = logging.getLogger(__name__)
 progress = logging.getLogger("ncawss.progress")  # one line per finished fold: the job shows it
 
+BACKFILLED_TAG = "ncawss.backfilled_epochs"  # on a trial run: epochs logged from a resumed trial's copy
 TUNE_BOOKKEEPING = {"pid", "timestamp", "time_this_iter_s", "time_total_s", "time_since_restore",
                     "iterations_since_restore", "training_iteration", "done", FOLDS_DONE, "checkpoint_path"}
 
@@ -33,9 +35,11 @@ class TrackingCallback(tune.Callback):
         self.tracker, self.spec = tracker, spec
         self._calls: ThreadPoolExecutor | None = None
         self._pending: list[Future] = []
+        self._epochs: dict[str, set[int]] = {}  # trial run id -> evaluation epochs MLflow holds
+        self._backfilled: dict[str, set[int]] = {}  # trial run id -> epochs logged from EARLIER
 
     def __getstate__(self) -> dict:  # a thread pool does not pickle, should Tune pickle its callbacks
-        return {**self.__dict__, "_calls": None, "_pending": []}
+        return {**self.__dict__, "_calls": None, "_pending": [], "_epochs": {}, "_backfilled": {}}
 
     def submit(self, fn, *args) -> None:
         if self._calls is None:
@@ -43,6 +47,11 @@ class TrackingCallback(tune.Callback):
         self._pending.append(self._calls.submit(fn, *args))
 
     def on_experiment_end(self, trials, **info):
+        for trial in trials:  # Tune ends the trials it was running when the sweep is stopped (Ctrl-C)
+            status = trial_status(trial.last_result or {})
+            if trial.status != "ERROR" and status.startswith("interrupted"):
+                progress.info(f"trial {trial.trial_id}: {status}; --resume continues it")
+                self.submit(self.interrupt, trial.trial_id, status)
         failed = [exc for exc in (f.exception() for f in self._pending) if exc is not None]
         for exc in failed:
             log.error("an MLflow call failed after its retries: %s: %s", type(exc).__name__, exc)
@@ -53,32 +62,59 @@ class TrackingCallback(tune.Callback):
         self.submit(self.tracker.start_trial, trial.trial_id, {**config.model_dump(), "searched": sorted(trial.config)})
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        if not result.get(FOLDS_DONE):
-            metrics = {k: result[k] for k in (METRIC, "train_loss_mean", "train_accuracy_mean") if k in result}
-            self.submit(self.log_result, trial.trial_id, metrics, int(result["epoch"]))
+        if "epoch" in result and not result.get(FOLDS_DONE):
+            self.submit(self.log_epochs, trial.trial_id, [*result.get(EARLIER, []), result])
 
-    def log_result(self, trial_id: str, metrics: dict, step: int) -> None:
-        self.tracker.log_metrics(self.tracker.trial_run_id(trial_id), metrics, step=step)
+    def log_epochs(self, trial_id: str, reports: list[dict]) -> None:
+        """Each evaluation epoch's curves in MLflow exactly once, in epoch order: an epoch MLflow
+        already holds is skipped; earlier reports that never reached it (they died in flight with
+        a lost actor) are logged from their copy in a resumed trial's first report."""
+        run_id = self.tracker.trial_run_id(trial_id)
+        if run_id not in self._epochs:  # a resumed sweep, or a new driver: ask MLflow once
+            self._epochs[run_id] = self.tracker.metric_steps(run_id, METRIC)
+        logged, backfilled = self._epochs[run_id], self._backfilled.setdefault(run_id, set())
+        current = int(reports[-1]["epoch"])
+        for report in sorted(reports, key=lambda r: int(r["epoch"])):
+            epoch = int(report["epoch"])
+            if epoch not in logged:
+                self.tracker.log_metrics(run_id, {k: report[k] for k in EPOCH_CURVES if k in report}, step=epoch)
+                logged.add(epoch)
+                backfilled.update({epoch} if epoch != current else set())
+        if backfilled:
+            self.tracker.note_trial(run_id, None, {BACKFILLED_TAG: ",".join(map(str, sorted(backfilled)))})
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         result = dict(trial.last_result or {})
+        status = trial_status(result)
         for line in fold_lines(trial.trial_id, result, self.spec.folds, self.spec.baseline_names):
             progress.info(line)
-        if not result.get(FOLDS_DONE):
-            progress.info(f"trial {trial.trial_id}: {stopped_status(result)} (ASHA: below the rung's cut-off)")
+        if status.startswith("stopped early"):
+            progress.info(f"trial {trial.trial_id}: {status} (ASHA: below the rung's cut-off)")
+        if status.startswith("failed"):
+            progress.info(f"trial {trial.trial_id}: {status} (not retried: it would fail again)")
+            self.submit(self.fail, trial.trial_id, result[TRIAL_FAILED], result.get(TRAIN_LAUNCHES))
+            return
         self.submit(self.complete, trial.trial_id, result)
 
     def complete(self, trial_id: str, result: dict) -> None:
+        if result.get(EARLIER):
+            self.log_epochs(trial_id, result[EARLIER])
         run_id = self.tracker.trial_run_id(trial_id)
         metrics = {k: v for k, v in result.items() if k not in TUNE_BOOKKEEPING}
         self.tracker.log_metrics(run_id, metrics, step=int(result.get("epoch", 0)))
         if result.get(FOLDS_DONE) and result.get("checkpoint_path"):
             self.log_fold_files(run_id, result["checkpoint_path"])
-        if not result.get(FOLDS_DONE):
-            status = stopped_status(result)
-            self.tracker.note_trial(run_id, status, {"ncawss.status": status,
-                                                     "ncawss.stopped_at_epoch": str(result.get("epoch", ""))})
+        status = trial_status(result)
+        self.tracker.note_trial(run_id, status, {"ncawss.status": status,
+                                                 **({} if result.get(FOLDS_DONE) else
+                                                    {"ncawss.stopped_at_epoch": str(result.get("epoch", ""))})})
         self.tracker.finish_trial(run_id, "FINISHED")
+
+    def interrupt(self, trial_id: str, status: str) -> None:
+        run_id = self.tracker.trial_run_id(trial_id)
+        if run_id:
+            self.tracker.note_trial(run_id, f"{status}; --resume continues it", {"ncawss.status": status})
+            self.tracker.finish_trial(run_id, "KILLED")
 
     def on_trial_recover(self, iteration, trials, trial, **info):
         cause = failure_cause(trial_error(trial))
@@ -96,11 +132,13 @@ class TrackingCallback(tune.Callback):
         progress.info(f"trial {trial.trial_id}: failed after {trial.num_failures} failure(s): {cause}")
         self.submit(self.fail, trial.trial_id, cause)
 
-    def fail(self, trial_id: str, cause: str) -> None:
+    def fail(self, trial_id: str, cause: str, launches: int | None = None) -> None:
         run_id = self.tracker.trial_run_id(trial_id)
         if run_id:
             status = f"failed: {cause}"
             self.tracker.note_trial(run_id, status, {"ncawss.status": status})
+            if launches is not None:
+                self.tracker.log_metrics(run_id, {TRAIN_LAUNCHES: launches})
             self.tracker.finish_trial(run_id, "FAILED")
 
     def log_fold_files(self, run_id: str, checkpoint_path: str) -> None:

@@ -14,6 +14,12 @@ from ..method.scores import Scores
 
 METRIC = "iou_mean"          # the objective: fold-mean NCA-WSS IoU
 FOLDS_DONE = "folds_done"    # in a trial's last report only (Tune marks any trial's last result "done")
+TRIAL_FAILED = "trial_failed"  # the cause, in the one report of a trial that failed with a recurring error
+TRAIN_LAUNCHES = "train_launches"  # Ray Train runs the trial's actor launched (1 + retries of lost workers)
+# In the first report after a resume: the evaluation epochs' reports made before the checkpoint it
+# resumed from, rebuilt from the folds' histories, since those results may have died in flight.
+EARLIER = "earlier_reports"
+EPOCH_CURVES = (METRIC, "train_loss_mean", "train_accuracy_mean")  # what MLflow logs of each evaluation epoch
 
 
 def mean_key(name: str) -> str:
@@ -103,6 +109,17 @@ def epoch_metrics(epoch: int, folds: list[dict]) -> dict[str, float]:
             "accuracy_mean": float(np.mean([f["test_accuracy"] for f in folds])),
             authors_key(): float(np.mean([f["test_iou64_pooled"] for f in folds])),
             **{fold_key(i, "iou"): f["test_iou"] for i, f in enumerate(folds)}}
+
+
+def earlier_reports(histories: list[list[dict]], eval_every: int, epochs: int) -> list[dict]:
+    """The evaluation epochs' reports (as `epoch_metrics` made them) up to the last epoch every
+    fold's history holds: what a trial resumed from a checkpoint reported before it."""
+    if not histories or not eval_every:
+        return []
+    by_epoch = [{row["epoch"]: row for row in history} for history in histories]
+    upto = min(max(rows, default=0) for rows in by_epoch)
+    return [epoch_metrics(epoch, [rows[epoch] for rows in by_epoch])
+            for epoch in range(eval_every, min(upto, epochs - 1) + 1, eval_every)]
 
 
 def fold_lines(trial_id: str, result: dict, folds: int, baselines: list[str]) -> list[str]:

@@ -39,6 +39,7 @@ class TrialPlan:
     launched_at: float                   # time.time() when the trial launched its workers
     actor_started_at: float              # time.time() when the trial's actor process was created
     device: str | None = None            # overrides the device Ray's assignment implies (resources.device)
+    launch: int = 1                      # which of the trial's Ray Train runs this is (retries of lost workers)
 
     @property
     def workers(self) -> int:

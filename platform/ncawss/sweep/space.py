@@ -5,7 +5,7 @@ Pure data and validation (pydantic); the Ray layer turns it into Tune objects.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import torch
 from pydantic import Field, ValidationError, field_validator, model_validator
@@ -28,6 +28,7 @@ from .metrics import METRIC
 # rank trials as the IoU does: the baselines are the same for all). Several at once give a Pareto
 # front (Optuna's TPE is multi-objective then).
 Objective = Literal["iou_mean", "accuracy_mean", "iou64_pooled_mean"]
+OBJECTIVES: tuple[str, ...] = get_args(Objective)
 
 # Read-out options are searched as "readout.<option>", e.g. readout.smooth. The split is fixed:
 # trials compare on the same folds.

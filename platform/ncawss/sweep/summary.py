@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import io
 import logging
-import re
 import warnings
 from pathlib import Path
 
@@ -18,8 +17,9 @@ from ..data import Dataset
 from ..method.ensemble import Ensemble, score_dataset
 from ..method.scores import HINDSIGHT, Scores
 from ..tracking.tracker import SweepTracker
-from .metrics import FOLDS_DONE, METRIC, authors_key, mean_key
-from .space import Param, SweepSpec
+from .metrics import METRIC, TRIAL_FAILED, authors_key, mean_key
+from .space import OBJECTIVES, Param, SweepSpec
+from .status import trial_status
 
 log = logging.getLogger(__name__)
 
@@ -31,27 +31,11 @@ def trial_rows(results: tune.ResultGrid) -> list[dict]:
     rows = []
     for result in results:
         metrics = result.metrics or {}
-        status = f"failed: {failure_cause(result.error)}" if result.error else \
-            "done" if metrics.get(FOLDS_DONE) else stopped_status(metrics)
+        if metrics.get(TRIAL_FAILED):  # its objectives are NaN placeholders, not values
+            metrics = {k: v for k, v in metrics.items() if k not in OBJECTIVES}
         rows.append({**metrics, "trial": metrics.get("trial_id", "?"), "params": dict(result.config or {}),
-                     "status": status})
+                     "status": trial_status(metrics, result.error)})
     return sorted(rows, key=lambda r: (r["status"] != "done", -r.get(METRIC, -1.0)))
-
-
-def failure_cause(error: BaseException | str | None) -> str:
-    """One line for why a trial failed: the innermost "SomeError: message" line of the error's
-    text (Ray wraps a worker's exception in its own), else its first line."""
-    if error is None:
-        return "unknown error"
-    text = str(error) if isinstance(error, str) else f"{type(error).__name__}: {error}"
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    raised = [line for line in lines if re.match(r"^[\w.]*(Error|Exception|Interrupt)\b.*:", line)]
-    return (raised[-1] if raised else lines[0] if lines else type(error).__name__)[:300]
-
-
-def stopped_status(metrics: dict) -> str:
-    """A trial the scheduler (ASHA) ended before its last epoch, and the epoch it reached."""
-    return f"stopped early at epoch {metrics['epoch']}" if "epoch" in metrics else "stopped early"
 
 
 def optuna_figures(spec: SweepSpec, rows: list[dict]) -> dict[str, bytes]:
@@ -220,7 +204,7 @@ def summarise(spec: SweepSpec, results: tune.ResultGrid, tracker: SweepTracker, 
     (output / "trials.csv").write_text(buffer.getvalue())
     files: dict[str, str | bytes] = {"trials.csv": buffer.getvalue(), **optuna_figures(spec, rows)}
     metrics = {"trials_done": len(done), "trials_total": len(rows)}
-    tags: dict[str, str] = {}
+    tags: dict[str, str] = {"ncawss.status": "finished"}
     model_id = None
     text = (f"\n{len(done)} of {len(rows)} trials finished (IoU in %, at the ground truth's resolution, "
             f"every baseline on the same test images; {HINDSIGHT})\n{table}")
@@ -231,8 +215,16 @@ def summarise(spec: SweepSpec, results: tune.ResultGrid, tracker: SweepTracker, 
     metrics["trials_stopped_early"] = len(stopped)
     failed = [r for r in rows if r["status"].startswith("failed")]
     if failed:
-        text += "\nfailed, out of retries: " + "; ".join(f"trial {r['trial']}: {r['status']}" for r in failed)
+        text += ("\nfailed (a recurring error at once, a lost worker, actor or node once out of retries): "
+                 + "; ".join(f"trial {r['trial']}: {r['status']}" for r in failed))
     metrics["trials_failed"] = len(failed)
+    interrupted = [r for r in rows if r["status"].startswith("interrupted")]
+    if interrupted:
+        text += ("\ninterrupted (the sweep was stopped): "
+                 + ", ".join(f"trial {r['trial']} {r['status'].removeprefix('interrupted ')}" for r in interrupted)
+                 + f"; continue them with: python jobs/cv_sweep.py --resume --output {output}")
+        tags["ncawss.status"] = "interrupted"
+    metrics["trials_interrupted"] = len(interrupted)
     if front is not None:
         text += front_lines(spec, front)
         metrics["pareto_size"] = len(front)
@@ -259,7 +251,9 @@ def summarise(spec: SweepSpec, results: tune.ResultGrid, tracker: SweepTracker, 
                  f"{100 * best[METRIC]:.1f} ± {100 * best['iou_std']:.1f} vs {against} "
                  f"(lift {100 * best['lift']:+.1f}); "
                  f"chosen on the same folds it is scored on, so {optimistic}")
-        if best.get("checkpoint_path"):
+        if interrupted:
+            text += "\n(registered and scored on the holdout when the sweep, resumed, ends)"
+        elif best.get("checkpoint_path"):
             model_dir = copy_checkpoint(best["checkpoint_path"], output / "best_model")
             if example is not None:
                 registered = tracker.register_model(model_dir, example, config.model_dump())
@@ -276,5 +270,5 @@ def summarise(spec: SweepSpec, results: tune.ResultGrid, tracker: SweepTracker, 
                          + ", ".join(f"{100 * v:.1f}" for v in scores.fold_iou))
         text += (f"\nRay Train launch overhead per trial (paid once for all {spec.folds} folds): "
                  f"mean {np.mean(overheads):.1f} s, max {np.max(overheads):.1f} s{launch_phases(done)}")
-    tracker.finish_sweep(metrics, files, tags, model_id)
+    tracker.finish_sweep(metrics, files, tags, model_id, "KILLED" if interrupted else "FINISHED")
     return text

@@ -21,12 +21,25 @@ from ..data import Dataset, fold_splits
 from ..tracking.tracker import SweepTracker
 from .callback import TrackingCallback
 from .cnn_cache import baseline_cnns
-from .metrics import METRIC
+from .metrics import METRIC, TRIAL_FAILED
 from .plan import OptunaStudy, SharedData
 from .space import SweepSpec
 from .trial import trainable, tune_domain
 
 log = logging.getLogger(__name__)
+
+
+class Search(OptunaSearch):
+    """Optuna's TPE, where a trial that failed with a recurring error (one report naming its cause,
+    NaN objectives) counts as failed in the study, neither pruned nor valued."""
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if not result.get(TRIAL_FAILED):
+            super().on_trial_result(trial_id, result)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        failed = bool(result and result.get(TRIAL_FAILED))
+        super().on_trial_complete(trial_id, None if failed else result, error or failed)
 
 
 def build_tuner(spec: SweepSpec, data: SharedData, storage: str, tracker: SweepTracker, study: OptunaStudy,
@@ -42,7 +55,7 @@ def build_tuner(spec: SweepSpec, data: SharedData, storage: str, tracker: SweepT
         database = optuna.storages.RDBStorage(study.storage)
         optuna.create_study(storage=database, study_name=study.name, directions=["maximize"] * len(spec.objectives),
                             load_if_exists=True).set_metric_names(list(spec.objectives))
-        searcher = OptunaSearch(points_to_evaluate=spec.first or None, study_name=study.name, storage=database,
+        searcher = Search(points_to_evaluate=spec.first or None, study_name=study.name, storage=database,
                                 sampler=optuna.samplers.TPESampler(seed=spec.seed), **objectives)
     scheduler = None
     if spec.scheduler:

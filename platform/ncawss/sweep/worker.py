@@ -32,7 +32,15 @@ from ..method.folds import FoldRecord
 from ..method.gallery import mask_gallery
 from ..method.scores import Scores, majority_accuracy
 from ..method.train import FoldResult, FoldsHooks, train_folds
-from .metrics import FoldSummary, LaunchTimes, epoch_metrics, trial_metrics
+from .metrics import (
+    EARLIER,
+    TRAIN_LAUNCHES,
+    FoldSummary,
+    LaunchTimes,
+    earlier_reports,
+    epoch_metrics,
+    trial_metrics,
+)
 from .plan import TrialPlan
 
 log = logging.getLogger(__name__)
@@ -53,11 +61,19 @@ def gather_folds(values: list) -> list:
 
 
 class RayFoldHooks(FoldsHooks):
-    """Reports the fold-mean IoU at evaluation epochs, with a checkpoint of this worker's folds."""
+    """Reports the fold-mean IoU at evaluation epochs, with a checkpoint of this worker's folds.
 
-    def __init__(self, rank: int, config: TrainConfig, restored: list[dict] | None):
-        self.rank, self.config, self.restored = rank, config, restored
+    `earlier`: the reports made before the checkpoint this run resumed from; the first report
+    carries them (metrics.EARLIER), so that the driver can log those that never reached it."""
+
+    def __init__(self, rank: int, config: TrainConfig, restored: list[dict] | None, earlier: list[dict]):
+        self.rank, self.config, self.restored, self.earlier = rank, config, restored, earlier
         self.metrics: list[dict] = []
+
+    def carry_earlier(self, report: dict) -> dict:
+        """The report, with the earlier reports if it is this run's first."""
+        earlier, self.earlier = self.earlier, []
+        return {**report, EARLIER: earlier} if earlier else report
 
     def load_checkpoint(self) -> list[dict] | None:
         return self.restored
@@ -69,7 +85,7 @@ class RayFoldHooks(FoldsHooks):
         epoch = checkpoints[0]["epoch"]
         if epoch % self.config.eval_every or epoch >= self.config.epochs:
             return  # the last epoch is reported with the folds' results
-        report = epoch_metrics(epoch, gather_folds(self.metrics))
+        report = self.carry_earlier(epoch_metrics(epoch, gather_folds(self.metrics)))
         with tempfile.TemporaryDirectory() as tmp:
             torch.save(checkpoints, Path(tmp) / TRAIN_STATE.format(self.rank))
             ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(tmp))
@@ -110,11 +126,12 @@ def fold_worker(plan: TrialPlan) -> None:
     cnns = [all_cnns[i] for i in mine] if all_cnns else None
     splits = [(dataset.subset(plan.data.splits[i][0]), dataset.subset(plan.data.splits[i][1]).scored()) for i in mine]
     restored = restored_state(rank, world)
+    histories = gather_folds([checkpoint["history"] for checkpoint in restored or []])
+    hooks = RayFoldHooks(rank, config, restored, earlier_reports(histories, config.eval_every, config.epochs))
     launch = LaunchTimes(plan.actor_started_at, plan.launched_at, psutil.Process().create_time(), started, time.time())
     if restored is not None:
         log.warning("folds %s resume from their checkpoint at epoch %d", mine, restored[0]["epoch"])
-    results = train_folds(config, splits, RayFoldHooks(rank, config, restored), device=device,
-                          cnns=cnns, cam_kinds=plan.cam_kinds)
+    results = train_folds(config, splits, hooks, device=device, cnns=cnns, cam_kinds=plan.cam_kinds)
     placement = {"device": str(device), "gpu_ids": gpu_ids}
     summaries = [FoldSummary(result.evaluation.scores(), result.accuracy, majority_accuracy(train.labels, test.labels),
                              result.readout_iou, result.readout_iou64, result.seconds, launch,
@@ -125,8 +142,9 @@ def fold_worker(plan: TrialPlan) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for fold, result, (train, test) in zip(mine, results, splits):
             write_fold_files(Path(tmp), fold, result, train, test, plan, placement)
-        ray.train.report(trial_metrics(folds, config.epochs) if rank == 0 else {},
-                         checkpoint=ray.train.Checkpoint.from_directory(tmp))
+        metrics = hooks.carry_earlier({**trial_metrics(folds, config.epochs), TRAIN_LAUNCHES: plan.launch}) \
+            if rank == 0 else {}
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
 
 def eval_scores(plan: TrialPlan, result: FoldResult, device) -> dict[str, Scores]:

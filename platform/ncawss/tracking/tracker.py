@@ -93,9 +93,11 @@ class SweepTracker:
         return self.parent_run_id
 
     def finish_sweep(self, metrics: dict[str, float], files: dict[str, str | bytes],
-                     tags: dict[str, str] | None = None, model_id: str | None = None) -> None:
-        """The parent run's closing metrics, files and tags; with `model_id` (the registered
-        LoggedModel), the best trial's and the holdout's metrics are linked to the model too."""
+                     tags: dict[str, str] | None = None, model_id: str | None = None,
+                     status: str = "FINISHED") -> None:
+        """The parent run's closing metrics, files and tags, and its status (KILLED: interrupted);
+        with `model_id` (the registered LoggedModel), the best trial's and the holdout's metrics
+        are linked to the model too."""
         linked = {k: v for k, v in metrics.items() if model_id and k.startswith(MODEL_METRICS)}
         self.log_metrics(self.parent_run_id, {k: v for k, v in metrics.items() if k not in linked})
         self.log_metrics(self.parent_run_id, linked, model_id=model_id)
@@ -103,7 +105,7 @@ class SweepTracker:
             self.client.set_tag(self.parent_run_id, key, value)
         for name, content in files.items():
             self.log_file(self.parent_run_id, name, content)
-        self.client.set_terminated(self.parent_run_id, status="FINISHED")
+        self.client.set_terminated(self.parent_run_id, status=status)
 
     def fail_sweep(self) -> None:
         """Mark the parent run and every trial run still RUNNING as FAILED."""
@@ -158,10 +160,14 @@ class SweepTracker:
     def log_directory(self, run_id: str, local_dir: str, artifact_path: str) -> None:
         self.client.log_artifacts(run_id, local_dir, artifact_path=artifact_path)
 
-    def note_trial(self, run_id: str, note: str, tags: dict[str, str]) -> None:
-        """Tags and a description (MLflow's note, shown on the run's page) on a trial's run."""
-        for key, value in {**tags, "mlflow.note.content": note}.items():
+    def note_trial(self, run_id: str, note: str | None, tags: dict[str, str]) -> None:
+        """Tags and a description (MLflow's note, shown on the run's page; None keeps it) on a trial's run."""
+        for key, value in {**tags, **({"mlflow.note.content": note} if note is not None else {})}.items():
             self.client.set_tag(run_id, key, value)
+
+    def metric_steps(self, run_id: str, key: str) -> set[int]:
+        """The steps at which a run holds metric `key`."""
+        return {m.step for m in self.client.get_metric_history(run_id, key)}
 
     def tag_trials(self, tags: dict[str, dict[str, str]]) -> None:
         """Tags on trial runs, by trial id (e.g. whether a trial is on the Pareto front)."""
