@@ -26,6 +26,7 @@ from ncawss.sweep.space import SweepSpec, load_space
 from ncawss.tracking.tracker import SweepTracker, TrackingError
 
 ROOT = Path(__file__).resolve().parent.parent
+INTERRUPTED = 130  # the exit status of a sweep stopped by Ctrl-C, as a shell gives a program SIGINT ends
 
 
 def parse_args() -> argparse.Namespace:
@@ -156,7 +157,7 @@ def main() -> int:
     (output / "holdout_ids.txt").write_text("".join(f"{i}\n" for i in holdout.ids))
 
     # Imports Ray: only once the inputs are valid.
-    from ncawss.sweep.summary import summarise
+    from ncawss.sweep.summary import summarise, was_interrupted
     from ncawss.sweep.tuner import run_sweep
 
     storage = args.storage or str(output / "ray")
@@ -191,7 +192,7 @@ def main() -> int:
         print(f"open MLflow:  mlflow ui --backend-store-uri {uri}   then  http://127.0.0.1:5000/{page}")
     else:
         print(f"MLflow: {uri.rstrip('/')}/{page}" if uri.startswith("http") else f"MLflow: {uri}")
-    return 0
+    return INTERRUPTED if was_interrupted(results) else 0
 
 
 if __name__ == "__main__":

@@ -174,27 +174,39 @@ def test_a_sweep_that_starts_its_own_ray_listens_on_loopback_only(tiny_data, tmp
     assert not wide, f"listening beyond loopback: {wide}"
 
 
-def test_resume_continues_an_interrupted_sweep_without_rerunning_finished_trials(tiny_data, tmp_path, ray_tmp):
+def test_ctrl_c_marks_running_trials_interrupted_and_resume_finishes_them_without_rerunning_others(
+        tiny_data, tmp_path, ray_tmp):
+    """Ctrl-C (SIGINT to the job's process group, as a terminal sends it) once the first trial has
+    finished and the second runs: the summary and MLflow say the second is interrupted, the job
+    exits 130; --resume finishes it, leaves the first alone and logs no epoch twice."""
     output = tmp_path / "out"
     env = env_with(ray_tmp)
     driver = subprocess.Popen(sweep_command(tiny_data, output), cwd=ROOT, env=env, start_new_session=True,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 600
-    first = None
-    while time.time() < deadline and first is None:
-        time.sleep(2)
+    first = second = None
+    while time.time() < deadline and second is None:
+        time.sleep(1)
         if (output / "sweep.yaml").exists():  # written once the driver has set up the MLflow store
             _, _, trials = trial_runs(output)
             done = [r for r in trials if r.info.status == "FINISHED"]
+            running = [r for r in trials if r.info.status == "RUNNING"]
             states = list((output / "ray" / "smoke").glob("experiment_state*.json"))
-            if done and states and "TERMINATED" in states[0].read_text():  # finished for Tune too
-                first = done[0]
-    assert first is not None, "no trial finished in time"
+            if done and running and states and "TERMINATED" in states[0].read_text():  # finished for Tune too
+                first, second = done[0], running[0]
+    assert second is not None, "the second trial did not start in time"
     client = MlflowClient(f"sqlite:///{output}/mlflow.db")
     history_before = len(client.get_metric_history(first.info.run_id, "iou_mean"))
     assert history_before == 2  # epoch 1 (evaluation) and the final result
-    os.killpg(driver.pid, signal.SIGKILL)
-    driver.wait()
+    os.killpg(driver.pid, signal.SIGINT)
+    stdout, _ = driver.communicate(timeout=600)
+    assert driver.returncode == 130, stdout[-3000:]
+    assert re.search(rf"interrupted \(the sweep was stopped\): trial {second.data.tags['ncawss.trial_id']} "
+                     r"(at epoch \d|before its first report); continue them with: .*--resume", stdout), stdout[-3000:]
+    stopped = client.get_run(second.info.run_id)
+    assert stopped.info.status == "KILLED" and stopped.data.tags["ncawss.status"].startswith("interrupted")
+    _, parent, _ = trial_runs(output)
+    assert parent.info.status == "KILLED" and parent.data.metrics["trials_interrupted"] == 1
 
     resumed = subprocess.run(sweep_command(tiny_data, output, "--resume"), cwd=ROOT, env=env,
                              capture_output=True, text=True, timeout=900)
@@ -209,6 +221,9 @@ def test_resume_continues_an_interrupted_sweep_without_rerunning_finished_trials
     print("study after resume:", [(t.number, t.state.name) for t in study.trials])
     assert sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials) == 2  # the same study continued
     assert len(client.get_metric_history(first.info.run_id, "iou_mean")) == history_before
+    finished = client.get_run(second.info.run_id)
+    assert finished.info.status == "FINISHED" and finished.data.tags["ncawss.status"] == "done"
+    assert [m.step for m in client.get_metric_history(second.info.run_id, "iou_mean")] == [1, 2]
     assert all(r.info.status == "FINISHED" for r in trials)
 
 

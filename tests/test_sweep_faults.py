@@ -58,7 +58,10 @@ def test_a_killed_fold_worker_resumes_from_its_checkpoint(tmp_path, ray_tmp):
     metrics = trials[0].data.metrics
     # One worker held both folds: both resumed from the checkpoint, neither from epoch 0.
     assert trials[0].info.status == "FINISHED" and metrics["resumed_folds"] == 2, metrics
+    assert metrics["train_launches"] == 2  # a lost worker is worth a retry: the trial launched its run again
     assert "fold0_iou" in metrics and "fold1_iou" in metrics
+    client = MlflowClient(f"sqlite:///{output}/mlflow.db")
+    assert [m.step for m in client.get_metric_history(trials[0].info.run_id, "iou_mean")] == list(range(1, 9))
 
 
 def test_losing_the_node_that_holds_the_folds_resumes_them_on_another_node(tmp_path, ray_tmp, monkeypatch):
@@ -153,9 +156,12 @@ def test_losing_the_node_that_holds_a_trial_s_own_actor_retries_the_trial_from_i
     first = min(trials, key=lambda t: t.info.start_time)
     assert first.data.tags.get("ncawss.retries") == "1", stdout[-4000:]  # Tune retried the trial itself
     assert first.data.metrics["resumed_folds"] == 2, first.data.metrics  # from the checkpoint, not epoch 0
-    steps = [m.step for m in client.get_metric_history(first.info.run_id, "iou_mean")]
-    assert steps == sorted(steps) and steps.count(1) == 1 and max(steps) == 6, steps  # never back to epoch 1
+    # Every epoch once, in order, whatever died in flight with the actor (back-filled if so).
+    print("back-filled epochs:", first.data.tags.get("ncawss.backfilled_epochs", "none"))
     for trial in trials:
+        assert [m.step for m in client.get_metric_history(trial.info.run_id, "iou_mean")] == [1, 2, 3, 4, 5, 6]
+        # training curves at the evaluation epochs (the last epoch's report holds the folds' results)
+        assert [m.step for m in client.get_metric_history(trial.info.run_id, "train_loss_mean")] == [1, 2, 3, 4, 5]
         assert len(client.get_metric_history(trial.info.run_id, "fold0_train_loss")) == 6
 
 

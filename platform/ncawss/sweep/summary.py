@@ -38,6 +38,11 @@ def trial_rows(results: tune.ResultGrid) -> list[dict]:
     return sorted(rows, key=lambda r: (r["status"] != "done", -r.get(METRIC, -1.0)))
 
 
+def was_interrupted(results: tune.ResultGrid) -> bool:
+    """Whether the sweep was stopped (Ctrl-C) while trials ran: `--resume` continues them."""
+    return any(trial_status(r.metrics or {}, r.error).startswith("interrupted") for r in results)
+
+
 def optuna_figures(spec: SweepSpec, rows: list[dict]) -> dict[str, bytes]:
     """Optuna's parameter-importance and parallel-coordinate plots of the finished trials (of the
     IoU), and the Pareto front's plot where the sweep has several objectives."""
