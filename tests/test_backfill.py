@@ -63,11 +63,15 @@ def test_reports_lost_with_a_trial_s_actor_are_back_filled_once_in_epoch_order(t
     callback.on_trial_start(0, [trial], trial)  # Tune retries the trial; it resumes from epoch 3
     callback.on_trial_result(0, [trial], trial, report(4, **{EARLIER: [report(1), report(2), report(3)]}))
     callback.on_experiment_end([trial])  # the driver stops (Ctrl-C), its MLflow calls done
+    assert tracker.run_tags(tracker.trial_run_id("t1"))[BACKFILLED_TAG] == "2,3"
 
     again = pickle.loads(pickle.dumps(callback))  # a resumed sweep's driver: it knows nothing logged yet
     again.on_trial_start(0, [trial], trial)
     again.on_trial_result(0, [trial], trial, report(5, **{EARLIER: [report(e) for e in (1, 2, 3, 4)]}))
-    trial.last_result = {**report(6), FOLDS_DONE: True, "done": True}
+    again.on_trial_result(0, [trial], trial, report(6))
+    # Epoch 7's result died in flight; the trial resumed from its checkpoint and finished.
+    trial.last_result = {**report(8), FOLDS_DONE: True, "done": True,
+                         EARLIER: [report(e) for e in (1, 2, 3, 4, 5, 6, 7)]}
     trial.status = "TERMINATED"
     again.on_trial_complete(0, [trial], trial)
     again.on_experiment_end([trial])
@@ -75,9 +79,9 @@ def test_reports_lost_with_a_trial_s_actor_are_back_filled_once_in_epoch_order(t
     run = tracker.trial_run_id("t1")
     for key in EPOCH_CURVES:
         history = tracker.client.get_metric_history(run, key)
-        assert [(m.step, m.value) for m in history] == [(e, report(e)[key]) for e in range(1, 7)], key
+        assert [(m.step, m.value) for m in history] == [(e, report(e)[key]) for e in range(1, 9)], key
     tags = tracker.client.get_run(run).data.tags
-    assert tags[BACKFILLED_TAG] == "2,3" and tags["ncawss.status"] == "done"
+    assert tags[BACKFILLED_TAG] == "2,3,7" and tags["ncawss.status"] == "done"
     assert tracker.run_status(run) == "FINISHED"
 
 

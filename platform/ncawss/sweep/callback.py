@@ -63,23 +63,24 @@ class TrackingCallback(tune.Callback):
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         if "epoch" in result and not result.get(FOLDS_DONE):
-            self.submit(self.log_epochs, trial.trial_id, [*result.get(EARLIER, []), result])
+            self.submit(self.log_epochs, trial.trial_id, result.get(EARLIER, []), result)
 
-    def log_epochs(self, trial_id: str, reports: list[dict]) -> None:
+    def log_epochs(self, trial_id: str, earlier: list[dict], current: dict | None) -> None:
         """Each evaluation epoch's curves in MLflow exactly once, in epoch order: an epoch MLflow
-        already holds is skipped; earlier reports that never reached it (they died in flight with
-        a lost actor) are logged from their copy in a resumed trial's first report."""
+        already holds is skipped; `earlier` reports that never reached it (they died in flight with
+        a lost actor) are logged from their copy in a resumed trial's first report, then `current`."""
         run_id = self.tracker.trial_run_id(trial_id)
         if run_id not in self._epochs:  # a resumed sweep, or a new driver: ask MLflow once
             self._epochs[run_id] = self.tracker.metric_steps(run_id, METRIC)
-        logged, backfilled = self._epochs[run_id], self._backfilled.setdefault(run_id, set())
-        current = int(reports[-1]["epoch"])
-        for report in sorted(reports, key=lambda r: int(r["epoch"])):
+            tag = self.tracker.run_tags(run_id).get(BACKFILLED_TAG, "")
+            self._backfilled[run_id] = {int(epoch) for epoch in tag.split(",") if epoch}
+        logged, backfilled = self._epochs[run_id], self._backfilled[run_id]
+        for report in sorted(earlier, key=lambda r: int(r["epoch"])) + ([current] if current else []):
             epoch = int(report["epoch"])
             if epoch not in logged:
                 self.tracker.log_metrics(run_id, {k: report[k] for k in EPOCH_CURVES if k in report}, step=epoch)
                 logged.add(epoch)
-                backfilled.update({epoch} if epoch != current else set())
+                backfilled.update({epoch} if report is not current else set())
         if backfilled:
             self.tracker.note_trial(run_id, None, {BACKFILLED_TAG: ",".join(map(str, sorted(backfilled)))})
 
@@ -98,7 +99,7 @@ class TrackingCallback(tune.Callback):
 
     def complete(self, trial_id: str, result: dict) -> None:
         if result.get(EARLIER):
-            self.log_epochs(trial_id, result[EARLIER])
+            self.log_epochs(trial_id, result[EARLIER], None)
         run_id = self.tracker.trial_run_id(trial_id)
         metrics = {k: v for k, v in result.items() if k not in TUNE_BOOKKEEPING}
         self.tracker.log_metrics(run_id, metrics, step=int(result.get("epoch", 0)))

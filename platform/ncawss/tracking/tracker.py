@@ -165,6 +165,9 @@ class SweepTracker:
         for key, value in {**tags, **({"mlflow.note.content": note} if note is not None else {})}.items():
             self.client.set_tag(run_id, key, value)
 
+    def run_tags(self, run_id: str) -> dict[str, str]:
+        return self.client.get_run(run_id).data.tags
+
     def metric_steps(self, run_id: str, key: str) -> set[int]:
         """The steps at which a run holds metric `key`."""
         return {m.step for m in self.client.get_metric_history(run_id, key)}
