@@ -2,11 +2,11 @@
 """Fault soak: a sweep on a real local two-node Ray, with a real MLflow tracking server, while
 faults strike at random but seeded times; then a table of what was lost (it must be nothing).
 
-    .venv/bin/python bench/soak.py                      # 6 trials, 5 faults within 10 minutes
-    .venv/bin/python bench/soak.py --trials 8 --faults 8 --within 900 --seed 3
+    .venv/bin/python bench/soak.py                      # 8 trials of 30 epochs, 5 faults within 5 minutes
+    .venv/bin/python bench/soak.py --trials 8 --faults 8 --within 600 --seed 3
 
 The head node has no CPUs, so every fold worker runs on the worker node; trial actors run on the
-head. Faults, each kind at least once where --faults allows:
+head or the worker node. Faults, each kind at least once where --faults allows:
 - worker: a fold worker process (RayTrainWorker) is killed;
 - node: the worker node is removed without warning (its workers die with it) and, after a
   pause, a new one joins (as an autoscaler replaces a lost spot instance);
@@ -26,7 +26,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -40,10 +39,12 @@ KINDS = ("worker", "node", "actor", "tracking")
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--trials", type=int, default=6)
-    p.add_argument("--epochs", type=int, default=6)
+    p.add_argument("--trials", type=int, default=8)
+    p.add_argument("--epochs", type=int, default=30, help="per trial (default 30)")
+    p.add_argument("--images", type=int, default=300, help="synthetic 32x32 crops (default 300); with the "
+                   "defaults a sweep takes minutes on 2 cores, so that the faults land mid-trial")
     p.add_argument("--faults", type=int, default=5, help="faults to inject (default 5)")
-    p.add_argument("--within", type=float, default=600, help="seconds the faults are spread over (default 600)")
+    p.add_argument("--within", type=float, default=300, help="seconds the faults are spread over (default 300)")
     p.add_argument("--seed", type=int, default=0, help="seeds the fault times and kinds")
     p.add_argument("--keep", metavar="DIR", help="keep the sweep's output in DIR (default: a temporary folder)")
     return p.parse_args()
@@ -99,12 +100,13 @@ class TrackingServer:
         self.process.wait()
 
 
-def ours(ray_tmp: str, marker: str) -> list[psutil.Process]:
-    """Processes of this soak's Ray whose command line holds `marker`."""
+def ours(marker: str) -> list[psutil.Process]:
+    """Processes of this soak's Ray (its nodes are this process's children) whose title holds `marker`."""
     found = []
     for proc in psutil.process_iter(["cmdline"]):
         try:
-            if marker in " ".join(proc.info["cmdline"] or []) and proc.environ().get("RAY_TMPDIR") == ray_tmp:
+            if marker in " ".join(proc.info["cmdline"] or []) and \
+                    any(parent.pid == os.getpid() for parent in proc.parents()):
                 found.append(proc)
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             pass
@@ -114,20 +116,20 @@ def ours(ray_tmp: str, marker: str) -> list[psutil.Process]:
 class Injector:
     """Strikes the scheduled faults while the sweep runs; records what it did."""
 
-    def __init__(self, cluster, node, server: TrackingServer, ray_tmp: str, rng: random.Random):
-        self.cluster, self.node, self.server, self.ray_tmp, self.rng = cluster, node, server, ray_tmp, rng
+    def __init__(self, cluster, node, server: TrackingServer, rng: random.Random):
+        self.cluster, self.node, self.server, self.rng = cluster, node, server, rng
         self.done: list[tuple[float, str, str]] = []  # (seconds, kind, what happened)
 
     def strike(self, kind: str) -> str:
         if kind == "worker":
-            workers = ours(self.ray_tmp, "RayTrainWorker")
+            workers = ours("RayTrainWorker")
             if not workers:
                 return "skipped: no fold worker running"
             victim = self.rng.choice(workers)
             victim.kill()
             return f"killed fold worker pid {victim.pid}"
         if kind == "actor":
-            actors = ours(self.ray_tmp, "ImplicitFunc")
+            actors = ours("ImplicitFunc")
             if not actors:
                 return "skipped: no trial actor running"
             victim = self.rng.choice(actors)
@@ -144,6 +146,7 @@ class Injector:
         return "killed the MLflow server; restarted 8 s later"
 
     def run(self, plan: list[tuple[float, str]], started: float, driver: subprocess.Popen) -> None:
+        """In the main thread: Ray's Cluster adds a node by installing signal handlers."""
         for at, kind in plan:
             while time.time() - started < at:
                 if driver.poll() is not None:
@@ -158,6 +161,8 @@ def space_file(folder: Path, trials: int, epochs: int) -> Path:
     space = yaml.safe_load((ROOT / "search_spaces/smoke.yaml").read_text())
     space.update(name="soak", trials=trials, max_concurrent=2, checkpoint_every=1, max_failures=4, holdout=0.2)
     space["train"].update(epochs=epochs, image_size=32)
+    space["search"]["steps"] = {"type": "int", "low": 8, "high": 12}  # enough work per epoch to be hit mid-trial
+    space["first"] = [{"channels": 8, "steps": 8, "fire_rate": 0.5}]
     path = folder / "soak.yaml"
     path.write_text(yaml.safe_dump(space))
     return path
@@ -205,7 +210,7 @@ def main() -> int:
     work.mkdir(parents=True, exist_ok=True)
     ray_tmp = tempfile.mkdtemp(prefix="rs", dir="/tmp")  # short: Ray's socket paths have a length limit
     os.environ["RAY_TMPDIR"] = ray_tmp
-    data = convert("synthetic", None, work / "data.parquet", n=120, size=32)
+    data = convert("synthetic", None, work / "data.parquet", n=args.images, size=32)
     space = space_file(work, args.trials, args.epochs)
     plan = schedule(args.faults, args.within, args.seed)
     print("fault plan (seconds after the sweep starts):", ", ".join(f"{t:.0f} s {k}" for t, k in plan))
@@ -220,11 +225,9 @@ def main() -> int:
         env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "RAY_ADDRESS": cluster.address}
         log = open(work / "sweep.log", "w")
         driver = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-        injector = Injector(cluster, node, server, ray_tmp, random.Random(args.seed))
-        thread = threading.Thread(target=injector.run, args=(plan, started, driver), daemon=True)
-        thread.start()
-        returncode = driver.wait(timeout=args.within + 1800)
-        thread.join(timeout=120)
+        injector = Injector(cluster, node, server, random.Random(args.seed))
+        injector.run(plan, started, driver)
+        returncode = driver.wait(timeout=1800)
     finally:
         cluster.shutdown()
     seconds = time.time() - started

@@ -115,6 +115,8 @@ def test_read_out_options_are_searched_as_dotted_keys(tmp_path):
     (GOOD + "objectives: [accuracy_mean]\n", r"a single objective is iou_mean"),
     (GOOD + "objectives: [iou_mean, dice]\n", r"space\.yaml: key 'objectives\.1'"),
     (GOOD + "select: {accuracy_margin: 2}\n", r"space\.yaml: key 'select\.accuracy_margin'"),
+    (GOOD.replace("- {channels: 8, ", "- {channels: 12, "), r"first\[0\]: \{'channels': 12\} lie outside"),
+    (GOOD.replace("- {channels: 8, ", "- {channels: 7.5, "), r"first\[0\]: \{'channels': 7\.5\} lie outside"),
 ])
 def test_bad_space_files_name_the_file_and_key(tmp_path, text, pattern):
     with pytest.raises(ConfigError, match=pattern):

@@ -152,8 +152,13 @@ class TrackingCallback(tune.Callback):
 
 
 def trial_error(trial) -> BaseException | str | None:
-    """The last error Tune stored for a trial: the exception where it pickles, else its text."""
+    """The last error Tune stored for a trial: the exception where it pickles, else its text; where
+    Tune has not yet copied its error file to the storage path, the text of its local copy."""
     try:
-        return trial.get_pickled_error() or trial.get_error()
+        error = trial.get_pickled_error() or trial.get_error()
+        local = Path(trial.local_path or "", trial.run_metadata.error_filename or "")
+        if error is None and trial.run_metadata.error_filename and local.is_file():
+            error = local.read_text().split("Failure #")[-1].partition("\n")[2]  # the last failure's text
+        return error
     except Exception as exc:  # an unreadable error file must not stop the sweep's bookkeeping
         return f"(error not readable: {type(exc).__name__}: {exc})"

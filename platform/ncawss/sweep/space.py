@@ -62,6 +62,14 @@ class Param(Options):
                 raise ValueError("a log-scaled range needs low > 0")
         return self
 
+    def contains(self, value: Any) -> bool:
+        """Whether the search can propose `value` (Optuna refuses a first point it could not)."""
+        if self.type == "choice":
+            return value in self.values
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return False
+        return self.low <= value <= self.high and (self.type == "float" or value == int(value))
+
     def candidates(self) -> list[Any]:
         """Values that stand for the range in validation: its ends, or every choice."""
         if self.type == "choice":
@@ -168,6 +176,9 @@ class SweepSpec(Options):
             extra = sorted(set(point) - set(self.search))
             if extra:
                 raise ValueError(f"first[{i}]: {extra} are not searched parameters")
+            outside = {k: v for k, v in point.items() if not self.search[k].contains(v)}
+            if outside:
+                raise ValueError(f"first[{i}]: {outside} lie outside the searched ranges or choices")
         return self
 
     @property
