@@ -87,7 +87,7 @@ class TrackingServer:
              "--backend-store-uri", f"sqlite:///{self.root}/mlflow.db",
              "--artifacts-destination", str(self.root / "artifacts"), "--workers", "1"],
             stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
-        for _ in range(240):
+        for _ in range(1200):  # a server starting beside training on 2 cores can take minutes
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=1):
                     return
