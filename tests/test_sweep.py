@@ -336,7 +336,7 @@ def test_one_declared_gpu_runs_four_quarter_gpu_trials_at_once_on_the_cpu(tiny_d
         assert placement["gpu_ids"] == [0] and placement["device"] == "cpu"
 
 
-# --- a trial out of retries ---------------------------------------------------------
+# --- a trial whose error would recur ----------------------------------------------
 
 def test_a_trial_whose_error_would_recur_fails_at_once_with_its_cause(tmp_path, ray_tmp):
     """A planted failure: one trial scores the nucleus on data whose masks have no nucleus level.
