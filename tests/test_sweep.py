@@ -23,7 +23,17 @@ from conftest import ROOT
 from ncawss import convert, make_synthetic, write_dataset
 from ncawss.environment import LOOPBACK_ONLY
 from ncawss.method.thresholds import THRESHOLD_BASELINES
-from sweeps import VENV_BIN, env_with, free_port, private_ray_tmp, run_sweep, smoke_space, sweep_command, trial_runs
+from sweeps import (
+    SMOKE,
+    VENV_BIN,
+    env_with,
+    free_port,
+    private_ray_tmp,
+    run_sweep,
+    smoke_space,
+    sweep_command,
+    trial_runs,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -176,13 +186,21 @@ def test_a_sweep_that_starts_its_own_ray_listens_on_loopback_only(tiny_data, tmp
 
 def test_ctrl_c_marks_running_trials_interrupted_and_resume_finishes_them_without_rerunning_others(
         tiny_data, tmp_path, ray_tmp):
-    """Ctrl-C (SIGINT to the job's process group, as a terminal sends it) once the first trial has
-    finished and the second runs: the summary and MLflow say the second is interrupted, the job
-    exits 130; --resume finishes it, leaves the first alone and logs no epoch twice."""
-    output = tmp_path / "out"
+    """Ctrl-C (SIGINT to the job's process group, as a terminal sends it) once the first trial (2
+    epochs) has finished and the second (40 epochs) has reported its first: the summary and MLflow
+    say the second is interrupted, the job exits 130; --resume finishes it from its checkpoint,
+    leaves the first alone, and MLflow holds each of its epochs once."""
+    space = yaml.safe_load(SMOKE.read_text())
+    del space["train"]["epochs"]
+    space["search"]["epochs"] = {"type": "int", "low": 2, "high": 40}
+    space["first"] = [{**space["first"][0], "epochs": 2}, {**space["first"][0], "epochs": 40}]
+    (tmp_path / "space.yaml").write_text(yaml.safe_dump(space))
+    output, log = tmp_path / "out", tmp_path / "driver.log"
     env = env_with(ray_tmp)
-    driver = subprocess.Popen(sweep_command(tiny_data, output), cwd=ROOT, env=env, start_new_session=True,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    with log.open("w") as sink:
+        driver = subprocess.Popen(sweep_command(tiny_data, output, space=tmp_path / "space.yaml"), cwd=ROOT,
+                                  env=env, start_new_session=True, stdout=sink, stderr=subprocess.STDOUT)
+    client = MlflowClient(f"sqlite:///{output}/mlflow.db")
     deadline = time.time() + 600
     first = second = None
     while time.time() < deadline and second is None:
@@ -190,41 +208,40 @@ def test_ctrl_c_marks_running_trials_interrupted_and_resume_finishes_them_withou
         if (output / "sweep.yaml").exists():  # written once the driver has set up the MLflow store
             _, _, trials = trial_runs(output)
             done = [r for r in trials if r.info.status == "FINISHED"]
-            running = [r for r in trials if r.info.status == "RUNNING"]
-            states = list((output / "ray" / "smoke").glob("experiment_state*.json"))
-            if done and running and states and "TERMINATED" in states[0].read_text():  # finished for Tune too
+            running = [r for r in trials if r.info.status == "RUNNING"
+                       and client.get_metric_history(r.info.run_id, "iou_mean")]
+            if done and running:
                 first, second = done[0], running[0]
-    assert second is not None, "the second trial did not start in time"
-    client = MlflowClient(f"sqlite:///{output}/mlflow.db")
-    history_before = len(client.get_metric_history(first.info.run_id, "iou_mean"))
-    assert history_before == 2  # epoch 1 (evaluation) and the final result
+    assert second is not None, "the second trial did not report in time"
+    assert [m.step for m in client.get_metric_history(first.info.run_id, "iou_mean")] == [1, 2]
     os.killpg(driver.pid, signal.SIGINT)
-    stdout, _ = driver.communicate(timeout=600)
-    assert driver.returncode == 130, stdout[-3000:]
+    assert driver.wait(timeout=600) == 130, log.read_text()[-3000:]
+    stdout = log.read_text()
     assert re.search(rf"interrupted \(the sweep was stopped\): trial {second.data.tags['ncawss.trial_id']} "
-                     r"(at epoch \d|before its first report); continue them with: .*--resume", stdout), stdout[-3000:]
+                     r"at epoch \d+; continue them with: .*--resume", stdout), stdout[-3000:]
     stopped = client.get_run(second.info.run_id)
-    assert stopped.info.status == "KILLED" and stopped.data.tags["ncawss.status"].startswith("interrupted")
+    assert stopped.info.status == "KILLED" and stopped.data.tags["ncawss.status"].startswith("interrupted at epoch")
     _, parent, _ = trial_runs(output)
     assert parent.info.status == "KILLED" and parent.data.metrics["trials_interrupted"] == 1
 
-    resumed = subprocess.run(sweep_command(tiny_data, output, "--resume"), cwd=ROOT, env=env,
-                             capture_output=True, text=True, timeout=900)
+    resumed = subprocess.run(sweep_command(tiny_data, output, "--resume", space=tmp_path / "space.yaml"), cwd=ROOT,
+                             env=env, capture_output=True, text=True, timeout=900)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert "2 of 2 trials finished" in resumed.stdout
     client, parent, trials = trial_runs(output)
     assert parent.info.status == "FINISHED" and len(trials) == 2
     again = client.get_run(first.info.run_id)
     assert again.info.end_time == first.info.end_time  # not re-run
+    assert [m.step for m in client.get_metric_history(first.info.run_id, "iou_mean")] == [1, 2]
     state = yaml.safe_load((output / "sweep.yaml").read_text())
     study = optuna.load_study(study_name=state["optuna_study"], storage=state["optuna_storage"])
     print("study after resume:", [(t.number, t.state.name) for t in study.trials])
     assert sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials) == 2  # the same study continued
-    assert len(client.get_metric_history(first.info.run_id, "iou_mean")) == history_before
     finished = client.get_run(second.info.run_id)
+    print("back-filled epochs:", finished.data.tags.get("ncawss.backfilled_epochs", "none"))
     assert finished.info.status == "FINISHED" and finished.data.tags["ncawss.status"] == "done"
-    assert [m.step for m in client.get_metric_history(second.info.run_id, "iou_mean")] == [1, 2]
-    assert all(r.info.status == "FINISHED" for r in trials)
+    assert finished.data.metrics["resumed_folds"] == 2  # from its checkpoint, not from epoch 0
+    assert [m.step for m in client.get_metric_history(second.info.run_id, "iou_mean")] == list(range(1, 41))
 
 
 def test_folds_batched_in_one_worker_equal_one_fold_per_worker(tiny_data, tmp_path, ray_tmp):
