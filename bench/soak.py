@@ -120,21 +120,20 @@ class Injector:
         self.cluster, self.node, self.server, self.rng = cluster, node, server, rng
         self.done: list[tuple[float, str, str]] = []  # (seconds, kind, what happened)
 
+    def kill_one(self, marker: str, what: str) -> str:
+        """Kill one of this soak's processes whose title holds `marker`, at random."""
+        candidates = ours(marker)
+        if not candidates:
+            return f"skipped: no {what} running"
+        victim = self.rng.choice(candidates)
+        victim.kill()
+        return f"killed {what} pid {victim.pid}"
+
     def strike(self, kind: str) -> str:
         if kind == "worker":
-            workers = ours("RayTrainWorker")
-            if not workers:
-                return "skipped: no fold worker running"
-            victim = self.rng.choice(workers)
-            victim.kill()
-            return f"killed fold worker pid {victim.pid}"
+            return self.kill_one("RayTrainWorker", "fold worker")
         if kind == "actor":
-            actors = ours("ImplicitFunc")
-            if not actors:
-                return "skipped: no trial actor running"
-            victim = self.rng.choice(actors)
-            victim.kill()
-            return f"killed trial actor pid {victim.pid}"
+            return self.kill_one("ImplicitFunc", "trial actor")
         if kind == "node":
             self.cluster.remove_node(self.node, allow_graceful=False)
             time.sleep(10)
