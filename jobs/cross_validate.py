@@ -25,7 +25,7 @@ import torch
 
 import ncawss
 from ncawss.method.baselines import CAM_BASELINES
-from ncawss.method.config import BASELINES
+from ncawss.method.config import BASELINES, override
 from ncawss.method.scores import HINDSIGHT
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -94,14 +94,6 @@ def main() -> int:
     if args.save:
         save_models(Path(args.save), config, dataset, result, dataset.subset(held), cam_kinds)
     return 0
-
-
-def override(config: ncawss.TrainConfig, option: str, value) -> ncawss.TrainConfig:
-    """The configuration with one command-line option's value; ConfigError names the option."""
-    try:
-        return config.replace(**{option.replace("-", "_"): value})
-    except ncawss.ConfigError as exc:
-        raise ncawss.ConfigError(f"--{option}: {exc}") from None
 
 
 def save_models(folder: Path, config, dataset, result, held, cam_kinds) -> None:

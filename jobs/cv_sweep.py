@@ -21,8 +21,9 @@ import yaml
 import ncawss
 from ncawss import environment
 from ncawss.data import encode_png
+from ncawss.method.config import override
 from ncawss.sweep.plan import OptunaStudy
-from ncawss.sweep.space import SweepSpec, load_space
+from ncawss.sweep.space import load_space
 from ncawss.tracking.tracker import SweepTracker, TrackingError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -96,14 +97,6 @@ def check_optuna_storage(url: str) -> None:
         optuna.storages.RDBStorage(url)
     except Exception as exc:  # SQLAlchemy's many error types: one message naming the URL
         raise ValueError(f"--optuna-storage {url}: cannot open it ({type(exc).__name__}: {exc})") from None
-
-
-def override(spec: SweepSpec, key: str, value) -> SweepSpec:
-    """The space with one command-line option's value; ConfigError names the option."""
-    try:
-        return spec.replace(**{key: value})
-    except ncawss.ConfigError as exc:
-        raise ncawss.ConfigError(f"--{key}: {exc}") from None
 
 
 def main() -> int:

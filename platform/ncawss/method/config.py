@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, Self, get_args
+from typing import Any, Literal, Self, TypeVar, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -37,6 +37,18 @@ class Options(BaseModel):
             return type(self).model_validate({**self.model_dump(), **changes})
         except ValidationError as exc:
             raise ConfigError(describe_validation_error("", exc)) from None
+
+
+AnyOptions = TypeVar("AnyOptions", bound=Options)
+
+
+def override(options: AnyOptions, option: str, value: Any) -> AnyOptions:
+    """`options` with one command-line option's value (`--cuda-graph` sets `cuda_graph`), validated;
+    ConfigError names the option."""
+    try:
+        return options.replace(**{option.replace("-", "_"): value})
+    except ConfigError as exc:
+        raise ConfigError(f"--{option}: {exc}") from None
 
 
 class Readout(Options):

@@ -56,7 +56,7 @@ def build_tuner(spec: SweepSpec, data: SharedData, storage: str, tracker: SweepT
         optuna.create_study(storage=database, study_name=study.name, directions=["maximize"] * len(spec.objectives),
                             load_if_exists=True).set_metric_names(list(spec.objectives))
         searcher = Search(points_to_evaluate=spec.first or None, study_name=study.name, storage=database,
-                                sampler=optuna.samplers.TPESampler(seed=spec.seed), **objectives)
+                          sampler=optuna.samplers.TPESampler(seed=spec.seed), **objectives)
     scheduler = None
     if spec.scheduler:
         scheduler = ASHAScheduler(time_attr="epoch", max_t=spec.max_epochs, grace_period=spec.scheduler.grace_period,
