@@ -21,7 +21,6 @@ baselines' CAMs) of every fold's test images, beside one training epoch.
 from __future__ import annotations
 
 import argparse
-import functools
 import time
 from pathlib import Path
 
@@ -29,10 +28,13 @@ import torch
 
 import ncawss
 from common import device_limits, fused_bytes_per_image, machine, paper_flops_per_image
-from ncawss.method.baselines import CNN_WIDTHS, train_cnns
-from ncawss.method.evaluation import TestSet, evaluate
-from ncawss.method.loop import BatchedTrainer, build_model, make_folds, normalised_training_set
-from ncawss.method.nca import FoldStack
+from ncawss.method.baselines import CNN_WIDTHS
+from ncawss.method.images import normalised_training_set
+from ncawss.method.nca.model import FoldStack
+from ncawss.method.scoring.evaluation import TestSet, evaluate
+from ncawss.method.training.cnn import train_cnns
+from ncawss.method.training.loop import BatchedTrainer, make_folds
+from ncawss.method.training.plan import Execution
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -42,15 +44,16 @@ def synchronise(device):
         torch.cuda.synchronize()
 
 
-def time_training(config, splits, device, epochs, stack_of=FoldStack, fold_by_fold=None) -> float:
+def time_training(config, splits, device, epochs, grouped=None, fold_by_fold=None) -> float:
     """Seconds for `epochs` epochs of the given folds as one batched model (setup excluded)."""
     data = []
     for train, _ in splits:
         x, _, _ = normalised_training_set(train, config.image_size)
         data.append((x.to(device), torch.as_tensor(train.labels, dtype=torch.long, device=device)))
-    models = [build_model(config, len(splits[0][0].classes)).to(device) for _ in splits]
-    trainer = BatchedTrainer(stack_of(models), make_folds(config, models, data, device, fire=True), config,
-                             config.fire_rate, config.steps, fold_by_fold=fold_by_fold)
+    models = [ncawss.NCAClassifier.from_config(config, len(splits[0][0].classes)).to(device) for _ in splits]
+    execution = Execution.plan(config, device, len(models), fold_by_fold=fold_by_fold, grouped=grouped)
+    trainer = BatchedTrainer(FoldStack(models, execution.grouped), make_folds(config, models, data, device, fire=True),
+                             config, execution, config.fire_rate, config.steps)
     trainer.epoch()  # warm-up (and graph capture), not timed
     synchronise(device)
     start = time.perf_counter()
@@ -64,7 +67,7 @@ def time_evaluation(config, dataset, splits, device) -> float:
     """Seconds of the final evaluation of every read-out with both CNN baselines' CAMs, all folds' test images."""
     cnn_config = config.replace(epochs=1)
     cnns = {size: train_cnns(cnn_config, [tr for tr, _ in splits], size, device) for size in CNN_WIDTHS}
-    models = [build_model(config, len(dataset.classes)).to(device) for _ in splits]
+    models = [ncawss.NCAClassifier.from_config(config, len(dataset.classes)).to(device) for _ in splits]
     synchronise(device)
     start = time.perf_counter()
     for i, ((train, test), model) in enumerate(zip(splits, models)):
@@ -98,16 +101,15 @@ def main() -> None:
     if "sequential" not in args.skip:
         seconds = sum(time_training(eager, [s], device, args.epochs) for s in splits)
         rows.append(("sequential (one fold at a time)", seconds))
-    grouped = functools.partial(FoldStack, grouped=True)
     if device.type == "cpu":
         rows.append(("batched, fold by fold (default)", time_training(eager, splits, device, args.epochs)))
     rows.append(("batched, one stacked pass", time_training(eager, splits, device, args.epochs, fold_by_fold=False)))
     if "grouped" not in args.skip:
         rows.append(("batched, grouped convolutions",
-                     time_training(eager, splits, device, args.epochs, grouped, False)))
+                     time_training(eager, splits, device, args.epochs, True, False)))
     if device.type == "cuda":
         rows.append(("batched + CUDA graph", time_training(config, splits, device, args.epochs)))
-        rows.append(("batched grouped + CUDA graph", time_training(config, splits, device, args.epochs, grouped)))
+        rows.append(("batched grouped + CUDA graph", time_training(config, splits, device, args.epochs, True)))
         bf16 = config.replace(precision="bf16")
         rows.append(("batched + CUDA graph, bf16", time_training(bf16, splits, device, args.epochs)))
         triton = config.replace(kernel="triton")
@@ -134,7 +136,7 @@ def main() -> None:
               f"{limits.shares(images / seconds, flops, traffic):<37} |")
     if evaluation is None:
         return
-    print(f"\nfinal evaluation ({len(config.readouts())} read-outs, intensity + 4 CAM baselines, "
+    print(f"\nfinal evaluation ({1 + len(config.variants)} read-outs, intensity + 4 CAM baselines, "
           f"{sum(len(te) for _, te in splits)} test images of {args.folds} folds): {evaluation:.2f} s "
           f"= {evaluation / epoch_seconds:.2f} of one batched training epoch ({epoch_seconds:.2f} s)")
 

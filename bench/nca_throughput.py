@@ -19,7 +19,7 @@ import argparse
 import torch
 
 from common import best_of, device_limits, fused_bytes_per_image, machine, paper_flops_per_image
-from ncawss.method.nca import NCA, PARAMETERS, fused_weights, run_nca, stacked
+from ncawss.method.nca.model import NCA, PARAMETERS, fused_weights, run_nca, stacked
 from reference_nca import reference_forward
 
 

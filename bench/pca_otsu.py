@@ -14,7 +14,7 @@ from skimage.filters import threshold_otsu
 
 from common import machine
 from ncawss import pca_otsu
-from ncawss.method.segment import OTSU_BINS
+from ncawss.method.readout.pca_otsu import OTSU_BINS
 
 
 def reference_pca_otsu(features: np.ndarray) -> tuple[np.ndarray, float]:
@@ -64,7 +64,7 @@ def main() -> None:
 
     pca_otsu(tensor[:8])  # warm-up
     start = time.perf_counter()
-    result = pca_otsu(tensor, details=True)
+    result = pca_otsu(tensor)
     batched = time.perf_counter() - start
     start = time.perf_counter()
     ref = reference_masks(features)

@@ -55,7 +55,7 @@ def read_predictions(folder: Path) -> dict[str, np.ndarray]:
 
 
 def table(columns: dict[str, np.ndarray], title: str, with_candidates: bool = False) -> None:
-    from ncawss.method.quality import rank_by_score
+    from ncawss.method.inference.quality import rank_by_score
 
     iou = columns["iou"]
     worst = set(rank_by_score(iou, iou).lowest)
@@ -88,7 +88,7 @@ def synthetic_columns(epochs: int, smooth: float = 0.0, post: str = "none") -> d
     """Train on synthetic domain a (2 folds), predict domain b with a third of it faded; the
     quick start's configuration, its mean-field read-out with `smooth` and `post`."""
     import ncawss
-    from ncawss.method.predict import predict
+    from ncawss import predict
 
     config = ncawss.load_config(Path(__file__).resolve().parents[1] / "configs/quickstart.yaml")
     readout = config.readout.replace(smooth=smooth, post=post)

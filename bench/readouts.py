@@ -19,29 +19,36 @@ import torch
 
 import ncawss
 from ncawss.data import fold_splits
-from ncawss.method.evaluation import TestSet, at_authors_size, evaluate
-from ncawss.method.loop import build_model, normalised_training_set
-from ncawss.method.thresholds import threshold_masks
+from ncawss.method.images import normalised_training_set
+from ncawss.method.readout.thresholds import threshold_masks
+from ncawss.method.scoring.evaluation import TestSet, evaluate
+from ncawss.method.scoring.metrics import at_authors_size
+
+CONFIGURED = "readout"  # the configured read-out, by its key in the configuration file
 
 
-class Continue(ncawss.FoldHooks):
+class Continue(ncawss.TrainingHooks):
     """Carries the fold's checkpoint from one train_fold call to the next."""
 
     def __init__(self):
         self.last = None
 
-    def save_checkpoint(self, checkpoint: dict) -> None:
-        self.last = checkpoint
+    def save_checkpoint(self, checkpoints: list[dict]) -> None:
+        self.last = checkpoints
 
-    def load_checkpoint(self) -> dict | None:
+    def load_checkpoint(self) -> list[dict] | None:
         return self.last
 
 
-def untrained(config, train, test, readouts) -> dict:
+def by_name(evaluations: ncawss.PerReadout) -> dict:
+    return {CONFIGURED: evaluations.configured, **evaluations.variants}
+
+
+def untrained(config, train, test) -> dict:
     """Every read-out of the untrained NCA (its hidden channels stay 0) on the test fold."""
     _, mean, std = normalised_training_set(train, config.image_size, config.normalise)
     prepared = TestSet.prepare(test, mean.tolist(), std.tolist(), config.image_size)
-    return evaluate(build_model(config, len(train.classes)), prepared, config, readouts=readouts)
+    return by_name(evaluate(ncawss.NCAClassifier.from_config(config, len(train.classes)), prepared, config))
 
 
 def thresholds(test) -> tuple[dict[str, float], dict[str, float]]:
@@ -63,7 +70,7 @@ def main() -> None:
     p.add_argument("--config", default="configs/paper.yaml")
     p.add_argument("--epochs", type=int, nargs="+", default=[0, 12, 24, 36, 48])
     p.add_argument("--readouts", nargs="+", default=["readout", "mean_field", "authors", "authors_signed", "binarised"],
-                   help="names of the config's read-outs ('readout' and its variants)")
+                   help="the config's read-outs: 'readout' (the configured one) and names of its variants")
     p.add_argument("--fold", type=int, default=0, help="which fold of --folds (0-based)")
     p.add_argument("--folds", type=int, default=5)
     p.add_argument("--holdout", type=float, default=0.2)
@@ -74,11 +81,13 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     config = ncawss.load_config(args.config)
-    known = config.readouts()
+    known = {CONFIGURED: config.readout, **config.variant_readouts()}
     unknown = sorted(set(args.readouts) - set(known))
     if unknown:
         raise SystemExit(f"--readouts: {unknown} are not read-outs of {args.config}; it has {sorted(known)}")
     readouts = {name: known[name] for name in args.readouts}
+    # the evaluations read out exactly the chosen read-outs (and always the configured one)
+    config = config.replace(variants={name: r.model_dump() for name, r in readouts.items() if name != CONFIGURED})
     data = ncawss.read_dataset(args.data)
     kept, _ = ncawss.holdout_split(data.labels, args.holdout, args.seed)
     data = data.subset(kept)
@@ -95,18 +104,15 @@ def main() -> None:
     for epochs in sorted(args.epochs):
         started = time.perf_counter()
         if epochs == 0:
-            evaluations = untrained(config, train, test, readouts)
+            found = untrained(config, train, test)
         else:
-            # train_fold's own evaluation reads out exactly the chosen read-outs (and always "readout").
-            variants = {name: r.model_dump() for name, r in readouts.items() if name != "readout"}
-            result = ncawss.train_fold(config.replace(epochs=epochs, variants=variants), train,
-                                       test, hooks)
-            evaluations = {name: result.evaluations[name] for name in readouts}
-        first = next(iter(evaluations.values()))
-        cells = [f"{100 * e.iou.mean():.1f} / {100 * e.iou64.mean():.1f} / {100 * e.iou64_pooled:.1f}"
+            found = by_name(ncawss.train_fold(config.replace(epochs=epochs), train, test, hooks).evaluations)
+        evaluations = {name: found[name] for name in readouts}
+        accuracy = next(iter(evaluations.values())).scores.accuracy
+        cells = [f"{100 * e.scores.iou:.1f} / {100 * e.image_iou64.mean():.1f} / {100 * e.scores.iou64_pooled:.1f}"
                  for e in evaluations.values()]
-        rows.append([str(epochs), f"{first.accuracy:.3f}", *cells, f"{time.perf_counter() - started:.0f}"])
-        print(f"epoch {epochs}: accuracy {first.accuracy:.3f}; " + "; ".join(
+        rows.append([str(epochs), f"{accuracy:.3f}", *cells, f"{time.perf_counter() - started:.0f}"])
+        print(f"epoch {epochs}: accuracy {accuracy:.3f}; " + "; ".join(
             f"{name} {cell}" for name, cell in zip(readouts, cells)), flush=True)
     header = ["epochs", "accuracy", *readouts, "seconds"]
     print("\n| " + " | ".join(header) + " |\n|" + "---:|" * len(header))

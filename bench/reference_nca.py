@@ -2,7 +2,7 @@
 
 Channels-last state, transposes around the convolutions, torch.concat of the
 perception vector, a clone and a concat of the fixed input channels every step.
-It reads the weights of ncawss.method.nca.NCA, so both compute the same function and
+It reads the weights of ncawss.method.nca.model.NCA, so both compute the same function and
 their outputs can be compared; it draws its fire masks from the same generator
 in the same order (all steps' masks in one draw before the loop).
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from ncawss.method.nca import N_INPUT, NCA
+from ncawss.method.nca.model import N_INPUT, NCA
 
 
 def reference_forward(nca: NCA, rgb: torch.Tensor, steps: int, fire_rate: float,

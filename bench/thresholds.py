@@ -12,8 +12,8 @@ import argparse
 import numpy as np
 
 import ncawss
-from ncawss.method.evaluation import at_authors_size
-from ncawss.method.thresholds import threshold_masks
+from ncawss.method.readout.thresholds import threshold_masks
+from ncawss.method.scoring.metrics import at_authors_size
 
 
 def main() -> None:

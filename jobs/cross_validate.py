@@ -6,8 +6,8 @@ With no arguments: 2 folds on built-in synthetic data with configs/quickstart.ya
 A stratified holdout (--holdout, default 0.2) is set aside before the folds are
 built; after cross-validation the k fold models segment it (majority vote).
 Every IoU is printed beside each baseline's on the same images: the threshold
-baselines (intensity and the colour channels otsu_*) always, gradcam and eigencam
-(a CNN trained per fold) with --baselines.
+baselines (intensity and the colour channels otsu_*) always, and with --baselines
+gradcam and eigencam (a CNN trained per fold).
 """
 from __future__ import annotations
 
@@ -24,9 +24,9 @@ import numpy as np
 import torch
 
 import ncawss
-from ncawss.method.baselines import CAM_BASELINES
-from ncawss.method.config import BASELINES, override
-from ncawss.method.scores import HINDSIGHT
+from ncawss.method.baselines import CAM_KINDS
+from ncawss.method.config import override
+from ncawss.method.scoring.scores import HINDSIGHT
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -38,8 +38,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--folds", type=int, default=2, help="k of k-fold (default 2)")
     p.add_argument("--seed", type=int, default=0, help="seed of the holdout and fold split (default 0)")
     p.add_argument("--holdout", type=float, default=0.2, help="stratified share set aside (default 0.2; 0: none)")
-    p.add_argument("--baselines", nargs="+", default=["intensity"], choices=BASELINES,
-                   help="baselines beside NCA-WSS (intensity and otsu_* are always on)")
+    p.add_argument("--baselines", nargs="+", default=[], choices=CAM_KINDS,
+                   help="CAM baselines beside NCA-WSS, a CNN trained per fold (the thresholds, intensity and "
+                        "otsu_*, are always on)")
     p.add_argument("--epochs", type=int, help="override the config's epochs")
     p.add_argument("--precision", choices=["fp32", "bf16"], help="override the config's precision")
     p.add_argument("--kernel", choices=["torch", "triton"], help="override the config's NCA step kernel")
@@ -74,7 +75,7 @@ def main() -> int:
         return 2
     if args.threads:
         torch.set_num_threads(args.threads)
-    cam_kinds = tuple(b for b in CAM_BASELINES if b in args.baselines)
+    cam_kinds = tuple(b for b in CAM_KINDS if b in args.baselines)
     print(f"NCA-WSS {args.folds}-fold cross-validation on {dataset.name}: {len(kept)} images in the folds, "
           f"{len(held)} held out")
     print("config:", config.model_dump_json())
@@ -84,8 +85,8 @@ def main() -> int:
     seconds = time.perf_counter() - started
     holdout = None
     if len(held):
-        holdout = ncawss.score_dataset(config, [f.model for f in result.folds], dataset.subset(held), args.device,
-                                       cam_kinds)
+        ensemble = ncawss.Ensemble(config=config, folds=[f.model for f in result.folds], classes=dataset.classes)
+        holdout = ncawss.score_dataset(ensemble, dataset.subset(held), args.device, cam_kinds)
     print_report(config, result, holdout)
     print(f"\ncross-validation wall time: {seconds:.1f} s ({'sequential' if args.sequential else 'batched'} folds, "
           f"{args.device}, baselines trained and every read-out evaluated included)")
@@ -100,14 +101,15 @@ def save_models(folder: Path, config, dataset, result, held, cam_kinds) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     source = {"name": dataset.name, "fingerprint": dataset.fingerprint}
     for i, fold in enumerate(result.folds):
-        ncawss.FoldRecord(fold.model, config, dataset.classes, i, fold.test_ids, source, cam_kinds).save(folder)
+        ncawss.FoldRecord(model=fold.model, config=config, classes=dataset.classes, fold=i, test_ids=fold.test_ids,
+                          source=source, cam_kinds=cam_kinds).save(folder)
     if len(held):
         ncawss.write_dataset(held, folder / "holdout.parquet")
     print(f"wrote {len(result.folds)} fold models{' and holdout.parquet' if len(held) else ''} to {folder}")
 
 
-def print_report(config, result, holdout) -> None:
-    baselines = list(result.folds[0].baseline_iou)
+def print_report(config, result: ncawss.CVResult, holdout: ncawss.PerReadout | None) -> None:
+    baselines = list(result.folds[0].scores.baselines)
     col = max(len(b) for b in baselines) + 1
     print(f"\nIoU in %, at the ground truth's resolution; NCA-WSS read-out: {config.readout.name}; "
           f"{config.epochs} epochs per fold; iou64p: the authors' metric (64x64, pooled over batches of 32); "
@@ -115,12 +117,13 @@ def print_report(config, result, holdout) -> None:
     print(f"{'fold':>4} {'test':>5} {'accuracy':>9} {'NCA-WSS':>8} {'iou64p':>7}"
           + "".join(f"{b:>{col}}" for b in baselines) + f" {'lift':>6}")
     for i, fold in enumerate(result.folds, start=1):
-        print(f"{i:>4} {len(fold.test_ids):>5} {fold.accuracy:>9.3f} {100 * fold.iou:>8.1f} "
-              f"{100 * fold.evaluation.iou64_pooled:>7.1f}" + "".join(f"{100 * fold.baseline_iou[b]:>{col}.1f}"
-                                                                   for b in baselines) + f" {100 * fold.lift:>+6.1f}")
-    print(f"mean {100 * result.mean_iou:.1f} ± {100 * result.std_iou:.1f} (NCA-WSS); "
-          + "; ".join("{} {:.1f} ± {:.1f}".format(b, *(100 * v for v in result.baseline(b))) for b in baselines)
-          + f"; accuracy {result.mean_accuracy:.3f}")
+        s = fold.scores
+        print(f"{i:>4} {len(fold.test_ids):>5} {s.accuracy:>9.3f} {100 * s.iou:>8.1f} {100 * s.iou64_pooled:>7.1f}"
+              + "".join(f"{100 * s.baselines[b]:>{col}.1f}" for b in baselines) + f" {100 * s.lift:>+6.1f}")
+    mean = result.scores
+    print(f"mean {100 * mean.iou:.1f} ± {100 * result.std():.1f} (NCA-WSS); "
+          + "; ".join(f"{b} {100 * mean.baselines[b]:.1f} ± {100 * result.std(b):.1f}" for b in baselines)
+          + f"; accuracy {mean.accuracy:.3f}")
     print("\nRead-out variants (same weights; mean over folds; baselines under the same smoothing, "
           "orientation, post-processing and target):")
     rows = variant_table(config, result)
@@ -130,7 +133,7 @@ def print_report(config, result, holdout) -> None:
         print(f"{name:<{width}} {100 * row.iou:>8.1f} {100 * row.iou64_pooled:>7.1f}"
               + "".join(f"{100 * row.baselines.get(b, np.nan):>{col}.1f}" for b in baselines))
     if holdout is not None:
-        score = holdout["readout"]
+        score = holdout.configured
         print(f"\nHeld-out images, majority vote of the {len(score.fold_iou)} fold models: NCA-WSS "
               f"{100 * score.iou:.1f} (folds alone: {', '.join(f'{100 * v:.1f}' for v in score.fold_iou)}); "
               + "; ".join(f"{b} {100 * score.baselines[b]:.1f}" for b in baselines) + f"; lift {100 * score.lift:+.1f}")
@@ -138,11 +141,15 @@ def print_report(config, result, holdout) -> None:
         print("\nNo holdout: the cross-validation number is the only one.")
 
 
-def variant_table(config, result) -> dict[str, ncawss.Scores]:
-    """Per read-out, the mean over folds of NCA-WSS's and each baseline's IoU."""
-    readouts = config.readouts()
-    return {f"{name} ({readouts[name].name})": ncawss.Scores.mean([f.evaluations[name].scores() for f in result.folds])
-            for name in result.folds[0].evaluations}
+def variant_table(config, result: ncawss.CVResult) -> dict[str, ncawss.Scores]:
+    """The configured read-out (labelled by its config key, `readout`) and each variant: the mean
+    over folds of NCA-WSS's and each baseline's IoU."""
+    variants = config.variant_readouts()
+    rows = {f"readout ({config.readout.name})": result.scores}
+    rows.update({f"{name} ({variants[name].name})": ncawss.Scores.mean([f.evaluations.variants[name].scores
+                                                                       for f in result.folds])
+                 for name in result.folds[0].evaluations.variants})
+    return rows
 
 
 def write_json(args, config, dataset, result, holdout, seconds: float) -> None:
@@ -151,11 +158,12 @@ def write_json(args, config, dataset, result, holdout, seconds: float) -> None:
         "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, {args.device}",
         "dataset": dataset.name, "fingerprint": dataset.fingerprint, "folds": args.folds, "seed": args.seed,
         "holdout": args.holdout, "config": config.model_dump(), "epochs": config.epochs,
-        "fold_iou": result.fold_iou, "fold_baseline_iou": [f.baseline_iou for f in result.folds],
-        "fold_accuracy": [f.accuracy for f in result.folds], "wall_seconds": seconds,
-        "mean_iou": result.mean_iou, "std_iou": result.std_iou, "mean_accuracy": result.mean_accuracy,
+        "fold_iou": result.scores.fold_iou, "fold_baseline_iou": [f.scores.baselines for f in result.folds],
+        "fold_accuracy": [f.scores.accuracy for f in result.folds], "wall_seconds": seconds,
+        "mean_iou": result.scores.iou, "std_iou": result.std(), "mean_accuracy": result.scores.accuracy,
         "variants": {name: s.as_dict() for name, s in variant_table(config, result).items()},
-        "holdout_scores": None if holdout is None else {name: s.as_dict() for name, s in holdout.items()},
+        "holdout_scores": None if holdout is None else
+        {"readout": holdout.configured.as_dict(), **{name: s.as_dict() for name, s in holdout.variants.items()}},
         "history": [f.history for f in result.folds],
     }
     Path(args.json).write_text(json.dumps(record, indent=1, default=lambda v: np.asarray(v).tolist()))

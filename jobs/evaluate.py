@@ -25,7 +25,7 @@ import numpy as np
 
 import ncawss
 from ncawss import environment
-from ncawss.method.ensemble import fold_scores
+from ncawss.method.scoring.ensemble import fold_scores
 from ncawss.tracking.sources import load_records
 from ncawss.tracking.tracker import SweepTracker, TrackingError
 
@@ -49,7 +49,7 @@ def score(records: list[ncawss.FoldRecord], dataset: ncawss.Dataset, device: str
     ensemble = ncawss.Ensemble.from_records(records)
     config, kinds = ensemble.config, records[0].cam_kinds
     if dataset.fingerprint != records[0].source["fingerprint"]:
-        return "majority vote", ncawss.score_dataset(config, ensemble.folds, dataset, device, kinds)["readout"]
+        return "majority vote", ncawss.score_dataset(ensemble, dataset, device, kinds).configured
     position = {image_id: i for i, image_id in enumerate(dataset.ids)}
     per_fold = [fold_scores(config, r.model, dataset.subset([position[i] for i in r.test_ids]), device, kinds)
                 for r in records]

@@ -18,7 +18,7 @@ mask of the image (grayscale or one colour channel), times the mask's solidity. 
 stability (every fold model segments the image --runs more times with random fire masks:
 the mean IoU over pairs of masks from two different folds), fold agreement, the agreement
 with each threshold, PC1's variance share, Otsu's separability, the class margin and the
-mask's shape (ncawss/method/quality.py documents each). Low scores flag masks to check.
+mask's shape (ncawss/method/inference/quality.py documents each). Low scores flag masks to check.
 Where masks exist, the job prints the Spearman correlation between quality and true IoU,
 so you can see whether to trust the score on your data.
 
@@ -43,12 +43,11 @@ from PIL import Image, ImageDraw
 from tqdm import tqdm
 
 import ncawss
-from ncawss import environment
+from ncawss import Ensemble, Predictor, environment
 from ncawss.data import IMAGE_SUFFIXES, DataError, encode_png, replace_atomically
-from ncawss.method.ensemble import Ensemble
-from ncawss.method.gallery import overlay
-from ncawss.method.predict import QUALITY_RUNS, Predictor, decode_image
-from ncawss.method.quality import rank_by_score, signal_columns
+from ncawss.method.inference.gallery import overlay
+from ncawss.method.inference.predict import QUALITY_RUNS, decode_image
+from ncawss.method.inference.quality import rank_by_score, signal_columns
 from ncawss.tracking.sources import load_records
 from ncawss.tracking.tracker import TrackingError
 
@@ -74,8 +73,8 @@ def parse_args() -> argparse.Namespace:
                    help="image folders, image files, or dataset Parquet files")
     p.add_argument("--output", required=True, metavar="DIR", help="where masks, overlays and predictions.csv go")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    p.add_argument("--read-out", default="readout", metavar="NAME",
-                   help="read-out of the model's configuration: 'readout' (default) or one of its variants")
+    p.add_argument("--read-out", metavar="NAME",
+                   help="one of the configuration's read-out variants (default: its configured read-out)")
     p.add_argument("--runs", type=int, default=QUALITY_RUNS,
                    help=f"stochastic runs per fold for the stability signal (default {QUALITY_RUNS}; 0: none)")
     p.add_argument("--sheet", type=int, default=24, help="images on the contact sheet (default 24)")
@@ -101,7 +100,7 @@ def main() -> int:
         return FATAL
     config = ensemble.config
     print(f"model: {args.model}: {len(ensemble.folds)} fold models, classes {', '.join(ensemble.classes)}; "
-          f"read-out {args.read_out} ({config.readout.name}); stability from {args.runs} runs per fold")
+          f"read-out {args.read_out or 'configured'} ({config.readout.name}); stability from {args.runs} runs per fold")
     items = gather(args.images, ensemble.min_side, config.readout.target)
     good = [item for item in items if item.error is None]
     rows: list[dict] = []
@@ -124,11 +123,14 @@ def load_ensemble(args) -> Ensemble:
     with tempfile.TemporaryDirectory() as scratch:
         records, _ = load_records(args.model, args.mlflow_uri or os.environ.get("MLFLOW_TRACKING_URI"), scratch)
     ensemble = Ensemble.from_records(records, args.model)
-    readouts = ensemble.config.readouts()
-    if args.read_out not in readouts:
-        raise DataError(f"--read-out {args.read_out}: the model's configuration has {', '.join(readouts)}")
-    config = ensemble.config.replace(readout=readouts[args.read_out])
-    return Ensemble(config, ensemble.folds, ensemble.classes)
+    if args.read_out is None:
+        return ensemble
+    variants = ensemble.config.variant_readouts()
+    if args.read_out not in variants:
+        raise DataError(f"--read-out {args.read_out}: the model's configuration has the variants "
+                        f"{', '.join(variants) or '(none)'}")
+    return Ensemble(config=ensemble.config.replace(readout=variants[args.read_out]), folds=ensemble.folds,
+                    classes=ensemble.classes)
 
 
 def gather(paths: list[str], min_side: int, target: str) -> list[Item]:

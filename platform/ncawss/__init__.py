@@ -1,7 +1,7 @@
 """ncawss: weakly supervised white-blood-cell segmentation with neural cellular automata (NCA-WSS).
 
 Layers, each importing only those before it: `data` (datasets, layouts, splits), `method` (the
-NCA, PCA-Otsu, baselines, training, evaluation, prediction; no Ray, no MLflow), `tracking`
+NCA, PCA-Otsu, baselines, training, scoring, prediction; no Ray, no MLflow), `tracking`
 (MLflow), `sweep` (Ray Tune and Ray Train). This top level is the method's public API; its
 names are imported on first use, so that a process that needs one submodule (a sweep's Ray Train
 controller unpickles one class of `sweep`) does not import them all.
@@ -15,17 +15,18 @@ from typing import TYPE_CHECKING
 _WHERE = {
     ".data": ["DataError", "Dataset", "convert", "holdout_split", "make_synthetic", "read_dataset",
               "stratified_folds", "write_dataset"],
-    ".method.baselines": ["train_cnn"],
     ".method.config": ["ConfigError", "Readout", "TrainConfig", "load_config"],
-    ".method.ensemble": ["Ensemble", "score_dataset"],
-    ".method.folds": ["FoldModel", "FoldRecord", "read_fold_records"],
-    ".method.nca": ["NCAClassifier"],
-    ".method.predict": ["Prediction", "Predictor", "predict"],
-    ".method.scores": ["Scores"],
-    ".method.segment": ["iou", "pca_otsu"],
-    ".method.thresholds": ["colour_baseline", "intensity_baseline"],
-    ".method.train": ["CVResult", "FoldHooks", "FoldResult", "FoldsHooks", "cross_validate", "train_fold",
-                      "train_folds"],
+    ".method.nca.model": ["NCAClassifier"],
+    ".method.readout.pca_otsu": ["pca_otsu"],
+    ".method.readout.thresholds": ["colour_baseline", "intensity_baseline"],
+    ".method.training.cnn": ["train_cnn"],
+    ".method.training.train": ["CVResult", "FoldResult", "TrainingHooks", "cross_validate", "train_fold",
+                               "train_folds"],
+    ".method.scoring.metrics": ["iou"],
+    ".method.scoring.scores": ["PerReadout", "Scores"],
+    ".method.scoring.folds": ["FoldModel", "FoldRecord", "read_fold_records"],
+    ".method.scoring.ensemble": ["Ensemble", "score_dataset"],
+    ".method.inference.predict": ["Prediction", "Predictor", "predict"],
 }
 _MODULE_OF = {name: module for module, names in _WHERE.items() for name in names}
 __all__ = sorted(_MODULE_OF)
@@ -44,7 +45,7 @@ def __dir__() -> list[str]:
     return sorted([*globals(), *__all__])
 
 
-if TYPE_CHECKING:  # what type checkers and editors see
+if TYPE_CHECKING:  # what type checkers and editors see; tests/test_api.py keeps it equal to _WHERE
     from .data import (  # noqa: F401
         DataError,
         Dataset,
@@ -55,13 +56,21 @@ if TYPE_CHECKING:  # what type checkers and editors see
         stratified_folds,
         write_dataset,
     )
-    from .method.baselines import train_cnn  # noqa: F401
     from .method.config import ConfigError, Readout, TrainConfig, load_config  # noqa: F401
-    from .method.ensemble import Ensemble, score_dataset  # noqa: F401
-    from .method.folds import FoldModel, FoldRecord, read_fold_records  # noqa: F401
-    from .method.nca import NCAClassifier  # noqa: F401
-    from .method.predict import Prediction, Predictor, predict  # noqa: F401
-    from .method.scores import Scores  # noqa: F401
-    from .method.segment import iou, pca_otsu  # noqa: F401
-    from .method.thresholds import colour_baseline, intensity_baseline  # noqa: F401
-    from .method.train import CVResult, FoldHooks, FoldResult, FoldsHooks, cross_validate, train_fold, train_folds  # noqa: F401
+    from .method.inference.predict import Prediction, Predictor, predict  # noqa: F401
+    from .method.nca.model import NCAClassifier  # noqa: F401
+    from .method.readout.pca_otsu import pca_otsu  # noqa: F401
+    from .method.readout.thresholds import colour_baseline, intensity_baseline  # noqa: F401
+    from .method.scoring.ensemble import Ensemble, score_dataset  # noqa: F401
+    from .method.scoring.folds import FoldModel, FoldRecord, read_fold_records  # noqa: F401
+    from .method.scoring.metrics import iou  # noqa: F401
+    from .method.scoring.scores import PerReadout, Scores  # noqa: F401
+    from .method.training.cnn import train_cnn  # noqa: F401
+    from .method.training.train import (  # noqa: F401
+        CVResult,
+        FoldResult,
+        TrainingHooks,
+        cross_validate,
+        train_fold,
+        train_folds,
+    )

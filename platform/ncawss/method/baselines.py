@@ -1,168 +1,40 @@
-"""CAM baselines: a small plain-torch CNN classifier, read out by Grad-CAM or EigenCAM.
+"""The baselines every NCA-WSS IoU stands beside, named once: what configurations accept, what
+evaluation computes and what reports print all derive from these tables.
 
-The CNN is trained like the NCA (same folds, labels, focal loss, augmentation,
-optimiser and epoch budget), from scratch: no pretrained weights.
-- gradcam: captum's LayerGradCam for the predicted class on the last conv block
-  (ReLU applied, as in the original Grad-CAM), upsampled to the training
-  resolution, then the same read-out (smoothing, orientation, Otsu,
-  post-processing) as NCA-WSS;
-- eigencam: EigenCAM is the first principal component of the last conv block's
-  activations, so it is `pca_otsu` itself on those activations, upsampled to
-  the training resolution: the NCA-WSS read-out on another backbone.
-Two sizes: "small" has about the parameter count of the paper's NCA classifier
-(~10k), "large" about ten times more.
+- threshold baselines, always on, no training (readout/thresholds.py): `intensity` (Otsu on the
+  grayscale image, dark side = cell) and one Otsu threshold per colour channel below;
+- CAM baselines, asked for by kind (training/cnn.py): a small plain CNN trained per fold at each
+  of CNN_WIDTHS' sizes, read out by Grad-CAM or EigenCAM.
 """
 from __future__ import annotations
 
-import logging
-import time
-from dataclasses import dataclass
+from typing import Literal
 
-import torch
-import torch.nn.functional as F
-from torch import nn
-from torch.func import functional_call, vmap
-
-from ..data import Dataset
-from .config import BASELINES, TrainConfig
-from .loop import BatchedTrainer, make_folds, normalised_training_set
-from .nca import stacked
-from .thresholds import THRESHOLD_BASELINES
-
-log = logging.getLogger(__name__)
-
-CAM_BASELINES = tuple(b for b in BASELINES if b not in THRESHOLD_BASELINES)
-CNN_WIDTHS = {"small": 6, "large": 16}
-# TrainConfig fields a CNN baseline's training uses: its cache key, never the NCA's settings.
-CNN_SETTINGS = ("epochs", "batch_size", "lr", "betas", "lr_decay", "focal_gamma", "normalise", "split", "image_size",
-                "augment", "seed")
+# colour threshold -> (colour space, channel) it thresholds
+COLOUR_CHANNELS: dict[str, tuple[str, int]] = {
+    "otsu_r": ("rgb", 0), "otsu_g": ("rgb", 1), "otsu_b": ("rgb", 2),
+    "otsu_s": ("hsv", 1), "otsu_a": ("lab", 1), "otsu_bstar": ("lab", 2),
+}
+THRESHOLD_BASELINES: tuple[str, ...] = ("intensity", *COLOUR_CHANNELS)
+CAM_KINDS = ("gradcam", "eigencam")
+CamKind = Literal[CAM_KINDS]  # type: ignore[valid-type]  # the configurations' choices, from the table above
+CNN_WIDTHS = {"small": 6, "large": 16}  # CNN size -> its first block's width
 
 
-def cnn_settings(config: TrainConfig) -> dict:
-    """The training options a CNN baseline depends on (never NCA hyperparameters)."""
-    return {key: getattr(config, key) for key in CNN_SETTINGS}
-
-
-class CNNClassifier(nn.Module):
-    """Three conv blocks (3x3 conv + ReLU, 2x2 max-pool between blocks), average pool, linear head."""
-
-    def __init__(self, width: int, n_classes: int):
-        super().__init__()
-        chans = [3, width, 2 * width, 4 * width]
-        blocks = []
-        for i in range(3):
-            layers = [nn.Conv2d(chans[i], chans[i + 1], 3, padding=1), nn.ReLU(),
-                      nn.Conv2d(chans[i + 1], chans[i + 1], 3, padding=1), nn.ReLU()]
-            if i < 2:
-                layers.append(nn.MaxPool2d(2))
-            blocks.append(nn.Sequential(*layers))
-        self.blocks = nn.Sequential(*blocks)
-        self.head = nn.Linear(chans[-1], n_classes)
-
-    @property
-    def last_block(self) -> nn.Module:
-        return self.blocks[-1]
-
-    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """x: normalised (B, 3, H, W) -> (logits, last block's activations); `generator` unused (no noise)."""
-        features = self.blocks(x)
-        return self.head(features.mean(dim=(2, 3))), features
-
-
-class CNNStack(nn.Module):
-    """k CNNs of one architecture (one per fold) as one batched model: their parameters stacked
-    on a leading fold axis, the forward pass vmapped over it (convolutions become grouped ones)."""
-
-    def __init__(self, models: list[CNNClassifier]):
-        super().__init__()
-        self.models = nn.ModuleList(models)
-
-    def forward(self, x: torch.Tensor, fire=None) -> tuple[torch.Tensor, torch.Tensor]:
-        """x: (B, k, 3, H, W) -> (logits (B, k, classes), last block's activations (B, k, C, h, w))."""
-        params = stacked(self.models, tuple(name for name, _ in self.models[0].named_parameters()))
-        return vmap(lambda p, xi: functional_call(self.models[0], p, (xi,)), in_dims=(0, 1), out_dims=1)(params, x)
-
-
-@dataclass
-class CNNBaseline:
-    """A CAM baseline's CNN trained on one fold: what evaluation on any images needs."""
-    size: str                 # a key of CNN_WIDTHS
-    n_classes: int
-    state_dict: dict
-    norm_mean: list[float]
-    norm_std: list[float]
-    seconds: float = 0.0
-
-    def model(self) -> CNNClassifier:
-        model = CNNClassifier(CNN_WIDTHS[self.size], self.n_classes)
-        model.load_state_dict(self.state_dict)
-        return model
-
-
-def train_cnns(config: TrainConfig, trains: list[Dataset], size: str = "small",
-               device: str | torch.device = "cpu") -> list[CNNBaseline]:
-    """Train one CAM baseline CNN per training fold, all folds batched, like the NCA: same labels,
-    loss, augmentation, optimiser, epochs and per-fold generators."""
-    started = time.perf_counter()
-    config = config.replace(precision="fp32")  # baselines never change with the NCA's precision
-    prepared = [normalised_training_set(train, config.image_size, config.normalise) for train in trains]
-    data = [(x.to(device), torch.as_tensor(t.labels, dtype=torch.long, device=device))
-            for (x, _, _), t in zip(prepared, trains)]
-    models = []
-    for train in trains:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(config.seed)
-            models.append(CNNClassifier(CNN_WIDTHS[size], len(train.classes)).to(device))
-    folds = make_folds(config, models, data, device, fire=False)
-    # No CUDA graph: vmap's dispatch is not graph-safe in every torch release; a CNN step has few launches.
-    trainer = BatchedTrainer(CNNStack(models), folds, config, graph=False)
-    for epoch in range(1, config.epochs + 1):
-        metrics = trainer.epoch()
-        log.debug("cnn %s epoch %d/%d loss %s", size, epoch, config.epochs, [m["train_loss"] for m in metrics])
-    log.info("cnn %s: %d folds, %d epochs, train accuracy %s", size, len(trains), config.epochs,
-             " ".join(f"{m['train_accuracy']:.3f}" for m in metrics))
-    seconds = time.perf_counter() - started
-    return [CNNBaseline(size, len(train.classes), {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
-                        mean.tolist(), std.tolist(), seconds)
-            for model, train, (_, mean, std) in zip(models, trains, prepared)]
-
-
-def train_cnn(config: TrainConfig, train: Dataset, size: str = "small",
-              device: str | torch.device = "cpu") -> CNNBaseline:
-    """One fold's CAM baseline CNN: `train_cnns` with one fold."""
-    return train_cnns(config, [train], size, device)[0]
-
-
-def baseline_name(kind: str, size: str) -> str:
+def cam_baseline(kind: str, size: str) -> str:
+    """A CAM baseline's name: its kind, with the CNN's size unless small ('gradcam', 'eigencam_large')."""
     return kind if size == "small" else f"{kind}_{size}"
 
 
-@dataclass
-class CAMMaps:
-    """One CNN's maps of a set of images, at the training resolution."""
-    gradcam: torch.Tensor     # (N, S, S), Grad-CAM of the predicted class, ReLU applied
-    eigencam: torch.Tensor    # (N, C, S, S), last-block activations, for pca_otsu
-    predictions: torch.Tensor  # (N,)
+def baseline_names(cam_kinds: tuple[str, ...] = ()) -> list[str]:
+    """Every baseline a result holds: the thresholds, then each CAM kind at each CNN size."""
+    return [*THRESHOLD_BASELINES, *(cam_baseline(kind, size) for kind in cam_kinds for size in CNN_WIDTHS)]
 
 
-def cam_maps(model: CNNClassifier, x: torch.Tensor, batch_size: int = 32) -> CAMMaps:
-    """Grad-CAM and EigenCAM inputs of normalised images x (N, 3, S, S); runs on x's device."""
-    model.eval()
-    size = x.shape[-2:]
-    from captum.attr import LayerGradCam  # here: a worker without CAM baselines starts without captum
-
-    gradcam = LayerGradCam(lambda inputs: model(inputs)[0], model.last_block)
-    grads, acts, preds = [], [], []
-    for start in range(0, len(x), batch_size):
-        batch = x[start:start + batch_size]
-        with torch.no_grad():
-            logits, features = model(batch)
-        pred = logits.argmax(1)
-        with torch.enable_grad():
-            cam = gradcam.attribute(batch, target=pred, relu_attributions=True)
-        grads.append(F.interpolate(cam.detach(), size=size, mode="bilinear", align_corners=False)[:, 0].cpu())
-        acts.append(F.interpolate(features, size=size, mode="bilinear", align_corners=False).cpu())
-        preds.append(pred.cpu())
-    if not grads:
-        return CAMMaps(x.new_zeros(0, *size), x.new_zeros(0, 1, *size), torch.zeros(0, dtype=torch.long))
-    return CAMMaps(torch.cat(grads), torch.cat(acts), torch.cat(preds))
+def check_cam_kinds(kinds) -> tuple[str, ...]:
+    """`kinds` as a tuple in the registry's order; ValueError names a kind that is not a CAM baseline."""
+    unknown = [k for k in kinds if k not in CAM_KINDS]
+    if unknown:
+        always = " (threshold baselines are always on)" if set(unknown) <= set(THRESHOLD_BASELINES) else ""
+        raise ValueError(f"unknown CAM baseline(s) {unknown}{always}; choose from {list(CAM_KINDS)}")
+    return tuple(k for k in CAM_KINDS if k in kinds)

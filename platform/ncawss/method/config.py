@@ -2,14 +2,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, Self, TypeVar, get_args
+from typing import Any, Literal, Self, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-
-# intensity and otsu_*: per-image thresholds (thresholds.py), always on; gradcam, eigencam: CAMs of a CNN.
-Baseline = Literal["intensity", "otsu_r", "otsu_g", "otsu_b", "otsu_s", "otsu_a", "otsu_bstar", "gradcam", "eigencam"]
-BASELINES: tuple[str, ...] = get_args(Baseline)
 
 
 class ConfigError(ValueError):
@@ -150,20 +146,16 @@ class TrainConfig(Options):
     @model_validator(mode="after")
     def check_variants(self) -> TrainConfig:
         for name, changes in self.variants.items():
-            if name == "readout":
-                raise ValueError("variants: the name 'readout' is taken by the configured read-out")
             try:
                 Readout.model_validate({**self.readout.model_dump(), **changes})
             except ValidationError as exc:
                 raise ValueError(f"variants.{name}: {describe_validation_error('readout', exc)}") from None
         return self
 
-    def readouts(self) -> dict[str, Readout]:
-        """The configured read-out (as 'readout') and every variant, resolved against it."""
-        resolved = {"readout": self.readout}
-        for name, changes in self.variants.items():
-            resolved[name] = Readout.model_validate({**self.readout.model_dump(), **changes})
-        return resolved
+    def variant_readouts(self) -> dict[str, Readout]:
+        """Every variant, resolved against the configured read-out (which is `readout`, not one of them)."""
+        return {name: Readout.model_validate({**self.readout.model_dump(), **changes})
+                for name, changes in self.variants.items()}
 
 
 def make_config(values: dict, source: str = "config") -> TrainConfig:

@@ -12,8 +12,9 @@ import ray
 import torch
 
 from ..data import Dataset, fold_splits, replace_atomically
-from ..method.baselines import CNN_WIDTHS, CNNBaseline, cnn_settings, train_cnns
+from ..method.baselines import CNN_WIDTHS
 from ..method.config import TrainConfig
+from ..method.training.cnn import CNNBaseline, cnn_settings, train_cnns
 from .space import SweepSpec
 
 log = logging.getLogger(__name__)

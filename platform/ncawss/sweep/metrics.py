@@ -10,16 +10,24 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..method.scores import Scores
+from ..method.scoring.scores import PerReadout, Scores, fold_key
 
 METRIC = "iou_mean"          # the objective: fold-mean NCA-WSS IoU
+IOU_STD = "iou_std"          # its spread over folds
+ACCURACY = "accuracy_mean"   # the classifier's fold-mean test accuracy
+MAJORITY = "majority_accuracy_mean"  # of always answering the training folds' most common class
+AUTHORS = "iou64_pooled_mean"  # the authors' metric (64x64, pooled over batches of 32), configured read-out
+BEST_BASELINE = "best_baseline_iou_mean"  # the best baseline's fold-mean IoU
+LIFT = "lift"                # METRIC minus BEST_BASELINE
+LAUNCH_OVERHEAD = "launch_overhead_s"  # from the trial's TorchTrainer.fit to its slowest worker's start
 FOLDS_DONE = "folds_done"    # in a trial's last report only (Tune marks any trial's last result "done")
 TRIAL_FAILED = "trial_failed"  # the cause, in the one report of a trial that failed with a recurring error
 TRAIN_LAUNCHES = "train_launches"  # Ray Train runs the trial's actor launched (1 + retries of lost workers)
 # In the first report after a resume: the evaluation epochs' reports made before the checkpoint it
 # resumed from, rebuilt from the folds' histories, since those results may have died in flight.
 EARLIER = "earlier_reports"
-EPOCH_CURVES = (METRIC, "train_loss_mean", "train_accuracy_mean")  # what MLflow logs of each evaluation epoch
+TRAIN_LOSS, TRAIN_ACCURACY = "train_loss_mean", "train_accuracy_mean"  # fold means at an evaluation epoch
+EPOCH_CURVES = (METRIC, TRAIN_LOSS, TRAIN_ACCURACY)  # what MLflow logs of each evaluation epoch
 
 
 def mean_key(name: str) -> str:
@@ -27,18 +35,12 @@ def mean_key(name: str) -> str:
     return f"{name}_iou_mean"
 
 
-def authors_key(name: str = "") -> str:
-    """Fold-mean of the authors' metric (64x64, pooled over batches of 32) of the configured
-    read-out (no name) or a variant."""
-    return f"{name}_iou64_pooled_mean" if name else "iou64_pooled_mean"
+def authors_key(variant: str) -> str:
+    """Fold-mean of the authors' metric of a read-out variant (AUTHORS: the configured read-out's)."""
+    return f"{variant}_{AUTHORS}"
 
 
-def fold_key(fold: int, name: str) -> str:
-    """One fold's value: fold_key(0, "iou"), fold_key(1, "intensity_iou"), fold_key(0, "accuracy")."""
-    return f"fold{fold}_{name}"
-
-
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class LaunchTimes:
     """When (time.time()) each step of a fold worker's launch happened: where a trial's launch
     overhead goes. A process Ray started ahead and handed over shows as created before its use."""
@@ -55,14 +57,11 @@ class LaunchTimes:
                 "launch_data_s": self.data - self.worker}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class FoldSummary:
     """One fold's results, as its worker hands them to rank 0."""
-    scores: Scores                       # the configured read-out on the fold's test images
-    accuracy: float
+    scores: PerReadout[Scores]           # the configured read-out and each variant on the fold's test images
     majority_accuracy: float             # of always answering the training folds' most common class
-    readout_iou: dict[str, float]        # every read-out variant
-    readout_iou64: dict[str, float]      # every read-out variant, by the authors' metric
     seconds: float                       # wall time of the batch of folds it trained in
     launch: LaunchTimes
     resumed_from_epoch: int = 0
@@ -73,27 +72,30 @@ class FoldSummary:
 def trial_metrics(folds: list[FoldSummary], epochs: int) -> dict[str, float | bool]:
     """Fold means and per-fold values: NCA-WSS IoU (the objective), each baseline's IoU on the
     same images, the lift over the best baseline, every read-out variant and evaluation dataset."""
-    mean = Scores.mean([f.scores for f in folds])
+    mean = Scores.mean([f.scores.configured for f in folds])
     metrics: dict[str, float | bool] = {
-        "epoch": epochs, FOLDS_DONE: True, METRIC: mean.iou, "iou_std": float(np.std(mean.fold_iou)),
-        "accuracy_mean": float(np.mean([f.accuracy for f in folds])), authors_key(): mean.iou64_pooled,
-        "majority_accuracy_mean": float(np.mean([f.majority_accuracy for f in folds])),
-        "launch_overhead_s": max(f.launch.worker - f.launch.trial for f in folds),
+        "epoch": epochs, FOLDS_DONE: True, METRIC: mean.iou, IOU_STD: float(np.std(mean.fold_iou)),
+        ACCURACY: mean.accuracy, AUTHORS: mean.iou64_pooled,
+        MAJORITY: float(np.mean([f.majority_accuracy for f in folds])),
+        LAUNCH_OVERHEAD: max(f.launch.worker - f.launch.trial for f in folds),
         **{k: max(f.launch.phases()[k] for f in folds) for k in folds[0].launch.phases()},
         "resumed_folds": sum(f.resumed_from_epoch > 0 for f in folds),
     }
     for i, f in enumerate(folds):
-        metrics.update({fold_key(i, "iou"): f.scores.iou, fold_key(i, "iou64_pooled"): f.scores.iou64_pooled,
-                        fold_key(i, "accuracy"): f.accuracy,
+        own = f.scores.configured
+        metrics.update({fold_key(i, "iou"): own.iou, fold_key(i, "iou64_pooled"): own.iou64_pooled,
+                        fold_key(i, "accuracy"): own.accuracy,
                         fold_key(i, "seconds"): f.seconds, fold_key(i, "gpu_id"): f.gpu_ids[0] if f.gpu_ids else -1})
-        metrics.update({fold_key(i, f"{b}_iou"): v for b, v in f.scores.baselines.items()})
+        metrics.update({fold_key(i, f"{b}_iou"): v for b, v in own.baselines.items()})
     for b, value in mean.baselines.items():
-        metrics.update({mean_key(b): value, f"{b}_iou_std": float(np.std([f.scores.baselines[b] for f in folds]))})
-    metrics["best_baseline_iou_mean"] = mean.baselines[mean.best_baseline]
-    metrics["lift"] = mean.lift
-    for readout in folds[0].readout_iou:
-        metrics[mean_key(readout)] = float(np.mean([f.readout_iou[readout] for f in folds]))
-        metrics[authors_key(readout)] = float(np.mean([f.readout_iou64[readout] for f in folds]))
+        metrics.update({mean_key(b): value,
+                        f"{b}_iou_std": float(np.std([f.scores.configured.baselines[b] for f in folds]))})
+    metrics[BEST_BASELINE] = mean.baselines[mean.best_baseline]
+    metrics[LIFT] = mean.lift
+    for variant in folds[0].scores.variants:
+        scores = Scores.mean([f.scores.variants[variant] for f in folds])
+        metrics[mean_key(variant)] = scores.iou
+        metrics[authors_key(variant)] = scores.iou64_pooled
     for name in folds[0].eval:
         metrics.update(Scores.mean([f.eval[name] for f in folds]).metrics(f"eval.{name}."))
     return metrics
@@ -103,11 +105,11 @@ def epoch_metrics(epoch: int, folds: list[dict]) -> dict[str, float]:
     """An evaluation epoch's report: the fold-mean test IoU (what ASHA compares) and training curves."""
     # Key order matters: Tune's console table takes its columns from a result's first four metrics.
     return {"epoch": epoch, METRIC: float(np.mean([f["test_iou"] for f in folds])),
-            "train_loss_mean": float(np.mean([f["train_loss"] for f in folds])),
-            "train_accuracy_mean": float(np.mean([f["train_accuracy"] for f in folds])),
+            TRAIN_LOSS: float(np.mean([f["train_loss"] for f in folds])),
+            TRAIN_ACCURACY: float(np.mean([f["train_accuracy"] for f in folds])),
             # every objective a sweep may have, since Tune checks each report for them
-            "accuracy_mean": float(np.mean([f["test_accuracy"] for f in folds])),
-            authors_key(): float(np.mean([f["test_iou64_pooled"] for f in folds])),
+            ACCURACY: float(np.mean([f["test_accuracy"] for f in folds])),
+            AUTHORS: float(np.mean([f["test_iou64_pooled"] for f in folds])),
             **{fold_key(i, "iou"): f["test_iou"] for i, f in enumerate(folds)}}
 
 

@@ -16,7 +16,7 @@ class OptunaStudy:
     name: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class SharedData:
     """Ray object references, put once per sweep and fetched once per node. Nested in this record,
     they reach a trial as references, not as their values."""
@@ -27,7 +27,7 @@ class SharedData:
     eval_sets: list[Any] = field(default_factory=list)  # ObjectRefs of the --eval-data Datasets
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class TrialPlan:
     """What each fold worker of a trial needs: the configuration, the data, its share of folds."""
     config: TrainConfig

@@ -10,10 +10,8 @@ from typing import Any, Literal, get_args
 import torch
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from ..method.baselines import CNN_WIDTHS, baseline_name
+from ..method.baselines import CAM_KINDS, THRESHOLD_BASELINES, CamKind, baseline_names, check_cam_kinds
 from ..method.config import (
-    BASELINES,
-    Baseline,
     ConfigError,
     Options,
     Readout,
@@ -21,13 +19,12 @@ from ..method.config import (
     describe_validation_error,
     read_yaml_mapping,
 )
-from ..method.thresholds import THRESHOLD_BASELINES
-from .metrics import METRIC
+from .metrics import ACCURACY, AUTHORS, METRIC
 
 # What a sweep may maximise: fold means on the test folds, in every report of a trial (lift would
 # rank trials as the IoU does: the baselines are the same for all). Several at once give a Pareto
 # front (Optuna's TPE is multi-objective then).
-Objective = Literal["iou_mean", "accuracy_mean", "iou64_pooled_mean"]
+Objective = Literal[METRIC, ACCURACY, AUTHORS]  # type: ignore[valid-type]
 OBJECTIVES: tuple[str, ...] = get_args(Objective)
 
 # Read-out options are searched as "readout.<option>", e.g. readout.smooth. The split is fixed:
@@ -102,15 +99,6 @@ class Resources(Options):
                 raise ValueError(f"not a torch device ({exc})") from None
         return value
 
-    @model_validator(mode="before")
-    @classmethod
-    def renamed_keys(cls, values: Any) -> Any:
-        old = sorted({"cpus_per_fold", "gpus_per_fold"} & set(values if isinstance(values, dict) else ()))
-        if old:
-            raise ValueError(f"{old} were renamed: a worker now holds several folds; use cpus_per_worker, "
-                             "gpus_per_worker and folds_per_worker")
-        return values
-
 
 class Asha(Options):
     grace_period: int = Field(2, ge=1, description="epochs before a trial may be stopped")
@@ -141,12 +129,21 @@ class SweepSpec(Options):
     resources: Resources = Resources()
     holdout: float = Field(0.2, ge=0.0, lt=1.0, description="stratified share set aside before the folds, "
                            "never seen by a trial; the best configuration is scored on it at the end (0: none)")
-    baselines: list[Baseline] = Field(
-        default_factory=lambda: ["intensity"], description="baselines beside every number; the threshold "
-        "baselines (intensity, otsu_*) are always on")
+    baselines: list[CamKind] = Field(
+        default_factory=list, description="CAM baselines (a CNN trained per fold) beside every number; the "
+        "threshold baselines (intensity, otsu_*) are always on")
     train: dict[str, Any] = Field(default_factory=dict, description="fixed training options")
     search: dict[str, Param] = Field(default_factory=dict)
     first: list[dict[str, Any]] = Field(default_factory=list, description="configurations evaluated first")
+
+    @field_validator("baselines", mode="before")
+    @classmethod
+    def only_cam_kinds(cls, value: Any) -> Any:
+        always = [b for b in value if b in THRESHOLD_BASELINES] if isinstance(value, list) else []
+        if always:
+            raise ValueError(f"{always}: the threshold baselines are always on; list only CAM baselines "
+                             f"({', '.join(CAM_KINDS)}), or none")
+        return value
 
     @model_validator(mode="after")
     def check_objectives(self) -> SweepSpec:
@@ -184,12 +181,12 @@ class SweepSpec(Options):
     @property
     def cam_kinds(self) -> tuple[str, ...]:
         """The CAM baselines asked for (each needs a CNN trained per fold)."""
-        return tuple(b for b in BASELINES if b not in THRESHOLD_BASELINES and b in self.baselines)
+        return check_cam_kinds(self.baselines)
 
     @property
     def baseline_names(self) -> list[str]:
         """Every baseline a trial reports: the thresholds, then each CAM kind at each CNN size."""
-        return list(THRESHOLD_BASELINES) + [baseline_name(kind, size) for kind in self.cam_kinds for size in CNN_WIDTHS]
+        return baseline_names(self.cam_kinds)
 
     @property
     def max_epochs(self) -> int:

@@ -14,10 +14,20 @@ import pyarrow.fs as pafs
 from ray import tune
 
 from ..data import Dataset
-from ..method.ensemble import Ensemble, score_dataset
-from ..method.scores import HINDSIGHT, Scores
+from ..method.scoring.ensemble import Ensemble, score_dataset
+from ..method.scoring.scores import HINDSIGHT, Scores
 from ..tracking.tracker import SweepTracker
-from .metrics import METRIC, TRIAL_FAILED, authors_key, mean_key
+from .metrics import (
+    ACCURACY,
+    AUTHORS,
+    IOU_STD,
+    LAUNCH_OVERHEAD,
+    LIFT,
+    MAJORITY,
+    METRIC,
+    TRIAL_FAILED,
+    mean_key,
+)
 from .space import OBJECTIVES, Param, SweepSpec
 from .status import trial_status
 
@@ -107,7 +117,7 @@ def select_best(spec: SweepSpec, done: list[dict]) -> tuple[dict, str]:
         return done[0], f"highest {first}"
     front = pareto_front(done, spec.objectives)
     margin = spec.select.accuracy_margin
-    useful = [r for r in front if r["accuracy_mean"] >= r["majority_accuracy_mean"] + margin]
+    useful = [r for r in front if r[ACCURACY] >= r[MAJORITY] + margin]
     if useful:
         return max(useful, key=lambda r: r[first]), \
             f"highest {first} on the Pareto front among trials whose accuracy beats the majority rate by {margin:g}"
@@ -118,10 +128,10 @@ def select_best(spec: SweepSpec, done: list[dict]) -> tuple[dict, str]:
 def front_lines(spec: SweepSpec, front: list[dict]) -> str:
     """The Pareto front, a line per trial with every objective and the majority rate."""
     def value(row: dict, name: str) -> str:
-        return f"{100 * row[name]:.1f}" if name != "accuracy_mean" else f"{row[name]:.3f}"
+        return f"{100 * row[name]:.1f}" if name != ACCURACY else f"{row[name]:.3f}"
 
     lines = [f"  trial {r['trial']}: " + ", ".join(f"{o} {value(r, o)}" for o in spec.objectives)
-             + f" (majority rate {r['majority_accuracy_mean']:.3f})" for r in front]
+             + f" (majority rate {r[MAJORITY]:.3f})" for r in front]
     return f"\nPareto front of {', '.join(spec.objectives)} ({len(front)} trials, 'pareto' above):\n" + "\n".join(lines)
 
 
@@ -142,9 +152,9 @@ def table_lines(rows: list[dict], names: list[str], baselines: list[str],
         pareto = [] if on_front is None else \
             ["-" if r["status"] != "done" else "yes" if r["trial"] in on_front else "no"]
         lines.append([r["trial"], *(param(r["params"].get(n)) for n in names),
-                      cell(r, METRIC, "{:.1f}", 100), cell(r, "iou_std", "{:.1f}", 100),
-                      *(cell(r, mean_key(b), "{:.1f}", 100) for b in baselines), cell(r, "lift", "{:+.1f}", 100),
-                      cell(r, "accuracy_mean", "{:.3f}"), cell(r, "launch_overhead_s", "{:.0f}"), r["status"],
+                      cell(r, METRIC, "{:.1f}", 100), cell(r, IOU_STD, "{:.1f}", 100),
+                      *(cell(r, mean_key(b), "{:.1f}", 100) for b in baselines), cell(r, LIFT, "{:+.1f}", 100),
+                      cell(r, ACCURACY, "{:.3f}"), cell(r, LAUNCH_OVERHEAD, "{:.0f}"), r["status"],
                       *pareto])
     return lines
 
@@ -154,8 +164,7 @@ def csv_rows(rows: list[dict], names: list[str], baselines: list[str],
     """trials.csv: the table's trials at full precision (parameters as sampled, metrics as
     reported: IoU and accuracy as fractions), for pandas or a spreadsheet; status last."""
     on_front = None if front is None else {r["trial"] for r in front}
-    keys = [METRIC, "iou_std", *(mean_key(b) for b in baselines), "lift", "accuracy_mean", "majority_accuracy_mean",
-            authors_key(), "launch_overhead_s"]
+    keys = [METRIC, IOU_STD, *(mean_key(b) for b in baselines), LIFT, ACCURACY, MAJORITY, AUTHORS, LAUNCH_OVERHEAD]
     lines: list[list] = [["trial", *names, *keys, *(["pareto"] if on_front is not None else []), "status"]]
     for r in rows:
         pareto = [] if on_front is None else [r["status"] == "done" and r["trial"] in on_front]
@@ -185,8 +194,7 @@ def copy_checkpoint(checkpoint_path: str, destination: Path) -> Path:
 
 def score_holdout(spec: SweepSpec, model_dir: Path, holdout: Dataset) -> Scores:
     """The best configuration's k fold models on the held-out images, beside every baseline."""
-    ensemble = Ensemble.load(model_dir)
-    return score_dataset(ensemble.config, ensemble.folds, holdout, cam_kinds=spec.cam_kinds)["readout"]
+    return score_dataset(Ensemble.load(model_dir), holdout, cam_kinds=spec.cam_kinds).configured
 
 
 def summarise(spec: SweepSpec, results: tune.ResultGrid, tracker: SweepTracker, output: Path,
@@ -242,8 +250,8 @@ def summarise(spec: SweepSpec, results: tune.ResultGrid, tracker: SweepTracker, 
         best_yaml = yaml.safe_dump({**config.model_dump(), "betas": list(config.betas)}, sort_keys=False)
         (output / "best_config.yaml").write_text(best_yaml)
         files["best_config.yaml"] = best_yaml
-        overheads = [r["launch_overhead_s"] for r in done]
-        best_keys = (METRIC, "iou_std", "lift", "accuracy_mean", "majority_accuracy_mean")
+        overheads = [r[LAUNCH_OVERHEAD] for r in done]
+        best_keys = (METRIC, IOU_STD, LIFT, ACCURACY, MAJORITY)
         metrics.update({f"best_{k}": best[k] for k in best_keys})
         metrics.update({f"best_{mean_key(b)}": best[mean_key(b)] for b in baselines})
         metrics["launch_overhead_mean_s"] = float(np.mean(overheads))
@@ -253,8 +261,8 @@ def summarise(spec: SweepSpec, results: tune.ResultGrid, tracker: SweepTracker, 
         tags["ncawss.best_trial"] = best["trial"]
         heading = f"best ({rule})" if spec.multi_objective else "best"
         text += (f"\n\n{heading}: trial {best['trial']} {best['params']}: cross-validation IoU "
-                 f"{100 * best[METRIC]:.1f} ± {100 * best['iou_std']:.1f} vs {against} "
-                 f"(lift {100 * best['lift']:+.1f}); "
+                 f"{100 * best[METRIC]:.1f} ± {100 * best[IOU_STD]:.1f} vs {against} "
+                 f"(lift {100 * best[LIFT]:+.1f}); "
                  f"chosen on the same folds it is scored on, so {optimistic}")
         if interrupted:
             text += "\n(registered and scored on the holdout when the sweep, resumed, ends)"

@@ -16,7 +16,7 @@ from ray.train.torch import TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from ..method.config import ConfigError, TrainConfig, describe_validation_error
-from .metrics import METRIC, TRAIN_LAUNCHES, TRIAL_FAILED
+from .metrics import ACCURACY, LIFT, METRIC, TRAIN_LAUNCHES, TRIAL_FAILED
 from .plan import SharedData, TrialPlan
 from .process_group import GlooConfig
 from .space import Param, SweepSpec
@@ -25,7 +25,7 @@ from .worker import fold_worker
 
 log = logging.getLogger(__name__)
 
-PROGRESS_METRICS = ["epoch", METRIC, "lift", "accuracy_mean"]  # what Tune's console tables show of a trial
+PROGRESS_METRICS = ["epoch", METRIC, LIFT, ACCURACY]  # what Tune's console tables show of a trial
 
 
 def run_trial(params: dict, *, spec: SweepSpec, data: SharedData, storage: str) -> None:
@@ -66,9 +66,9 @@ def fold_trainer(spec: SweepSpec, config: TrainConfig, data: SharedData, storage
     """The trial's Ray Train run; its name is the trial's, so that a relaunch (here, or by Tune in a
     new actor after a lost node) resumes from the same checkpoints."""
     res = spec.resources
-    plan = TrialPlan(config, data, spec.folds, res.folds_per_worker or spec.folds,
-                     max(1, int(res.cpus_per_worker)), spec.cam_kinds, time.time(), psutil.Process().create_time(),
-                     res.device, launch)
+    plan = TrialPlan(config=config, data=data, folds=spec.folds, folds_per_worker=res.folds_per_worker or spec.folds,
+                     threads=max(1, int(res.cpus_per_worker)), cam_kinds=spec.cam_kinds, launched_at=time.time(),
+                     actor_started_at=psutil.Process().create_time(), device=res.device, launch=launch)
     per_worker = {"CPU": res.cpus_per_worker, **({"GPU": res.gpus_per_worker} if res.gpus_per_worker else {})}
     return TorchTrainer(
         functools.partial(fold_worker, plan),

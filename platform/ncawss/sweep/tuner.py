@@ -90,9 +90,10 @@ def run_sweep(spec: SweepSpec, dataset: Dataset, storage: str, tracker: SweepTra
         dataset_ref = ray.put(dataset)
         cnns = baseline_cnns(spec, dataset, dataset_ref, output / "baselines")
         splits = fold_splits(dataset.labels, spec.folds, spec.seed, spec.train_config({}).split)
-        data = SharedData(dataset_ref, source or {"name": dataset.name, "fingerprint": dataset.fingerprint},
-                          [(train.tolist(), test.tolist()) for train, test in splits],
-                          ray.put(cnns) if cnns is not None else None, [ray.put(d) for d in eval_sets])
+        data = SharedData(dataset=dataset_ref,
+                          source=source or {"name": dataset.name, "fingerprint": dataset.fingerprint},
+                          splits=[(train.tolist(), test.tolist()) for train, test in splits],
+                          cnns=ray.put(cnns) if cnns is not None else None, eval_sets=[ray.put(d) for d in eval_sets])
         if resume:
             tuner = tune.Tuner.restore(experiment, trainable=trainable(spec, data, storage), resume_errored=True)
         else:

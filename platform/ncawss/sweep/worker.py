@@ -27,11 +27,11 @@ import torch.distributed as dist
 
 from ..data import Dataset
 from ..method.config import TrainConfig
-from ..method.ensemble import fold_scores
-from ..method.folds import FoldRecord
-from ..method.gallery import mask_gallery
-from ..method.scores import Scores, majority_accuracy
-from ..method.train import FoldResult, FoldsHooks, train_folds
+from ..method.inference.gallery import mask_gallery
+from ..method.scoring.ensemble import fold_scores
+from ..method.scoring.folds import FoldRecord
+from ..method.scoring.scores import Scores, majority_accuracy
+from ..method.training.train import FoldResult, TrainingHooks, train_folds
 from .metrics import (
     EARLIER,
     TRAIN_LAUNCHES,
@@ -60,7 +60,7 @@ def gather_folds(values: list) -> list:
     return [v for share in gather(values) for v in share]
 
 
-class RayFoldHooks(FoldsHooks):
+class RayFoldHooks(TrainingHooks):
     """Reports the fold-mean IoU at evaluation epochs, with a checkpoint of this worker's folds.
 
     `earlier`: the reports made before the checkpoint this run resumed from; the first report
@@ -128,15 +128,16 @@ def fold_worker(plan: TrialPlan) -> None:
     restored = restored_state(rank, world)
     histories = gather_folds([checkpoint["history"] for checkpoint in restored or []])
     hooks = RayFoldHooks(rank, config, restored, earlier_reports(histories, config.eval_every, config.epochs))
-    launch = LaunchTimes(plan.actor_started_at, plan.launched_at, psutil.Process().create_time(), started, time.time())
+    launch = LaunchTimes(actor_process=plan.actor_started_at, trial=plan.launched_at,
+                         worker_process=psutil.Process().create_time(), worker=started, data=time.time())
     if restored is not None:
         log.warning("folds %s resume from their checkpoint at epoch %d", mine, restored[0]["epoch"])
     results = train_folds(config, splits, hooks, device=device, cnns=cnns, cam_kinds=plan.cam_kinds)
     placement = {"device": str(device), "gpu_ids": gpu_ids}
-    summaries = [FoldSummary(result.evaluation.scores(), result.accuracy, majority_accuracy(train.labels, test.labels),
-                             result.readout_iou, result.readout_iou64, result.seconds, launch,
-                             restored[0]["epoch"] if restored else 0, eval_scores(plan, result, device),
-                             tuple(gpu_ids))
+    summaries = [FoldSummary(scores=result.evaluations.map(lambda e: e.scores),
+                             majority_accuracy=majority_accuracy(train.labels, test.labels), seconds=result.seconds,
+                             launch=launch, resumed_from_epoch=restored[0]["epoch"] if restored else 0,
+                             eval=eval_scores(plan, result, device), gpu_ids=tuple(gpu_ids))
                  for result, (train, test) in zip(results, splits)]
     folds = gather_folds(summaries)
     with tempfile.TemporaryDirectory() as tmp:
@@ -163,9 +164,9 @@ def write_fold_files(folder: Path, fold: int, result: FoldResult, train: Dataset
     ev = result.evaluation
     (folder / f"gallery_fold{fold}.png").write_bytes(
         mask_gallery(test.images, test.masks, ev.responses, ev.masks))
-    FoldRecord(result.model, plan.config, train.classes, fold, result.test_ids, plan.data.source,
-               plan.cam_kinds).save(folder)
+    FoldRecord(model=result.model, config=plan.config, classes=train.classes, fold=fold, test_ids=result.test_ids,
+               source=plan.data.source, cam_kinds=plan.cam_kinds).save(folder)
     (folder / f"fold{fold}.json").write_text(json.dumps({
-        "train_ids": list(train.ids), "test_ids": result.test_ids, "iou": ev.iou.tolist(),
-        "baseline_iou": {name: v.tolist() for name, v in ev.baseline_iou.items()},
+        "train_ids": list(train.ids), "test_ids": result.test_ids, "iou": ev.image_iou.tolist(),
+        "baseline_iou": {name: v.tolist() for name, v in ev.baseline_image_iou.items()},
         "history": result.history, **placement}))

@@ -26,9 +26,9 @@ from mlflow.types import ColSpec, Schema
 from mlflow.utils.mlflow_tags import MLFLOW_MODEL_VERSIONS
 
 from ..data import DataError, encode_png
-from ..method.ensemble import Ensemble
-from ..method.folds import fold_weight_files
-from ..method.predict import QUALITY_RUNS, decode_image, predict
+from ..method.inference.predict import QUALITY_RUNS, decode_image, predict
+from ..method.scoring.ensemble import Ensemble
+from ..method.scoring.folds import fold_weight_files
 
 MODEL_PATH = "model"
 SIGNATURE = ModelSignature(

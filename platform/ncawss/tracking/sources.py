@@ -10,7 +10,7 @@ from pathlib import Path
 import yaml
 
 from ..data import DataError
-from ..method.folds import FOLD_WEIGHTS, FoldRecord, read_fold_records
+from ..method.scoring.folds import FOLD_WEIGHTS, FoldRecord, read_fold_records
 from .tracker import SweepTracker, TrackingError
 
 MODEL_URI_SCHEMES = ("models:/", "runs:/")

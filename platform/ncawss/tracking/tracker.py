@@ -16,6 +16,8 @@ from mlflow.entities import Dataset as DatasetEntity
 from mlflow.entities import DatasetInput, InputTag, Metric, Param
 from mlflow.tracking import MlflowClient
 
+from ..method.scoring.scores import fold_key
+
 if TYPE_CHECKING:
     from .mlflow_model import RegisteredModel
 
@@ -216,7 +218,7 @@ class SweepTracker:
 
 def log_history(tracker: SweepTracker, run_id: str, fold: int, history: list[dict]) -> None:
     """Per-epoch curves of one fold, as metrics fold{fold}_{name} with step = epoch."""
-    metrics = [Metric(f"fold{fold}_{k}", float(v), 0, int(row["epoch"]))
+    metrics = [Metric(fold_key(fold, k), float(v), 0, int(row["epoch"]))
                for row in history for k, v in row.items() if k != "epoch"]
     for start in range(0, len(metrics), 900):  # MLflow caps a batch at 1000 metrics
         tracker.client.log_batch(run_id, metrics=metrics[start:start + 900])

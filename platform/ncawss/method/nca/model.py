@@ -20,11 +20,14 @@ loop itself holds no random number generation and can be captured as a CUDA grap
 from __future__ import annotations
 
 import functools
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+if TYPE_CHECKING:
+    from ..config import TrainConfig
 
 N_INPUT = 3  # RGB channels, held fixed at every step
 
@@ -170,6 +173,15 @@ class NCAClassifier(nn.Module):
         self.nca = NCA(channels, hidden, steps, fire_rate)
         self.head = nn.Sequential(nn.Linear(channels, head_hidden), nn.ReLU(), nn.Linear(head_hidden, n_classes))
 
+    @classmethod
+    def from_config(cls, config: TrainConfig, n_classes: int) -> NCAClassifier:
+        """A new classifier of `config`'s shape, its initial weights seeded by config.seed (the
+        caller's random state untouched)."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed)
+            return cls(config.channels, config.hidden, config.steps, config.fire_rate, n_classes,
+                       config.head_hidden, config.pool, config.kernel)
+
     def forward(self, x: torch.Tensor, steps: int | None = None, fire_rate: float | None = None,
                 generator: torch.Generator | None = None,
                 mean_field: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
@@ -189,17 +201,19 @@ class FoldStack(nn.Module):
     def __init__(self, models: list[NCAClassifier], grouped: bool = False):
         super().__init__()
         self.models = nn.ModuleList(models)
-        # Grouped convolutions measured 0.65x of the folds one by one on CPU (oneDNN) and within
-        # 3% of them on an H200 (docs/PERFORMANCE.md): by default the folds' convolutions run one
-        # after another inside the one forward pass (one CUDA graph on GPUs). The Triton step
-        # always takes all folds in one launch.
+        # grouped: the folds' convolutions as one grouped convolution, else one after another
+        # inside the one forward pass (training/plan.py chooses; the Triton step is always grouped).
         self.grouped = grouped
+
+    def part(self, i: int) -> FoldStack:
+        """Fold i alone, sharing its parameters."""
+        return FoldStack(list(self.models[i:i + 1]), self.grouped)
 
     def forward(self, x: torch.Tensor, fire: torch.Tensor | float,
                 steps: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """x: (B, k, 3, H, W); fire: see run_nca -> (logits (B, k, classes), state (B, k, channels, H, W))."""
         steps = self.models[0].nca.steps if steps is None else steps
-        if not self.grouped and len(self.models) > 1 and self.models[0].kernel == "torch":
+        if not self.grouped and len(self.models) > 1:
             parts = [classify(self.models[i:i + 1], x[:, i:i + 1],
                               fire[:, :, i:i + 1] if isinstance(fire, torch.Tensor) else fire, steps)
                      for i in range(len(self.models))]
@@ -216,14 +230,3 @@ def classify(models, x: torch.Tensor, fire: torch.Tensor | float, steps: int) ->
     pooled = state.mean(dim=(3, 4)) if models[0].pool == "mean" else state.amax(dim=(3, 4))  # (B, k, n)
     hidden = F.relu(torch.einsum("bkn,khn->bkh", pooled, head["0.weight"]) + head["0.bias"])
     return torch.einsum("bkh,kch->bkc", hidden, head["2.weight"]) + head["2.bias"], state
-
-
-def focal_terms(logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0) -> torch.Tensor:
-    """Per-sample focal loss -(1 - p_t)^gamma log p_t of logits (..., classes) and targets (...)."""
-    log_pt = F.log_softmax(logits.float(), dim=-1).gather(-1, target[..., None]).squeeze(-1)
-    return -(1.0 - log_pt.exp()) ** gamma * log_pt
-
-
-def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0) -> torch.Tensor:
-    """Mean focal loss over the batch."""
-    return focal_terms(logits, target, gamma).mean()

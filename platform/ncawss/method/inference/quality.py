@@ -31,18 +31,10 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .components import post_process
-from .segment import iou
-from .thresholds import THRESHOLD_BASELINES, threshold_masks
-
-
-def pairwise_iou(masks: np.ndarray) -> np.ndarray:
-    """(n, H, W) bool masks -> (n, n) IoU of every pair; both empty = 1."""
-    flat = masks.reshape(len(masks), -1).astype(np.float32)  # exact counts below 2^24 pixels
-    inter = (flat @ flat.T).astype(np.float64)
-    area = flat.sum(1, dtype=np.float64)
-    union = area[:, None] + area[None, :] - inter
-    return np.where(union == 0, 1.0, inter / np.maximum(union, 1))
+from ..baselines import THRESHOLD_BASELINES
+from ..readout.components import post_process
+from ..readout.thresholds import threshold_masks
+from ..scoring.metrics import iou, pairwise_iou
 
 
 def cross_fold_agreement(masks: np.ndarray) -> float:
@@ -95,7 +87,7 @@ def mask_shape(mask: np.ndarray) -> MaskShape:
     return MaskShape(float(mask.mean()), float(region.solidity), float(region.eccentricity), min(offset, 1.0))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class QualitySignals:
     """The label-free signals of one predicted mask (module doc)."""
     stability: float

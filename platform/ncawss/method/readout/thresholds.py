@@ -4,7 +4,7 @@
 - otsu_r, otsu_g, otsu_b: Otsu on the red, green or blue channel;
   otsu_s: on HSV saturation; otsu_a, otsu_bstar: on CIELAB a* and b*.
   The colour thresholds choose the cell's side by the border rule of the NCA-WSS read-out
-  (segment.py): the side that holds more of the image's outer one-pixel frame is
+  (pca_otsu.py): the side that holds more of the image's outer one-pixel frame is
   background; on a tie, the smaller side is the foreground.
 
 Which channel is best depends on the stain and the camera, so a table's best colour
@@ -12,22 +12,14 @@ threshold is chosen in hindsight on the test masks: a user without masks would n
 """
 from __future__ import annotations
 
-from typing import Callable
-
 import numpy as np
 from skimage.color import rgb2gray, rgb2hsv, rgb2lab
 from skimage.filters import threshold_otsu
 
-CHANNELS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
-    "otsu_r": lambda image: image[..., 0],
-    "otsu_g": lambda image: image[..., 1],
-    "otsu_b": lambda image: image[..., 2],
-    "otsu_s": lambda image: rgb2hsv(image)[..., 1],
-    "otsu_a": lambda image: rgb2lab(image)[..., 1],
-    "otsu_bstar": lambda image: rgb2lab(image)[..., 2],
-}
-COLOUR_BASELINES = tuple(CHANNELS)
-THRESHOLD_BASELINES = ("intensity", *COLOUR_BASELINES)
+from ..baselines import COLOUR_CHANNELS
+from ..images import border_frame
+
+SPACES = {"rgb": lambda image: image, "hsv": rgb2hsv, "lab": rgb2lab}
 
 
 def intensity_baseline(image: np.ndarray) -> np.ndarray:
@@ -40,8 +32,7 @@ def intensity_baseline(image: np.ndarray) -> np.ndarray:
 
 def border_side(above: np.ndarray) -> np.ndarray:
     """The cell's side of a bool (H, W) split: `above`, or its complement where the border rule says so."""
-    frame = np.ones(above.shape, dtype=bool)
-    frame[1:-1, 1:-1] = False
+    frame = border_frame(*above.shape).numpy()
     on_frame = int(above[frame].sum())
     off_frame = int(frame.sum()) - on_frame
     flip = on_frame > off_frame or (on_frame == off_frame and 2 * int(above.sum()) > above.size)
@@ -49,10 +40,11 @@ def border_side(above: np.ndarray) -> np.ndarray:
 
 
 def colour_baseline(image: np.ndarray, name: str) -> np.ndarray:
-    """Mask of one colour threshold (a key of CHANNELS) of a uint8 (H, W, 3) image."""
-    if name not in CHANNELS:
-        raise ValueError(f"unknown colour baseline {name!r}; choose one of {list(CHANNELS)}")
-    channel = CHANNELS[name](image).astype(np.float64)
+    """Mask of one colour threshold (a key of baselines.COLOUR_CHANNELS) of a uint8 (H, W, 3) image."""
+    if name not in COLOUR_CHANNELS:
+        raise ValueError(f"unknown colour baseline {name!r}; choose one of {list(COLOUR_CHANNELS)}")
+    space, index = COLOUR_CHANNELS[name]
+    channel = SPACES[space](image)[..., index].astype(np.float64)
     if channel.min() == channel.max():
         return np.zeros(channel.shape, dtype=bool)
     return border_side(channel > threshold_otsu(channel))
@@ -60,4 +52,4 @@ def colour_baseline(image: np.ndarray, name: str) -> np.ndarray:
 
 def threshold_masks(image: np.ndarray) -> dict[str, np.ndarray]:
     """Every threshold baseline's mask of one image, at its resolution."""
-    return {"intensity": intensity_baseline(image), **{name: colour_baseline(image, name) for name in CHANNELS}}
+    return {"intensity": intensity_baseline(image), **{name: colour_baseline(image, name) for name in COLOUR_CHANNELS}}

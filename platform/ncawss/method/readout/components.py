@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
+from ..images import border_frame
+
 POSTS = ("none", "largest", "centre")
 ROUNDS_BETWEEN_CHECKS = 4  # a check costs a device-to-host sync
 
@@ -126,8 +128,7 @@ def fill_holes_masks(masks: torch.Tensor) -> torch.Tensor:
     """Every background component of bool (B, H, W) masks that touches no image border, filled."""
     b, h, w = masks.shape
     background = components(~masks).flatten(1)
-    frame = torch.ones(h, w, dtype=torch.bool, device=masks.device)
-    frame[1:-1, 1:-1] = False
+    frame = border_frame(h, w, masks.device)
     outside = torch.zeros(b, h * w + 1, dtype=torch.bool, device=masks.device)
     outside.scatter_(1, torch.where(frame.flatten(), background, -1) + 1, True)  # slot 0: foreground, border
     holes = ~outside.gather(1, background + 1) & (background >= 0)

@@ -13,16 +13,15 @@ from typing import Any
 import torch
 from pydantic import ValidationError
 
-from ..data import DataError
-from .baselines import CNNBaseline
-from .config import TrainConfig, describe_validation_error
-from .loop import build_model
-from .nca import NCAClassifier
+from ...data import DataError
+from ..config import TrainConfig, describe_validation_error
+from ..nca.model import NCAClassifier
+from ..training.cnn import CNNBaseline
 
 FOLD_WEIGHTS = "weights_fold{}.pt"  # one file per fold model, holding FoldRecord.to_dict()
 
 
-@dataclass
+@dataclass(kw_only=True)
 class FoldModel:
     """What segmenting new images needs from one trained fold: NCA weights, normalisation, CNNs."""
     state_dict: dict
@@ -33,12 +32,12 @@ class FoldModel:
 
     def nca(self, config: TrainConfig) -> NCAClassifier:
         """The fold's trained NCA classifier (on CPU)."""
-        model = build_model(config, self.n_classes)
+        model = NCAClassifier.from_config(config, self.n_classes)
         model.load_state_dict(self.state_dict)
         return model
 
 
-@dataclass
+@dataclass(kw_only=True)
 class FoldRecord:
     """A fold weight file: the fold's model and what it was trained with and on."""
     model: FoldModel
@@ -61,11 +60,13 @@ class FoldRecord:
     def from_dict(cls, values: dict[str, Any], where: str = "fold record") -> FoldRecord:
         try:
             cnns = {size: CNNBaseline(**cnn) for size, cnn in values.get("cnns", {}).items()} or None
-            model = FoldModel(values["state_dict"], values["norm_mean"], values["norm_std"], values["n_classes"], cnns)
+            model = FoldModel(state_dict=values["state_dict"], norm_mean=values["norm_mean"],
+                              norm_std=values["norm_std"], n_classes=values["n_classes"], cnns=cnns)
             config = TrainConfig.model_validate(values["config"])
             classes = values.get("classes") or [str(i) for i in range(model.n_classes)]
-            return cls(model, config, list(classes), int(values["fold"]), list(values["test_ids"]),
-                       dict(values["source"]), tuple(values.get("cam_kinds", ())))
+            return cls(model=model, config=config, classes=list(classes), fold=int(values["fold"]),
+                       test_ids=list(values["test_ids"]), source=dict(values["source"]),
+                       cam_kinds=tuple(values.get("cam_kinds", ())))
         except KeyError as exc:
             raise DataError(f"{where}: not a fold weight file (no {exc.args[0]!r})") from None
         except ValidationError as exc:

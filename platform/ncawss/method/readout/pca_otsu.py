@@ -1,4 +1,4 @@
-"""Masks from features: batched PCA + Otsu with its read-out options, and IoU.
+"""Masks from features: batched PCA + Otsu with its read-out options.
 
 Features before PCA (the authors' code does both):
 - binarise: each value > 0 becomes 1, else 0;
@@ -39,6 +39,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..images import border_frame, by_shape
 from .components import post_process_batch
 
 OTSU_BINS = 256  # as scikit-image's threshold_otsu
@@ -47,7 +48,7 @@ ORIENTS = ("signed", "deviation", "none")
 
 
 class PCAOtsu(NamedTuple):
-    masks: torch.Tensor        # bool (B, H, W)
+    masks: torch.Tensor        # bool (B, H, W), at the response's resolution, before post-processing
     response: torch.Tensor     # (B, H, W), projection on PC1, oriented by the sign rule
     threshold: torch.Tensor    # (B,), on the oriented response
     degenerate: torch.Tensor   # bool (B,): constant projection -> empty mask
@@ -74,12 +75,6 @@ def otsu_thresholds(values: torch.Tensor, bins: int = OTSU_BINS) -> torch.Tensor
     between = weight1[:, :-1] * weight2[:, 1:] * (mean1[:, :-1] - mean2[:, 1:]) ** 2
     best = between.argmax(dim=1, keepdim=True)
     return centres.gather(1, best).squeeze(1).to(values.dtype)
-
-
-def border_frame(height: int, width: int, device: torch.device | None = None) -> torch.Tensor:
-    frame = torch.ones(height, width, dtype=torch.bool, device=device)
-    frame[1:-1, 1:-1] = False
-    return frame
 
 
 def pc1_projection(features: torch.Tensor, *, binarise: bool = False, standardise: bool = False,
@@ -125,13 +120,11 @@ def pc1_projection(features: torch.Tensor, *, binarise: bool = False, standardis
 
 
 def pca_otsu(features: torch.Tensor, *, binarise: bool = False, standardise: bool = False, smooth: float = 0.0,
-             orient: str = "signed", post: str = "none", details: bool = False):
+             orient: str = "signed") -> PCAOtsu:
     """Cell masks from (B, C, H, W) features: per image (optionally binarised and standardised)
     PC1 projection, then `read_response`. The paper's text: the defaults; the authors' code:
-    binarise=True, standardise=True, orient="none".
-
-    Returns (masks, response); with details=True a PCAOtsu that adds the
-    threshold and the degenerate flag. Runs on the features' device.
+    binarise=True, standardise=True, orient="none". Runs on the features' device; post-processing
+    comes with the masks at the ground truth's resolution (`masks_at`).
     """
     b, _, h, w = features.shape
     if orient not in ORIENTS:
@@ -141,12 +134,11 @@ def pca_otsu(features: torch.Tensor, *, binarise: bool = False, standardise: boo
     span = projection.amax(dim=1) - projection.amin(dim=1)
     # Constant features leave only centring's rounding error: no structure to threshold.
     degenerate = span <= 1e-5 * offset + torch.finfo(projection.dtype).tiny
-    result = read_response(projection.view(b, h, w), smooth=smooth, orient=orient, post=post,
-                           degenerate=degenerate)._replace(pc1_share=torch.where(degenerate, 0.0, share))
-    return result if details else (result.masks, result.response)
+    return read_response(projection.view(b, h, w), smooth=smooth, orient=orient,
+                         degenerate=degenerate)._replace(pc1_share=torch.where(degenerate, 0.0, share))
 
 
-def read_response(response: torch.Tensor, *, smooth: float = 0.0, orient: str = "signed", post: str = "none",
+def read_response(response: torch.Tensor, *, smooth: float = 0.0, orient: str = "signed",
                   degenerate: torch.Tensor | None = None) -> PCAOtsu:
     """Threshold (B, H, W) response maps with Otsu after the read-out options (module doc)."""
     if orient not in ORIENTS:
@@ -167,7 +159,7 @@ def read_response(response: torch.Tensor, *, smooth: float = 0.0, orient: str = 
         flip = (fg_on_frame > bg_on_frame) | ((fg_on_frame == bg_on_frame) & (2 * fg.sum(dim=1) > h * w))
         sign = 1.0 - 2.0 * flip.to(r.dtype)
         fg = torch.where(flip[:, None], ~fg, fg)
-    masks = post_process_batch((fg & ~degenerate[:, None]).view(b, h, w), post)
+    masks = (fg & ~degenerate[:, None]).view(b, h, w)
     oriented = torch.where(degenerate[:, None], torch.zeros_like(r), r * sign[:, None])
     threshold = torch.where(degenerate, torch.zeros_like(tau), tau * sign)
     separability = torch.where(degenerate, 0.0, otsu_separability(r, tau))
@@ -212,10 +204,7 @@ def masks_at(result: PCAOtsu, shapes: list[tuple[int, int]], post: str = "none",
     if upsample not in UPSAMPLES:
         raise ValueError(f"unknown upsample {upsample!r}; choose one of {list(UPSAMPLES)}")
     out: list[np.ndarray | None] = [None] * len(shapes)
-    by_shape: dict[tuple[int, int], list[int]] = {}
-    for i, shape in enumerate(shapes):
-        by_shape.setdefault(tuple(shape), []).append(i)
-    for shape, indices in by_shape.items():
+    for shape, indices in by_shape(tuple(shape) for shape in shapes).items():
         rows = torch.tensor(indices, device=result.response.device)
         if upsample == "mask":
             up = F.interpolate(result.masks[rows].float()[:, None], size=shape, mode="bilinear",
@@ -229,34 +218,3 @@ def masks_at(result: PCAOtsu, shapes: list[tuple[int, int]], post: str = "none",
         for i, mask in zip(indices, post_process_batch(cut, post).cpu().numpy()):
             out[i] = mask
     return out
-
-
-def iou(pred, target):
-    """Foreground IoU of bool masks: (H, W) -> float; (B, H, W) -> (B,) array. Both empty -> 1."""
-    pred, target = _as_bool_array(pred), _as_bool_array(target)
-    if pred.shape != target.shape:
-        raise ValueError(f"iou: prediction shape {pred.shape} differs from target shape {target.shape}")
-    axes = (-2, -1)
-    inter = np.logical_and(pred, target).sum(axis=axes)
-    union = np.logical_or(pred, target).sum(axis=axes)
-    value = np.where(union == 0, 1.0, inter / np.maximum(union, 1))
-    return float(value) if pred.ndim == 2 else value
-
-
-def pooled_iou(pred: list[np.ndarray], target: list[np.ndarray], batch: int = 32) -> float:
-    """The NCA-WSS authors' metric: IoU pooled over each run of `batch` consecutive images (sum of
-    intersections over sum of unions), then the mean over those batches. Empty unions count 1."""
-    values = []
-    for start in range(0, len(pred), batch):
-        pairs = [(_as_bool_array(p), _as_bool_array(t)) for p, t in zip(pred[start:start + batch],
-                                                                         target[start:start + batch])]
-        inter = sum(int(np.logical_and(p, t).sum()) for p, t in pairs)
-        union = sum(int(np.logical_or(p, t).sum()) for p, t in pairs)
-        values.append(inter / union if union else 1.0)
-    return float(np.mean(values)) if values else float("nan")
-
-
-def _as_bool_array(mask) -> np.ndarray:
-    if isinstance(mask, torch.Tensor):
-        mask = mask.detach().cpu().numpy()
-    return np.asarray(mask).astype(bool)

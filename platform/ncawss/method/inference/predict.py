@@ -20,20 +20,20 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from ..data import DataError
-from .ensemble import Ensemble
-from .evaluation import majority_vote
-from .loop import normalise, resize_images
+from ...data import DataError
+from ..images import normalise, resize_images
+from ..readout.pca_otsu import PCAOtsu, masks_at
+from ..readout.states import read_chunk, segment_state, stochastic_generators
+from ..scoring.ensemble import Ensemble
+from ..scoring.metrics import majority_vote
 from .quality import QualitySignals, colour_agreement, combined_quality, cross_fold_agreement, mask_shape
-from .readout import read_chunk, segment_state, stochastic_generators
-from .segment import PCAOtsu, masks_at
 
 IMAGE_FORMATS = {"PNG", "BMP", "TIFF", "JPEG", "MPO"}  # MPO: JPEG with extra frames, as cameras write
 QUALITY_RUNS = 4  # stochastic runs per fold model for the quality score, by default
 QUALITY_SEED = 7919  # offset of the quality runs' generators from the read-out's (seed + 2 + r)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Prediction:
     mask: np.ndarray        # bool, at the image's resolution: the folds' majority vote
     label: int              # argmax of the folds' mean softmax
@@ -88,9 +88,8 @@ class Predictor:
             raise ValueError(f"runs must be >= 0, got {runs}")
         self.ensemble, self.device, self.runs = ensemble, torch.device(device), runs
         config = ensemble.config
-        self.readouts = {"readout": config.readout}
         self.models = [fold.nca(config).to(self.device).eval() for fold in ensemble.folds]
-        self.generators = [stochastic_generators(self.readouts, config, self.device) for _ in self.models]
+        self.generators = [stochastic_generators([config.readout], config, self.device) for _ in self.models]
         self.quality_generators = [torch.Generator(self.device).manual_seed(config.seed + QUALITY_SEED + i)
                                    for i in range(len(self.models))]
 
@@ -108,12 +107,12 @@ class Predictor:
         for fold, model, generators, quality in zip(self.ensemble.folds, self.models, self.generators,
                                                     self.quality_generators):
             x = normalise(raw, fold.norm_mean, fold.norm_std).to(self.device)
-            segments, logits = read_chunk(model, x, self.readouts, generators)
-            votes.append(masks_at(segments["readout"], shapes, readout.post, readout.upsample))
-            probabilities.append(logits["readout"].float().softmax(1).cpu())
-            shares.append(segments["readout"].pc1_share.float().cpu())
-            separabilities.append(segments["readout"].separability.float().cpu())
-            solidities.append(raw_solidity(segments["readout"]))
+            (segment,), (logits,) = read_chunk(model, x, [readout], generators)
+            votes.append(masks_at(segment, shapes, readout.post, readout.upsample))
+            probabilities.append(logits.float().softmax(1).cpu())
+            shares.append(segment.pc1_share.float().cpu())
+            separabilities.append(segment.separability.float().cpu())
+            solidities.append(raw_solidity(segment))
             if self.runs:
                 runs.append(self.quality_masks(model, x, shapes, quality))
         probability = torch.stack(probabilities).mean(0)
@@ -126,11 +125,13 @@ class Predictor:
         for i, mask in enumerate(majority_vote(votes)):
             agreement = cross_fold_agreement(np.stack([v[i] for v in votes])[:, None])
             stability = cross_fold_agreement(np.stack([r[i] for r in runs])) if runs else float("nan")
-            signals = QualitySignals(stability, agreement, colour_agreement(images[i], mask, readout.post),
-                                     float(share[i]), float(separability[i]), float(margin[i]), mask_shape(mask),
-                                     float(raw_solidities[i]))
-            out.append(Prediction(mask, int(labels[i]), float(probability[i, labels[i]]), combined_quality(signals),
-                                  agreement, signals))
+            signals = QualitySignals(stability=stability, fold_agreement=agreement,
+                                     colour_agreement=colour_agreement(images[i], mask, readout.post),
+                                     pc1_share=float(share[i]), separability=float(separability[i]),
+                                     margin=float(margin[i]), shape=mask_shape(mask),
+                                     raw_solidity=float(raw_solidities[i]))
+            out.append(Prediction(mask=mask, label=int(labels[i]), probability=float(probability[i, labels[i]]),
+                                  quality=combined_quality(signals), agreement=agreement, signals=signals))
         return out
 
     def quality_masks(self, model, x: torch.Tensor, shapes: list, generator: torch.Generator) -> list[np.ndarray]:

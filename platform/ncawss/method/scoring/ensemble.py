@@ -7,11 +7,12 @@ from pathlib import Path
 
 import torch
 
-from ..data import DataError, Dataset
-from .config import TrainConfig
-from .evaluation import TestSet, evaluate, iou_each, majority_vote
+from ...data import DataError, Dataset
+from ..config import Readout, TrainConfig
+from .evaluation import Evaluation, TestSet, evaluate
 from .folds import FoldModel, FoldRecord, read_fold_records
-from .scores import Scores
+from .metrics import vote_iou
+from .scores import PerReadout, Scores
 
 
 @dataclass
@@ -41,39 +42,39 @@ class Ensemble:
         return max(self.config.image_size // 2, 8)
 
 
-def score_dataset(config: TrainConfig, folds: list[FoldModel], dataset: Dataset, device: str | torch.device = "cpu",
-                  cam_kinds: tuple[str, ...] = ()) -> dict[str, Scores]:
+def score_dataset(ensemble: Ensemble, dataset: Dataset, device: str | torch.device = "cpu",
+                  cam_kinds: tuple[str, ...] = ()) -> PerReadout[Scores]:
     """Every fold's model segments `dataset` (held-out or another domain's images; labels optional).
 
     Per read-out: the IoU of the folds' majority-vote masks, of each fold alone, and of each
-    baseline's majority vote over the folds' CNNs (intensity needs no training), all on the
+    baseline's majority vote over the folds' CNNs (the thresholds need no training), all on the
     same images and target. Samples with no mask are left out.
     """
-    dataset = dataset.scored()
-    per_fold = []
-    for fold in folds:
-        test = TestSet.prepare(dataset, fold.norm_mean, fold.norm_std, config.image_size, fold.cnns, cam_kinds, device)
-        per_fold.append(evaluate(fold.nca(config).to(device), test, config, device))
-    readouts = config.readouts()
-    scores = {}
-    for name, evaluations in ((n, [f[n] for f in per_fold]) for n in per_fold[0]):
-        truth = dataset.target_masks(readouts[name].target)
-        baselines = {b: vote_iou([e.baseline_masks[b] for e in evaluations], truth)
-                     for b in evaluations[0].baseline_masks}
-        scores[name] = Scores(vote_iou([e.masks for e in evaluations], truth), baselines,
-                              [float(e.iou.mean()) for e in evaluations])
-    return scores
+    dataset, config = dataset.scored(), ensemble.config
+    per_fold = [evaluate(fold.nca(config).to(device), fold_test_set(config, fold, dataset, cam_kinds, device), config,
+                         device) for fold in ensemble.folds]
+    variants = config.variant_readouts()
+    return PerReadout(voted([e.configured for e in per_fold], config.readout, dataset),
+                      {name: voted([e.variants[name] for e in per_fold], variants[name], dataset)
+                       for name in per_fold[0].variants})
+
+
+def voted(evaluations: list[Evaluation], readout: Readout, dataset: Dataset) -> Scores:
+    """One read-out's scores of the folds' majority vote, and of each fold alone."""
+    truth = dataset.target_masks(readout.target)
+    baselines = {b: vote_iou([e.baseline_masks[b] for e in evaluations], truth) for b in evaluations[0].baseline_masks}
+    return Scores(iou=vote_iou([e.masks for e in evaluations], truth), baselines=baselines,
+                  fold_iou=[e.scores.iou for e in evaluations])
+
+
+def fold_test_set(config: TrainConfig, fold: FoldModel, dataset: Dataset, cam_kinds: tuple[str, ...],
+                  device: str | torch.device) -> TestSet:
+    return TestSet.prepare(dataset, fold.norm_mean, fold.norm_std, config.image_size, fold.cnns, cam_kinds, device)
 
 
 def fold_scores(config: TrainConfig, fold: FoldModel, dataset: Dataset, device: str | torch.device = "cpu",
                 cam_kinds: tuple[str, ...] = ()) -> Scores:
     """One fold's model on `dataset` (its samples with masks) under the configured read-out, beside
     every baseline."""
-    test = TestSet.prepare(dataset.scored(), fold.norm_mean, fold.norm_std, config.image_size, fold.cnns, cam_kinds,
-                           device)
-    return evaluate(fold.nca(config).to(device), test, config, device, {"readout": config.readout})["readout"].scores()
-
-
-def vote_iou(fold_masks: list[list], truth: list) -> float:
-    """Mean IoU of the folds' majority-vote masks."""
-    return float(iou_each(majority_vote(fold_masks), truth).mean())
+    test = fold_test_set(config, fold, dataset.scored(), cam_kinds, device)
+    return evaluate(fold.nca(config).to(device), test, config, device, variants=False).configured.scores

@@ -11,9 +11,10 @@ would alone, step for step:
   statistics), leave the real rows untouched;
 - each fold's loss is its own batch mean, so the summed loss gives each fold's
   parameters exactly its own gradient.
-On CUDA, full batches (every fold with batch_size images) replay one CUDA graph
-of the forward and backward pass (config.cuda_graph); the last, short batch of an
-epoch runs eagerly.
+How the batches run (fold by fold, stacked, grouped, CUDA graph) is the execution plan
+(plan.py). On CUDA, full stacked batches (every fold with batch_size images) replay one CUDA
+graph of the forward and backward pass (config.cuda_graph); the last, short batch of an epoch
+runs eagerly.
 """
 from __future__ import annotations
 
@@ -23,52 +24,15 @@ import math
 from dataclasses import dataclass, field
 from typing import Callable
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data import Dataset
-from .config import TrainConfig
-from .nca import N_INPUT, NCAClassifier, fire_masks, focal_terms
+from ..config import TrainConfig
+from ..nca.model import N_INPUT, fire_masks
+from .plan import Execution, Stack
 
 log = logging.getLogger(__name__)
-
-
-def resize_images(images: list[np.ndarray], size: int) -> torch.Tensor:
-    """uint8 (H, W, 3) images of any size -> float (N, 3, size, size) in [0, 1], antialiased."""
-    out = torch.empty(len(images), 3, size, size)
-    by_shape: dict[tuple, list[int]] = {}
-    for i, image in enumerate(images):
-        by_shape.setdefault(image.shape, []).append(i)
-    for indices in by_shape.values():  # one interpolation per distinct image size
-        x = torch.from_numpy(np.stack([images[i] for i in indices])).permute(0, 3, 1, 2).float() / 255.0
-        out[indices] = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-    return out
-
-
-def normalise(raw: torch.Tensor, mean, std) -> torch.Tensor:
-    mean, std = torch.as_tensor(mean, dtype=raw.dtype), torch.as_tensor(std, dtype=raw.dtype)
-    return (raw - mean[:, None, None]) / std[:, None, None]
-
-
-FIXED_NORM = 0.5  # normalise "fixed": mean = std = 0.5 per channel, images in [-1, 1]
-
-
-def normalised_training_set(train: Dataset, size: int,
-                            normalise_by: str = "fold") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Resized training images normalised by their own channel mean/std (the training fold's only),
-    or with normalise_by="fixed" by mean = std = 0.5; returns (images, mean, std)."""
-    if train.labels is None or (train.labels < 0).any():
-        raise ValueError(f"{train.name}: every training image needs a label")
-    if normalise_by not in ("fold", "fixed"):
-        raise ValueError(f"unknown normalise {normalise_by!r}; choose fold or fixed")
-    raw = resize_images(train.images, size)
-    if normalise_by == "fixed":
-        mean = std = torch.full((3,), FIXED_NORM)
-    else:
-        mean, std = raw.mean(dim=(0, 2, 3)), raw.std(dim=(0, 2, 3)).clamp_min(1e-6)
-    return normalise(raw, mean, std), mean, std
 
 
 def random_rotations(n: int, generator: torch.Generator) -> torch.Tensor:
@@ -88,19 +52,18 @@ def warp(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
 
 
+def focal_terms(logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0) -> torch.Tensor:
+    """Per-sample focal loss -(1 - p_t)^gamma log p_t of logits (..., classes) and targets (...)."""
+    log_pt = F.log_softmax(logits.float(), dim=-1).gather(-1, target[..., None]).squeeze(-1)
+    return -(1.0 - log_pt.exp()) ** gamma * log_pt
+
+
 def make_optimiser(model: nn.Module, config: TrainConfig):
     optimiser = torch.optim.Adam(model.parameters(), lr=config.lr, betas=config.betas)
     return optimiser, torch.optim.lr_scheduler.ExponentialLR(optimiser, gamma=config.lr_decay)
 
 
-def build_model(config: TrainConfig, n_classes: int) -> NCAClassifier:
-    with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's RNG
-        torch.manual_seed(config.seed)
-        return NCAClassifier(config.channels, config.hidden, config.steps, config.fire_rate,
-                             n_classes, config.head_hidden, config.pool, config.kernel)
-
-
-@dataclass
+@dataclass(kw_only=True)
 class Fold:
     """One fold's share of a batched training: its model, optimisation state, data and generators."""
     model: nn.Module
@@ -136,7 +99,8 @@ def make_folds(config: TrainConfig, models: list[nn.Module], data: list[tuple[to
     for model, (x, y) in zip(models, data):
         optimiser, scheduler = make_optimiser(model, config)
         fire_gen = torch.Generator(device).manual_seed(config.seed + 1) if fire else None
-        folds.append(Fold(model, x, y, optimiser, scheduler, torch.Generator().manual_seed(config.seed), fire_gen))
+        folds.append(Fold(model=model, x=x, y=y, optimiser=optimiser, scheduler=scheduler,
+                          sample_gen=torch.Generator().manual_seed(config.seed), fire_gen=fire_gen))
     return folds
 
 
@@ -190,24 +154,17 @@ def hits(logits: torch.Tensor, y: torch.Tensor, weight: torch.Tensor) -> torch.T
 
 
 class BatchedTrainer:
-    """Runs epochs of k folds as one stacked model: `stack(x (B, k, 3, S, S), fire)` -> (logits (B, k, C), ...)."""
+    """Runs epochs of k folds as one stack of models, as its execution plan says (plan.py)."""
 
-    def __init__(self, stack: nn.Module, folds: list[Fold], config: TrainConfig, fire_rate: float | None = None,
-                 steps: int = 0, graph: bool = True, fold_by_fold: bool | None = None):
-        self.stack, self.folds, self.config = stack, folds, config
+    def __init__(self, stack: Stack, folds: list[Fold], config: TrainConfig, execution: Execution,
+                 fire_rate: float | None = None, steps: int = 0):
+        self.stack, self.folds, self.config, self.execution = stack, folds, config, execution
         self.fire_rate, self.steps = fire_rate, steps     # fire_rate None: the model draws no fire masks
         self.device = folds[0].x.device
-        self.use_graph = graph and config.cuda_graph and self.device.type == "cuda"
         self.graphed: GraphedStep | None = None
-        # fold_by_fold: each fold's batch its own forward, backward and step, in one loop over the
-        # batches. The default on CPU, where one stacked pass of 5 folds measured 0.87x to 1.07x
-        # the folds trained one after another and fold by fold 1.13x (docs/PERFORMANCE.md).
-        if fold_by_fold is None:
-            fold_by_fold = self.device.type == "cpu"
-        self.parts = [type(stack)(stack.models[i:i + 1]) for i in range(len(folds))] \
-            if fold_by_fold and len(folds) > 1 else None
+        self.parts = [stack.part(i) for i in range(len(folds))] if execution.fold_by_fold else None
 
-    def loss(self, x, y, weight, fire, stack: nn.Module | None = None):
+    def loss(self, x, y, weight, fire, stack: Stack | None = None):
         """(summed loss, each fold's batch-mean loss (k,), logits (B, k, C)) of `stack` (default: all folds)."""
         with precision_context(self.config, self.device):
             logits = (stack or self.stack)(x, fire)[0]
@@ -234,7 +191,7 @@ class BatchedTrainer:
     def stacked(self, idx: list[torch.Tensor], sizes: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """One batch of every fold as one stacked forward and backward: (batch-mean losses, hits) (k,)."""
         x, y, weight, fire = self.batch(idx, sizes)
-        if self.use_graph and min(sizes) == self.config.batch_size:
+        if self.execution.cuda_graph and min(sizes) == self.config.batch_size:
             if self.graphed is None:
                 self.graphed = GraphedStep(self.loss, list(self.stack.parameters()), (x, y, weight, fire))
             _, per_fold, logits = self.graphed(x, y, weight, fire)

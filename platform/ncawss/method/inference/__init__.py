@@ -1,0 +1,1 @@
+"""Predicting new images (masks, classes, a label-free quality score) and mask galleries."""
