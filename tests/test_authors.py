@@ -12,10 +12,11 @@ from conftest import ROOT
 from ncawss import ConfigError, Readout, iou, load_config, pca_otsu, train_fold
 from ncawss.data import fold_splits
 from ncawss.method.config import make_config
-from ncawss.method.evaluation import authors_iou
-from ncawss.method.loop import build_model, normalised_training_set, resize_images
-from ncawss.method.nca import NCAClassifier
-from ncawss.method.segment import PCAOtsu, pooled_iou
+from ncawss.method.images import normalised_training_set, resize_images
+from ncawss.method.nca.model import NCAClassifier
+from ncawss.method.readout.pca_otsu import PCAOtsu
+from ncawss.method.scoring.evaluation import authors_iou
+from ncawss.method.scoring.metrics import pooled_iou
 
 
 def authors_reference(state: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -43,7 +44,7 @@ def planted_states(seed=0) -> torch.Tensor:
 
 def test_authors_read_out_equals_scikit_learn_scaler_pca_and_scikit_image_otsu():
     states = planted_states()
-    result = pca_otsu(states, binarise=True, standardise=True, orient="none", details=True)
+    result = pca_otsu(states, binarise=True, standardise=True, orient="none")
     for state, mask, response in zip(states.numpy(), result.masks.numpy(), result.response.numpy()):
         expected_mask, expected_scores = authors_reference(state)
         # orient "none" keeps scikit-learn's sign: the scores themselves, not only up to sign
@@ -56,8 +57,8 @@ def test_without_a_sign_rule_the_mask_is_the_background_where_scikit_learns_sign
     disc = np.hypot(yy - 10, xx - 10) < 5
     state = np.stack([np.where(disc, -1.0, 1.0), np.full((20, 20), 0.3), np.where(disc, -0.2, 0.1)])
     state = torch.tensor(state[None])                 # its largest loading is positive on the background
-    none = pca_otsu(state, binarise=True, standardise=True, orient="none")[0][0].numpy()
-    signed = pca_otsu(state, binarise=True, standardise=True, orient="signed")[0][0].numpy()
+    none = pca_otsu(state, binarise=True, standardise=True, orient="none").masks[0].numpy()
+    signed = pca_otsu(state, binarise=True, standardise=True, orient="signed").masks[0].numpy()
     np.testing.assert_array_equal(none, authors_reference(state[0].numpy())[0])
     np.testing.assert_array_equal(none, ~disc)
     np.testing.assert_array_equal(signed, disc)
@@ -65,7 +66,7 @@ def test_without_a_sign_rule_the_mask_is_the_background_where_scikit_learns_sign
 
 def test_an_all_constant_state_gives_an_empty_mask_as_the_reference_does():
     state = torch.full((1, 6, 10, 10), 2.0, dtype=torch.float64)
-    result = pca_otsu(state, binarise=True, standardise=True, orient="none", details=True)
+    result = pca_otsu(state, binarise=True, standardise=True, orient="none")
     assert result.degenerate.tolist() == [True] and not result.masks.any()
     pixels = StandardScaler().fit_transform(np.ones((100, 6)))
     assert not pixels.any()                          # the reference's standardised pixels are all 0 too
@@ -75,18 +76,18 @@ def test_a_channel_constant_up_to_rounding_is_zero_after_standardising_not_ampli
     states = planted_states(seed=2).float()[:, :6]
     wobble = 0.3 + torch.randn(4, 1, 24, 24, generator=torch.Generator().manual_seed(0)) * 1e-7  # a few ulps
     with_constant = torch.cat([states, wobble], dim=1)
-    result = pca_otsu(with_constant, standardise=True, details=True)
-    alone = pca_otsu(states, standardise=True, details=True)
+    result = pca_otsu(with_constant, standardise=True)
+    alone = pca_otsu(states, standardise=True)
     torch.testing.assert_close(result.response.abs(), alone.response.abs(), rtol=1e-4, atol=1e-4)
 
 
 def test_standardise_alone_makes_the_read_out_blind_to_channel_scale():
     states = planted_states(seed=1).float()
     scaled = states * torch.tensor([1, 100, 1, 0.01, 1, 1, 5, 1.0])[None, :, None, None]
-    a = pca_otsu(states, standardise=True)[0]
-    b = pca_otsu(scaled, standardise=True)[0]
+    a = pca_otsu(states, standardise=True).masks
+    b = pca_otsu(scaled, standardise=True).masks
     assert torch.equal(a, b)
-    assert not torch.equal(pca_otsu(states)[0], pca_otsu(scaled)[0])
+    assert not torch.equal(pca_otsu(states).masks, pca_otsu(scaled).masks)
 
 
 def test_pooled_iou_equals_the_hand_computation_on_three_batches():
@@ -110,11 +111,12 @@ def test_authors_iou_compares_at_64x64_against_nearest_resized_masks():
     response = torch.zeros(2, 32, 32)
     response[0, 8:24, 8:24] = 1.0                      # the same square at 32x32
     response[1, :, :8] = 1.0                           # a quarter of the image
-    result = PCAOtsu(response > 0.5, response, torch.full((2,), 0.5), torch.zeros(2, dtype=torch.bool))
+    result = PCAOtsu(masks=response > 0.5, response=response, threshold=torch.full((2,), 0.5),
+                     degenerate=torch.zeros(2, dtype=torch.bool))
     # image 0: intersection 32*32 = union; image 1: 64*16 of 64*32: pooled (1024 + 1024) / (1024 + 2048)
-    scores = authors_iou(result, truth, "none")
-    assert scores["iou64_pooled"] == pytest.approx(2048 / 3072)
-    np.testing.assert_allclose(scores["iou64"], [1.0, 0.5])
+    per_image, pooled = authors_iou(result, truth, "none")
+    assert pooled == pytest.approx(2048 / 3072)
+    np.testing.assert_allclose(per_image, [1.0, 0.5])
 
 
 def test_max_pooling_feeds_the_head_the_per_channel_maximum_of_the_state():
@@ -140,7 +142,7 @@ def test_fixed_normalisation_maps_images_to_minus_one_one_whatever_the_fold(smal
 
 
 def test_config_pool_reaches_the_model():
-    assert build_model(make_config({"pool": "max"}), 5).pool == "max"
+    assert NCAClassifier.from_config(make_config({"pool": "max"}), 5).pool == "max"
 
 
 def test_kfold_split_is_scikit_learns_shuffled_kfold_over_all_images():
@@ -183,4 +185,4 @@ def test_authors_config_sets_every_option_their_script_differs_in():
     assert (config.readout.binarise, config.readout.standardise, config.readout.orient) == (True, True, "none")
     paper = load_config(ROOT / "configs" / "paper.yaml")
     assert (paper.pool, paper.normalise, paper.split, paper.readout.binarise) == ("mean", "fold", "stratified", False)
-    assert {"authors", "authors_signed", "binarised"} <= set(paper.readouts())
+    assert {"authors", "authors_signed", "binarised"} <= set(paper.variant_readouts())

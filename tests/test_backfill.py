@@ -9,8 +9,7 @@ from ray.exceptions import ActorDiedError
 from ray.train import WorkerGroupError
 from ray.train.v2._internal.exceptions import UserExceptionWithTraceback
 
-from ncawss import DataError, TrainConfig, make_synthetic, train_folds
-from ncawss.method.train import FoldsHooks
+from ncawss import DataError, TrainConfig, TrainingHooks, make_synthetic, train_folds
 from ncawss.sweep.callback import BACKFILLED_TAG, TrackingCallback
 from ncawss.sweep.metrics import EARLIER, EPOCH_CURVES, FOLDS_DONE, METRIC, earlier_reports, epoch_metrics
 from ncawss.sweep.space import SweepSpec
@@ -20,7 +19,7 @@ from ncawss.tracking.tracker import SweepTracker
 TINY = TrainConfig(channels=6, hidden=8, steps=3, epochs=4, batch_size=8, image_size=16, eval_every=1, variants={})
 
 
-class Recorder(FoldsHooks):
+class Recorder(TrainingHooks):
     """What a fold worker sees: every epoch's metrics, and the checkpoint after each epoch."""
 
     def __init__(self):

@@ -3,10 +3,12 @@ import numpy as np
 import pytest
 import torch
 
-from ncawss import FoldsHooks, TrainConfig, make_synthetic, train_cnn, train_fold, train_folds
-from ncawss.method.baselines import train_cnns
-from ncawss.method.loop import BatchedTrainer, build_model, make_folds, normalised_training_set
-from ncawss.method.nca import FoldStack
+from ncawss import NCAClassifier, TrainConfig, TrainingHooks, make_synthetic, train_cnn, train_fold, train_folds
+from ncawss.method.images import normalised_training_set
+from ncawss.method.nca.model import FoldStack
+from ncawss.method.training.cnn import train_cnns
+from ncawss.method.training.loop import BatchedTrainer, make_folds
+from ncawss.method.training.plan import Execution
 
 TINY = TrainConfig(channels=6, hidden=8, head_hidden=8, steps=3, image_size=12, epochs=2, batch_size=32,
                    lr=1e-3, seed=3, variants={})
@@ -26,7 +28,7 @@ def uneven_splits():
     return splits
 
 
-class Checkpoints(FoldsHooks):
+class Checkpoints(TrainingHooks):
     def __init__(self):
         self.saved = []
 
@@ -50,7 +52,7 @@ def test_each_batched_fold_equals_that_fold_trained_alone(uneven_splits):
             assert h_batched["train_loss"] == pytest.approx(h_alone["train_loss"], rel=1e-4)
             assert h_batched["train_accuracy"] == h_alone["train_accuracy"]
             assert h_batched["lr"] == h_alone["lr"]
-        assert fold.iou == pytest.approx(alone.iou, abs=0.02)
+        assert fold.scores.iou == pytest.approx(alone.scores.iou, abs=0.02)
     # 193 images: 7 optimiser steps an epoch; 192: 6; 64: 2 (none skipped, none added)
     assert [c["scheduler"]["last_epoch"] for c in hooks.saved[-1]] == [14, 12, 4]
     assert [c["optimiser"]["state"][0]["step"].item() for c in hooks.saved[-1]] == [14, 12, 4]
@@ -62,9 +64,10 @@ def trained_stack(splits, fold_by_fold: bool) -> tuple[list[dict], list[list[dic
     for train, _ in splits:
         x, _, _ = normalised_training_set(train, TINY.image_size)
         data.append((x, torch.as_tensor(train.labels)))
-    models = [build_model(TINY, len(splits[0][0].classes)) for _ in splits]
-    trainer = BatchedTrainer(FoldStack(models), make_folds(TINY, models, data, "cpu", fire=True), TINY,
-                             TINY.fire_rate, TINY.steps, fold_by_fold=fold_by_fold)
+    models = [NCAClassifier.from_config(TINY, len(splits[0][0].classes)) for _ in splits]
+    execution = Execution.plan(TINY, "cpu", len(models), fold_by_fold=fold_by_fold)
+    trainer = BatchedTrainer(FoldStack(models), make_folds(TINY, models, data, "cpu", fire=True), TINY, execution,
+                             TINY.fire_rate, TINY.steps)
     metrics = [trainer.epoch() for _ in range(2)]
     return [m.state_dict() for m in models], metrics
 
@@ -78,7 +81,18 @@ def test_fold_by_fold_training_equals_one_stacked_pass(uneven_splits):
         for a, b in zip(epoch_a, epoch_b):
             assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
             assert a["train_accuracy"] == b["train_accuracy"] and a["lr"] == b["lr"]
-    assert not torch.equal(by_fold[0]["nca.fc1.weight"], build_model(TINY, 5).state_dict()["nca.fc1.weight"])
+    untrained = NCAClassifier.from_config(TINY, 5).state_dict()["nca.fc1.weight"]
+    assert not torch.equal(by_fold[0]["nca.fc1.weight"], untrained)
+
+
+def test_the_execution_plan_is_fold_by_fold_on_cpu_stacked_elsewhere_and_grouped_for_triton():
+    assert Execution.plan(TINY, "cpu", 3) == Execution(fold_by_fold=True, grouped=False, cuda_graph=False)
+    assert Execution.plan(TINY, "cpu", 1).fold_by_fold is False  # one fold: nothing to split
+    assert Execution.plan(TINY, "cuda", 3) == Execution(fold_by_fold=False, grouped=False, cuda_graph=True)
+    assert Execution.plan(TINY, "cuda", 3, graphable=False).cuda_graph is False
+    assert Execution.plan(TINY.replace(cuda_graph=False), "cuda", 3).cuda_graph is False
+    assert Execution.plan(TINY.replace(kernel="triton"), "cuda", 3).grouped is True
+    assert Execution.plan(TINY, "cuda", 3, fold_by_fold=True).cuda_graph is False  # graphs replay stacked passes
 
 
 def test_batched_folds_differ_from_each_other(uneven_splits):
@@ -91,7 +105,7 @@ def test_two_batched_runs_with_one_seed_are_identical(uneven_splits):
     for x, y in zip(a, b):
         for key in x.model.state_dict:
             assert torch.equal(x.model.state_dict[key], y.model.state_dict[key]), key
-        assert x.history == y.history and x.iou == y.iou
+        assert x.history == y.history and x.scores == y.scores
 
 
 def test_batched_cnn_baselines_equal_each_cnn_trained_alone(uneven_splits):
@@ -108,7 +122,7 @@ def test_resuming_batched_folds_from_a_checkpoint_continues_bit_for_bit(uneven_s
     first = Checkpoints()
     train_folds(TINY.replace(epochs=1), uneven_splits, first)
 
-    class Resume(FoldsHooks):
+    class Resume(TrainingHooks):
         def load_checkpoint(self):
             return first.saved[-1]
 

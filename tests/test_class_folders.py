@@ -168,7 +168,7 @@ def test_a_sample_without_a_mask_trains_as_before_and_only_masked_test_images_ar
     for fa, fb in zip(a.folds, b.folds):  # training never reads a mask: the same weights
         assert all(torch.equal(fa.model.state_dict[k], fb.model.state_dict[k]) for k in fa.model.state_dict)
         keep = [i for i, t in enumerate(fa.test_ids) if t in set(masked_ids)]
-        assert fb.iou == pytest.approx(float(fa.evaluation.iou[keep].mean()))
+        assert fb.scores.iou == pytest.approx(float(fa.evaluation.image_iou[keep].mean()))
     with pytest.raises(DataError, match=r"4 of 24 samples have no mask"):
         partial.target_masks()
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 from scipy import ndimage
 
-from ncawss.method.components import components, fill_holes_masks, post_process, post_process_masks
+from ncawss.method.readout.components import components, fill_holes_masks, post_process, post_process_masks
 
 
 def disc(h, w, cy, cx, r):

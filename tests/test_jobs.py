@@ -5,7 +5,7 @@ import sys
 import pytest
 
 from conftest import ROOT
-from ncawss.method.thresholds import THRESHOLD_BASELINES
+from ncawss.method.baselines import THRESHOLD_BASELINES
 
 
 def run_job(*args, check=True):

@@ -93,7 +93,7 @@ def test_the_method_and_data_layers_import_neither_ray_nor_mlflow():
 
 def test_the_package_has_no_import_cycle():
     graph = import_graph()
-    assert "ncawss.method.evaluation" in graph["ncawss.method.train"]  # the graph sees imports
+    assert "ncawss.method.scoring.evaluation" in graph["ncawss.method.train"]  # the graph sees imports
     assert find_cycle(graph) is None, " -> ".join(find_cycle(graph))
 
 
@@ -112,6 +112,24 @@ def test_lower_layers_never_import_higher_ones():
     upward = [(a, b) for a, targets in import_graph().items() for b in targets
               if layer(a) is not None and layer(b) is not None and layer(b) > layer(a)]
     assert upward == []
+
+
+# The method layer's rooms, each importing only rooms before it (method/__init__.py draws them).
+METHOD_ROOMS = ["config", "baselines", "images", "nca", "readout", "training", "scoring", "train", "inference"]
+
+
+def test_the_method_rooms_import_only_rooms_before_them():
+    def room(module: str) -> int | None:
+        parts = module.split(".")
+        return METHOD_ROOMS.index(parts[2]) if parts[:2] == ["ncawss", "method"] and len(parts) > 2 else None
+
+    graph = import_graph()
+    rooms = {room(m) for m in graph} - {None}
+    assert rooms == set(range(len(METHOD_ROOMS)))  # every room exists and no module lies outside them
+    backward = [(a, b) for a, targets in graph.items() for b in targets
+                if room(a) is not None and room(b) is not None and room(b) > room(a)]
+    assert backward == []
+    assert "ncawss.method.training.cnn" in graph["ncawss.method.scoring.folds"]  # an import the walk must see
 
 
 @pytest.mark.parametrize("name", sorted(package_modules()))

@@ -35,7 +35,7 @@ def test_one_objective_chooses_the_first_finished_trial_as_before():
 
 
 def test_the_majority_rate_is_the_training_majority_class_share_of_the_labelled_test_images():
-    from ncawss.method.scores import majority_accuracy
+    from ncawss.method.scoring.scores import majority_accuracy
 
     train, test = [0, 0, 1, 2, -1, -1, -1], [0, 1, 0, -1]  # class 0 is the training majority; -1 unlabelled
     assert majority_accuracy(train, test) == 2 / 3

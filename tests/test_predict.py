@@ -12,11 +12,11 @@ from scipy.stats import spearmanr
 
 import ncawss
 from conftest import ROOT
-from ncawss import Ensemble, FoldModel, FoldRecord, Predictor, predict
-from ncawss.method import evaluation
-from ncawss.method.evaluation import evaluate, majority_vote
-from ncawss.method.loop import build_model
-from ncawss.method.quality import cross_fold_agreement, pairwise_iou
+from ncawss import Ensemble, FoldModel, FoldRecord, NCAClassifier, Predictor, predict
+from ncawss.method.inference.quality import cross_fold_agreement, pairwise_iou
+from ncawss.method.scoring import evaluation
+from ncawss.method.scoring.evaluation import evaluate
+from ncawss.method.scoring.metrics import majority_vote
 from quality_vs_iou import fade, synthetic_columns  # bench/quality_vs_iou.py
 
 
@@ -27,10 +27,10 @@ def random_ensemble(fire_rate: float, k: int = 3, size: int = 16) -> Ensemble:
     folds = []
     for i in range(k):
         torch.manual_seed(i)
-        model = build_model(config, 5)
+        model = NCAClassifier.from_config(config, 5)
         torch.nn.init.normal_(model.nca.fc1.weight, std=0.3)
-        folds.append(FoldModel(model.state_dict(), [0.5] * 3, [0.25] * 3, 5))
-    return Ensemble(config, folds, [f"class{i}" for i in range(5)])
+        folds.append(FoldModel(state_dict=model.state_dict(), norm_mean=[0.5] * 3, norm_std=[0.25] * 3, n_classes=5))
+    return Ensemble(config=config, folds=folds, classes=[f"class{i}" for i in range(5)])
 
 
 def test_pairwise_iou_matches_iou_and_counts_both_empty_as_one():
@@ -95,7 +95,7 @@ def test_planted_hard_images_get_lower_quality_scores():
     config = ncawss.load_config(ROOT / "configs/quickstart.yaml").replace(epochs=20, variants={}, readout=readout)
     train = ncawss.make_synthetic(n=100, size=32, seed=1)
     result = ncawss.cross_validate(config, train, k=2, seed=0)
-    ensemble = Ensemble(config, [f.model for f in result.folds], train.classes)
+    ensemble = Ensemble(config=config, folds=[f.model for f in result.folds], classes=train.classes)
     held_out = ncawss.make_synthetic(n=40, size=32, seed=2)  # never seen in training
     truth = held_out.target_masks("cell")
     amounts = [0.0] * 20 + list(np.linspace(0.5, 0.95, 20))
@@ -126,7 +126,7 @@ def test_predicted_masks_equal_the_majority_vote_evaluation_computes(small_synth
     votes = []
     for fold in ensemble.folds:
         test = evaluation.TestSet.prepare(small_synthetic, fold.norm_mean, fold.norm_std, config.image_size)
-        votes.append(evaluate(fold.nca(config), test, config, readouts={"readout": config.readout})["readout"].masks)
+        votes.append(evaluate(fold.nca(config), test, config, variants=False).configured.masks)
     assert all(np.array_equal(p.mask, v) for p, v in zip(predictions, majority_vote(votes)))
 
 
@@ -137,7 +137,8 @@ def model_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("model")
     ensemble = random_ensemble(fire_rate=0.5, k=2, size=24)
     for i, fold in enumerate(ensemble.folds):
-        FoldRecord(fold, ensemble.config, ensemble.classes, i, [], {"name": "x", "fingerprint": "0"}).save(folder)
+        FoldRecord(model=fold, config=ensemble.config, classes=ensemble.classes, fold=i, test_ids=[],
+                   source={"name": "x", "fingerprint": "0"}).save(folder)
     return folder
 
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from ncawss.method.quality import QualitySignals, colour_agreement, combined_quality, mask_shape
-from ncawss.method.segment import otsu_separability, pca_otsu
+from ncawss.method.inference.quality import QualitySignals, colour_agreement, combined_quality, mask_shape
+from ncawss.method.readout.pca_otsu import otsu_separability, pca_otsu
 
 
 def disc(h, w, cy, cx, r):
@@ -50,8 +50,8 @@ def test_pc1_share_is_one_for_rank_one_features_and_a_share_for_isotropic_ones()
     pattern = torch.randn(1, 1, 16, 16, generator=g)
     rank_one = pattern * torch.randn(1, 6, 1, 1, generator=g)           # six channels, one direction
     noise = torch.randn(1, 6, 64, 64, generator=g)
-    share_one = pca_otsu(rank_one, details=True).pc1_share
-    share_noise = pca_otsu(noise, details=True).pc1_share
+    share_one = pca_otsu(rank_one).pc1_share
+    share_noise = pca_otsu(noise).pc1_share
     assert float(share_one) == pytest.approx(1.0, abs=1e-5)
     assert 1 / 6 < float(share_noise) < 1 / 6 + 0.05
 
@@ -85,8 +85,8 @@ def test_the_combined_score_is_the_best_threshold_agreement_times_solidity():
 
 
 def test_the_csv_header_names_every_signal_the_record_gives_in_its_order():
-    from ncawss.method.quality import signal_columns
-    from ncawss.method.thresholds import THRESHOLD_BASELINES
+    from ncawss.method.baselines import THRESHOLD_BASELINES
+    from ncawss.method.inference.quality import signal_columns
 
     every = signals(colour_agreement={name: 0.5 for name in THRESHOLD_BASELINES})
     assert signal_columns() == list(every.columns())

@@ -5,11 +5,11 @@ import torch
 from scipy import ndimage
 
 from ncawss import Dataset, NCAClassifier, Readout, TrainConfig, iou, pca_otsu
-from ncawss.method.baselines import cam_maps, train_cnn
-from ncawss.method.components import post_process
-from ncawss.method.loop import normalise, resize_images
-from ncawss.method.readout import read_state
-from ncawss.method.segment import PCAOtsu, gaussian_blur, masks_at, read_response
+from ncawss.method.images import normalise, resize_images
+from ncawss.method.readout.components import post_process
+from ncawss.method.readout.pca_otsu import PCAOtsu, gaussian_blur, masks_at, read_response
+from ncawss.method.readout.states import read_chunk
+from ncawss.method.training.cnn import cam_maps, train_cnn
 
 
 def disk(h=32, w=32, r=6.0, cy=None, cx=None):
@@ -54,8 +54,8 @@ def three_level_cell(seed=0):
 
 def test_deviation_finds_a_three_level_cell_where_signed_cannot():
     features, cell = three_level_cell()
-    deviation, _ = pca_otsu(features, orient="deviation")
-    signed, _ = pca_otsu(features, orient="signed")
+    deviation = pca_otsu(features, orient="deviation").masks
+    signed = pca_otsu(features, orient="signed").masks
     assert iou(deviation[0], cell) > 0.9
     assert iou(signed[0], cell) < 0.6
 
@@ -89,7 +89,7 @@ def test_gaussian_blur_equals_scipy_with_mirrored_edges():
 
 def test_masks_at_ground_truth_resolution_upsample_the_response_and_post_process():
     features, cell = three_level_cell()
-    result = pca_otsu(features, orient="deviation", details=True)
+    result = pca_otsu(features, orient="deviation")
     big = masks_at(result, [(64, 64)], post="largest")[0]
     assert big.shape == (64, 64)
     yy, xx = np.mgrid[0:64, 0:64]
@@ -101,7 +101,8 @@ def test_mask_upsampling_puts_the_boundary_midway_whatever_the_response_values()
     bilinear ramp crosses the threshold next to the outside pixels, the mask's at the midpoint."""
     response = torch.full((1, 8, 8), 0.49)
     response[0, 2:6, 2:6] = 10.0
-    result = PCAOtsu(response > 0.5, response, torch.full((1,), 0.5), torch.zeros(1, dtype=torch.bool))
+    result = PCAOtsu(masks=response > 0.5, response=response, threshold=torch.full((1,), 0.5),
+                     degenerate=torch.zeros(1, dtype=torch.bool))
     by_response = masks_at(result, [(80, 80)])[0]
     by_mask = masks_at(result, [(80, 80)], upsample="mask")[0]
     square = np.zeros((80, 80), bool)
@@ -132,13 +133,19 @@ def perturbed_classifier():
     return model.eval()
 
 
+def engine_response(model, x, readout: Readout, seed: int) -> torch.Tensor:
+    """The read-out engine's oriented PC1 response of one read-out; run r draws from seed + r."""
+    generators = [torch.Generator().manual_seed(seed + r) for r in range(readout.runs)]
+    (result,), _ = read_chunk(model, x, [readout], generators)
+    return result.response
+
+
 @torch.inference_mode()
 def test_averaged_runs_and_mean_field_lower_the_responses_pixel_noise():
     model, x = perturbed_classifier(), smooth_input()
 
     def noise(readout):
-        _, state = read_state(model, x, readout, torch.Generator().manual_seed(1))
-        return roughness(pca_otsu(state[:, 3:])[1])
+        return roughness(engine_response(model, x, readout.replace(channels="hidden"), seed=1))
 
     one, eight = noise(Readout(runs=1)), noise(Readout(runs=8))
     mean_field = noise(Readout(inference="mean_field"))
@@ -148,8 +155,8 @@ def test_averaged_runs_and_mean_field_lower_the_responses_pixel_noise():
 @torch.inference_mode()
 def test_mean_field_read_out_is_deterministic_and_ignores_runs():
     model, x = perturbed_classifier(), smooth_input()
-    a = read_state(model, x, Readout(inference="mean-field"), torch.Generator().manual_seed(1))[1]
-    b = read_state(model, x, Readout(inference="mean_field", runs=4), torch.Generator().manual_seed(9))[1]
+    a = engine_response(model, x, Readout(inference="mean-field"), seed=1)
+    b = engine_response(model, x, Readout(inference="mean_field", runs=4), seed=9)
     assert torch.equal(a, b)
 
 
@@ -167,7 +174,8 @@ def object_dataset(n=80, size=40, side=8, seed=0):
         images.append(image)
         masks.append(mask)
         labels.append(label)
-    return Dataset(images, masks, np.array(labels), ["red", "blue"], [f"o{i}" for i in range(n)], name="objects")
+    return Dataset(images=images, masks=masks, labels=np.array(labels), classes=["red", "blue"],
+                   ids=[f"o{i}" for i in range(n)], name="objects")
 
 
 def test_gradcam_mask_overlaps_the_object_that_carries_the_class():

@@ -4,7 +4,7 @@ import torch
 from skimage.filters import threshold_otsu
 
 from ncawss import intensity_baseline, iou, pca_otsu
-from ncawss.method.segment import OTSU_BINS, otsu_thresholds
+from ncawss.method.readout.pca_otsu import OTSU_BINS, otsu_thresholds
 from pca_otsu import reference_pca_otsu  # bench/pca_otsu.py: numpy + scikit-image, per image
 
 
@@ -26,7 +26,8 @@ def planted_features(mask: np.ndarray, channels=8, noise=0.2, seed=0) -> torch.T
 @pytest.mark.parametrize("sign", [1.0, -1.0])
 def test_planted_disk_is_recovered_whichever_sign_pc1_takes(sign):
     gt = disk()
-    masks, response = pca_otsu(sign * planted_features(gt)[None])
+    result = pca_otsu(sign * planted_features(gt)[None])
+    masks, response = result.masks, result.response
     assert iou(masks[0], gt) > 0.95
     assert response[0][torch.from_numpy(gt)].mean() > response[0][~torch.from_numpy(gt)].mean()
 
@@ -35,26 +36,26 @@ def test_inverted_projection_is_corrected_per_image():
     gt = disk(r=7)
     f = planted_features(gt, seed=1)
     batch = torch.stack([f, -f, 2 * f, -3 * f])
-    masks, _ = pca_otsu(batch)
+    masks = pca_otsu(batch).masks
     assert all(iou(m, gt) > 0.95 for m in masks)
 
 
 def test_off_centre_cell_still_chooses_the_side_away_from_the_border():
     gt = disk(r=6, cy=10, cx=20)
-    masks, _ = pca_otsu(-planted_features(gt, seed=2)[None])
+    masks = pca_otsu(-planted_features(gt, seed=2)[None]).masks
     assert iou(masks[0], gt) > 0.95
 
 
 def test_constant_features_give_an_empty_mask_and_a_flag():
     features = torch.stack([torch.full((5, 16, 16), 3.0), planted_features(disk(16, 16, 4), channels=5)])
-    result = pca_otsu(features, details=True)
+    result = pca_otsu(features)
     assert result.degenerate.tolist() == [True, False]
     assert not result.masks[0].any() and result.masks[1].any()
     assert torch.isfinite(result.response).all() and torch.isfinite(result.threshold).all()
 
 
 def test_all_zero_features_give_an_empty_mask():
-    result = pca_otsu(torch.zeros(2, 4, 8, 8), details=True)
+    result = pca_otsu(torch.zeros(2, 4, 8, 8))
     assert result.degenerate.all() and not result.masks.any()
 
 
@@ -62,7 +63,7 @@ def test_batched_pca_otsu_matches_per_image_scikit_image_reference():
     rng = np.random.default_rng(0)
     features = rng.normal(0, 1, (6, 5, 20, 20)) * rng.uniform(0.5, 3, (1, 5, 1, 1))
     features[:, :, 5:14, 4:12] += rng.normal(0, 2, (6, 5, 1, 1))  # give PC1 some structure
-    result = pca_otsu(torch.tensor(features, dtype=torch.float32), details=True)
+    result = pca_otsu(torch.tensor(features, dtype=torch.float32))
     for i in range(len(features)):
         projection, tau = reference_pca_otsu(features[i])
         ours = result.response[i].flatten().double().numpy()
@@ -85,7 +86,8 @@ def test_otsu_thresholds_match_scikit_image():
 
 
 def test_pca_otsu_stays_on_the_features_device_and_dtype():
-    masks, response = pca_otsu(planted_features(disk(16, 16, 4))[None].double())
+    result = pca_otsu(planted_features(disk(16, 16, 4))[None].double())
+    masks, response = result.masks, result.response
     assert masks.dtype == torch.bool and response.dtype == torch.float64 and masks.device == response.device
 
 
@@ -120,16 +122,16 @@ def test_intensity_baseline_of_a_constant_image_is_empty():
 
 def test_constant_features_with_a_large_offset_are_degenerate_but_small_structure_is_not():
     constant = torch.full((1, 6, 16, 16), 1234.5678)
-    assert pca_otsu(constant, details=True).degenerate.all()
+    assert pca_otsu(constant).degenerate.all()
     faint = planted_features(disk(16, 16, 4), channels=6, noise=0.0)[None] * 1e-3
-    result = pca_otsu(faint, details=True)
+    result = pca_otsu(faint)
     assert not result.degenerate.any() and iou(result.masks[0], disk(16, 16, 4)) == 1.0
 
 
 def test_fill_holes_equals_scipys_binary_fill_holes():
     from scipy import ndimage
 
-    from ncawss.method.components import fill_holes
+    from ncawss.method.readout.components import fill_holes
     rng = np.random.default_rng(0)
     for _ in range(50):
         mask = ndimage.binary_opening(rng.random((40, 37)) < 0.6)

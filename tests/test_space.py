@@ -58,7 +58,7 @@ def test_wide_space_searches_the_authors_options_and_the_read_out_with_asha():
     assert {"lr", "epochs", "pool", "normalise", "readout.binarise", "readout.standardise", "readout.upsample",
             "readout.inference", "readout.smooth", "readout.post"} <= set(spec.search)
     assert spec.scheduler is not None and spec.trials >= 12 and spec.folds == 5 and spec.holdout == 0.2
-    variants = spec.train_config(spec.first[0]).readouts()
+    variants = spec.train_config(spec.first[0]).variant_readouts()
     assert variants["authors"].name == "binarise+standardise+unoriented"
     assert spec.baseline_names[:7] == ["intensity", "otsu_r", "otsu_g", "otsu_b", "otsu_s", "otsu_a", "otsu_bstar"]
 
@@ -94,7 +94,8 @@ def test_read_out_options_are_searched_as_dotted_keys(tmp_path):
 @pytest.mark.parametrize("text, pattern", [
     (GOOD + "colour: red\n", r"space\.yaml: key 'colour': Extra inputs"),
     (GOOD + "holdout: 1.0\n", r"space\.yaml: key 'holdout': .*less than 1"),
-    (GOOD + "baselines: [intensity, gradcan]\n", r"space\.yaml: key 'baselines\.1'"),
+    (GOOD + "baselines: [gradcam, gradcan]\n", r"space\.yaml: key 'baselines\.1'"),
+    (GOOD + "baselines: [intensity, gradcam]\n", r"key 'baselines'.*\['intensity'\]: the threshold baselines"),
     (GOOD.replace("search:\n", "search:\n  readout.post: {type: choice, values: [none, biggest]}\n"),
      r"search\.readout\.post: .*key 'readout\.post'"),
     (GOOD.replace("low: 6, high: 10", "low: 10, high: 6"), r"key 'search\.channels': .*low \(10\.0\) is greater"),
@@ -163,14 +164,12 @@ def test_an_optuna_storage_that_cannot_be_opened_stops_the_job_before_ray(tmp_pa
     assert "Started a local Ray" not in out.stdout + out.stderr
 
 
-def test_resources_take_folds_per_worker_and_refuse_the_old_per_fold_keys(tmp_path):
+def test_resources_take_folds_per_worker(tmp_path):
     spec = load_space(write(tmp_path, GOOD + "resources: {cpus_per_worker: 2, gpus_per_worker: 0.5, "
                                              "folds_per_worker: 1}\n"))
     res = spec.resources
     assert (res.cpus_per_worker, res.gpus_per_worker, res.folds_per_worker) == (2, 0.5, 1)
     assert load_space(write(tmp_path, GOOD)).resources.folds_per_worker is None  # all folds in one worker
-    with pytest.raises(ConfigError, match="resources.*cpus_per_fold.*renamed.*cpus_per_worker"):
-        load_space(write(tmp_path, GOOD + "resources: {cpus_per_fold: 1}\n"))
     with pytest.raises(ConfigError, match="folds_per_worker"):
         load_space(write(tmp_path, GOOD + "resources: {folds_per_worker: 0}\n"))
 

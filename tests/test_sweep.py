@@ -22,7 +22,7 @@ from mlflow.tracking import MlflowClient
 from conftest import ROOT
 from ncawss import convert, make_synthetic, write_dataset
 from ncawss.environment import LOOPBACK_ONLY
-from ncawss.method.thresholds import THRESHOLD_BASELINES
+from ncawss.method.baselines import THRESHOLD_BASELINES
 from sweeps import (
     SMOKE,
     VENV_BIN,

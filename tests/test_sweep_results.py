@@ -16,9 +16,10 @@ from PIL import Image
 
 from conftest import ROOT
 from ncawss import Ensemble, convert, read_dataset
-from ncawss.method import evaluation
-from ncawss.method.evaluation import evaluate, majority_vote
-from ncawss.method.thresholds import THRESHOLD_BASELINES
+from ncawss.method.baselines import THRESHOLD_BASELINES
+from ncawss.method.scoring import evaluation
+from ncawss.method.scoring.evaluation import evaluate
+from ncawss.method.scoring.metrics import majority_vote
 from sweeps import private_ray_tmp, run_sweep, smoke_space, trial_runs
 
 pytestmark = pytest.mark.slow
@@ -32,7 +33,7 @@ def sweep(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("sweep")
     data = convert("synthetic", None, tmp_path / "tiny.parquet", n=30, size=16)
     other = convert("synthetic", None, tmp_path / "other.parquet", n=10, size=20, domain="b")
-    space = smoke_space(tmp_path, trials=3, first=[], holdout=0.2, baselines=["intensity", "gradcam", "eigencam"],
+    space = smoke_space(tmp_path, trials=3, first=[], holdout=0.2, baselines=["gradcam", "eigencam"],
                         train={"variants": {"largest": {"post": "largest"}}}, objectives=OBJECTIVES,
                         select={"accuracy_margin": 0.0})
     output = tmp_path / "out"
@@ -228,7 +229,7 @@ def test_predict_votes_with_the_masks_evaluation_computes(sweep, predicted):
     votes = []
     for fold in ensemble.folds:  # what evaluate.py's majority vote computes (ncawss.score_dataset)
         test = evaluation.TestSet.prepare(dataset, fold.norm_mean, fold.norm_std, config.image_size)
-        votes.append(evaluate(fold.nca(config), test, config, readouts={"readout": config.readout})["readout"].masks)
+        votes.append(evaluate(fold.nca(config), test, config, variants=False).configured.masks)
     assert all(m.shape == image.shape[:2] for m, image in zip(masks, dataset.images))
     assert all(np.array_equal(m, e) for m, e in zip(masks, majority_vote(votes)))
 

@@ -1,13 +1,21 @@
 """The threshold baselines: Otsu on one channel of the image, the side chosen by the border rule."""
+import typing
+
 import numpy as np
 import pytest
 from skimage.color import rgb2hsv, rgb2lab
 from skimage.filters import threshold_otsu
 
 from ncawss import colour_baseline, intensity_baseline, iou
-from ncawss.method.baselines import CAM_BASELINES
-from ncawss.method.config import BASELINES
-from ncawss.method.thresholds import COLOUR_BASELINES, THRESHOLD_BASELINES, threshold_masks
+from ncawss.method.baselines import (
+    CAM_KINDS,
+    COLOUR_CHANNELS,
+    THRESHOLD_BASELINES,
+    CamKind,
+    baseline_names,
+    check_cam_kinds,
+)
+from ncawss.method.readout.thresholds import threshold_masks
 
 CHANNEL_OF = {"otsu_r": lambda im: im[..., 0], "otsu_g": lambda im: im[..., 1], "otsu_b": lambda im: im[..., 2],
               "otsu_s": lambda im: rgb2hsv(im)[..., 1], "otsu_a": lambda im: rgb2lab(im)[..., 1],
@@ -26,7 +34,7 @@ def stained(cell_rgb, background_rgb, mask, seed=0):
     return np.clip(image + rng.normal(0, 4, image.shape), 0, 255).astype(np.uint8)
 
 
-@pytest.mark.parametrize("name", COLOUR_BASELINES)
+@pytest.mark.parametrize("name", COLOUR_CHANNELS)
 def test_each_colour_baseline_is_scikit_image_otsu_on_its_channel_with_the_border_side(name):
     cell = disc(cy=22, cx=18)
     image = stained((120, 60, 170), (225, 190, 200), cell)
@@ -70,6 +78,13 @@ def test_unknown_colour_baseline_is_named():
         colour_baseline(np.zeros((4, 4, 3), np.uint8), "otsu_x")
 
 
-def test_every_threshold_baseline_is_a_configurable_baseline_name():
-    assert set(THRESHOLD_BASELINES) <= set(BASELINES)
-    assert set(CAM_BASELINES) == set(BASELINES) - set(THRESHOLD_BASELINES) == {"gradcam", "eigencam"}
+def test_the_registry_names_every_baseline_evaluation_computes_in_one_order():
+    image = np.zeros((20, 20, 3), np.uint8)
+    image[5:15, 5:15] = (120, 40, 160)
+    assert list(threshold_masks(image)) == list(THRESHOLD_BASELINES) == ["intensity", *COLOUR_CHANNELS]
+    assert set(COLOUR_CHANNELS) == set(CHANNEL_OF)  # each tested against scikit-image above
+    assert typing.get_args(CamKind) == CAM_KINDS == ("gradcam", "eigencam")
+    assert baseline_names(("eigencam",)) == [*THRESHOLD_BASELINES, "eigencam", "eigencam_large"]
+    assert check_cam_kinds(["eigencam", "gradcam"]) == ("gradcam", "eigencam")
+    with pytest.raises(ValueError, match=r"\['intensity'\] \(threshold baselines are always on\)"):
+        check_cam_kinds(["intensity"])

@@ -2,11 +2,20 @@ import numpy as np
 import pytest
 import torch
 
-from ncawss import FoldHooks, TrainConfig, cross_validate, load_config, make_synthetic, stratified_folds, train_fold
+from ncawss import (
+    TrainConfig,
+    TrainingHooks,
+    cross_validate,
+    load_config,
+    make_synthetic,
+    stratified_folds,
+    train_fold,
+)
+from ncawss.method.baselines import COLOUR_CHANNELS
 from ncawss.method.config import ConfigError, make_config
-from ncawss.method.loop import resize_images
-from ncawss.method.segment import iou
-from ncawss.method.thresholds import COLOUR_BASELINES, colour_baseline, intensity_baseline
+from ncawss.method.images import resize_images
+from ncawss.method.readout.thresholds import colour_baseline, intensity_baseline
+from ncawss.method.scoring.metrics import iou
 
 TINY = TrainConfig(channels=8, hidden=8, steps=4, image_size=16, epochs=3, batch_size=8, lr=1e-3, seed=5)
 
@@ -17,18 +26,18 @@ def split(small_synthetic):
     return small_synthetic.subset(train), small_synthetic.subset(test)
 
 
-class Recorder(FoldHooks):
+class Recorder(TrainingHooks):  # one fold: lists of one
     def __init__(self, resume_from=None):
         self.epochs, self.checkpoints, self.resume_from = [], [], resume_from
 
     def on_epoch(self, epoch, metrics):
-        self.epochs.append((epoch, metrics))
+        self.epochs.append((epoch, metrics[0]))
 
-    def save_checkpoint(self, checkpoint):
-        self.checkpoints.append(checkpoint)
+    def save_checkpoint(self, checkpoints):
+        self.checkpoints.append(checkpoints[0])
 
     def load_checkpoint(self):
-        return self.resume_from
+        return None if self.resume_from is None else [self.resume_from]
 
 
 def assert_same_weights(a, b):
@@ -40,7 +49,7 @@ def assert_same_weights(a, b):
 def test_training_is_deterministic_given_the_seed(split):
     a, b = train_fold(TINY, *split), train_fold(TINY, *split)
     assert_same_weights(a.model.state_dict, b.model.state_dict)
-    assert a.iou == b.iou and a.history == b.history
+    assert a.scores == b.scores and a.history == b.history
     c = train_fold(TINY.replace(seed=6), *split)
     assert not torch.equal(a.model.state_dict["nca.fc0.weight"], c.model.state_dict["nca.fc0.weight"])
 
@@ -55,7 +64,7 @@ def test_restored_checkpoint_continues_bit_for_bit(split):
     resumed = train_fold(TINY, *split, hooks=resumed_hooks)
     assert [e for e, _ in resumed_hooks.epochs] == [2, 3]
     assert_same_weights(uninterrupted.model.state_dict, resumed.model.state_dict)
-    assert resumed.history == uninterrupted.history and resumed.iou == uninterrupted.iou
+    assert resumed.history == uninterrupted.history and resumed.scores == uninterrupted.scores
 
 
 def test_checkpoint_holds_everything_needed_to_continue(split):
@@ -78,18 +87,18 @@ def test_normalisation_statistics_come_from_the_training_fold_only(split):
 def test_fold_result_reports_nca_and_baseline_on_the_same_test_images(split):
     train, test = split
     result = train_fold(TINY, train, test)
-    ev = result.evaluation
-    assert result.test_ids == test.ids and len(ev.iou) == len(ev.baseline_iou["intensity"]) == len(test)
+    ev, scores = result.evaluation, result.scores
+    assert result.test_ids == test.ids and len(ev.image_iou) == len(ev.baseline_image_iou["intensity"]) == len(test)
     assert [m.shape for m in ev.masks] == [m.shape for m in test.masks]  # ground truth's resolution
-    assert result.iou == pytest.approx(ev.iou.mean()) and 0 <= result.accuracy <= 1
-    assert set(result.readout_iou) == {"stochastic", "mean_field"}
-    assert result.readout_iou["stochastic"] == pytest.approx(result.iou)
+    assert scores.iou == pytest.approx(ev.image_iou.mean()) and 0 <= scores.accuracy <= 1
+    assert set(result.evaluations.variants) == {"stochastic", "mean_field"}
+    assert result.evaluations.variants["stochastic"].scores.iou == pytest.approx(scores.iou)
     expected = {"intensity": np.mean([iou(intensity_baseline(im), gt) for im, gt in zip(test.images, test.masks)])}
-    for name in COLOUR_BASELINES:
+    for name in COLOUR_CHANNELS:
         expected[name] = np.mean([iou(colour_baseline(im, name), gt) for im, gt in zip(test.images, test.masks)])
-    assert result.baseline_iou == pytest.approx(expected)
+    assert scores.baselines == pytest.approx(expected)
     # The lift is measured against the best of all baselines, here a colour threshold, not gray.
-    assert result.lift == pytest.approx(result.iou - max(expected.values()))
+    assert scores.lift == pytest.approx(scores.iou - max(expected.values()))
     assert max(expected, key=expected.__getitem__) != "intensity"
 
 
@@ -103,8 +112,12 @@ def test_cross_validate_runs_every_fold(small_synthetic):
     result = cross_validate(TINY.replace(epochs=1), small_synthetic, k=2, seed=0)
     assert len(result.folds) == 2
     assert sorted(sum((f.test_ids for f in result.folds), [])) == sorted(small_synthetic.ids)
-    assert result.mean_iou == pytest.approx(np.mean(result.fold_iou))
-    assert result.std_iou == pytest.approx(np.std(result.fold_iou))
+    fold_iou = [f.scores.iou for f in result.folds]
+    assert result.scores.fold_iou == fold_iou and result.scores.iou == pytest.approx(np.mean(fold_iou))
+    assert result.std() == pytest.approx(np.std(fold_iou))
+    intensity = [f.scores.baselines["intensity"] for f in result.folds]
+    assert result.scores.baselines["intensity"] == pytest.approx(np.mean(intensity))
+    assert result.std("intensity") == pytest.approx(np.std(intensity))
 
 
 @pytest.mark.slow
@@ -116,15 +129,16 @@ def test_short_cpu_run_learns_and_beats_the_intensity_baseline():
     data = make_synthetic(n=200, size=config.image_size, seed=0)
     train, test = stratified_folds(data.labels, 2, seed=0)[0]
     result = train_fold(config, data.subset(train), data.subset(test))
-    assert result.accuracy > 0.45  # chance: 0.2
-    assert result.iou > result.baseline_iou["intensity"] + 0.08
+    assert result.scores.accuracy > 0.45  # chance: 0.2
+    assert result.scores.iou > result.scores.baselines["intensity"] + 0.08
 
 
 def test_read_out_variants_are_changes_to_the_configured_read_out():
     config = make_config({"readout": "mean-field", "variants": {"paper": {"inference": "stochastic"},
                                                                 "smooth": {"smooth": 1.0, "post": "largest"}}})
-    readouts = config.readouts()
-    assert readouts["readout"].inference == "mean_field" and readouts["paper"].name == "paper"
+    readouts = config.variant_readouts()
+    assert set(readouts) == {"paper", "smooth"}  # the configured read-out is config.readout, not a variant
+    assert config.readout.inference == "mean_field" and readouts["paper"].name == "paper"
     assert (readouts["smooth"].inference, readouts["smooth"].smooth, readouts["smooth"].post) == \
         ("mean_field", 1.0, "largest")
     with pytest.raises(ConfigError, match=r"variants\.bad: readout: key 'post'"):
@@ -135,13 +149,13 @@ def test_every_read_out_variant_is_scored_beside_the_baselines_of_the_same_targe
     train, test = split
     config = TINY.replace(variants={"nucleus": {"target": "nucleus"}, "largest": {"post": "largest"}})
     result = train_fold(config, train, test)
-    nucleus = result.evaluations["nucleus"]
+    nucleus = result.evaluations.variants["nucleus"]
     expected = [iou(intensity_baseline(im), gt) for im, gt in zip(test.images, test.nucleus)]
-    np.testing.assert_allclose(nucleus.baseline_iou["intensity"], expected)
+    np.testing.assert_allclose(nucleus.baseline_image_iou["intensity"], expected)
     assert all(m.shape == gt.shape for m, gt in zip(nucleus.masks, test.nucleus))
-    largest = result.evaluations["largest"]
+    largest = result.evaluations.variants["largest"]
     assert all(label_count(m) <= 1 for m in largest.masks)
-    assert set(result.readout_iou) == {"nucleus", "largest"}
+    assert set(result.evaluations.variants) == {"nucleus", "largest"}
 
 
 def label_count(mask):

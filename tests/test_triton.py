@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from ncawss import ConfigError, NCAClassifier, TrainConfig, load_config, make_synthetic, train_fold
-from ncawss.method.nca import FoldStack, fire_masks
+from ncawss.method.nca.model import FoldStack, fire_masks
 
 pytest.importorskip("triton")
 
@@ -85,7 +85,7 @@ def test_a_fold_trained_with_the_triton_kernel_equals_the_torch_kernel():
     b = train_fold(config.replace(kernel="triton"), train, test)
     for key, value in a.model.state_dict.items():
         torch.testing.assert_close(b.model.state_dict[key], value, rtol=1e-4, atol=1e-5, msg=key)
-    assert np.allclose(b.evaluation.iou, a.evaluation.iou, atol=1e-3)
+    assert np.allclose(b.evaluation.image_iou, a.evaluation.image_iou, atol=1e-3)
 
 
 def test_an_unknown_kernel_is_refused_naming_the_key(tmp_path):
@@ -97,7 +97,7 @@ def test_an_unknown_kernel_is_refused_naming_the_key(tmp_path):
 
 @pytest.mark.parametrize("block, splits", [(64, 32), (16, 4)])  # one pixel block; 6 blocks in 3 runs of 2
 def test_one_step_s_backward_kernels_give_torch_s_four_gradients_through_the_reflect_border(block, splits):
-    from ncawss.method.triton_step import Weights, step_gradients, to_first, to_last
+    from ncawss.method.nca.triton_step import Weights, step_gradients, to_first, to_last
 
     torch.manual_seed(0)
     b, k, m, hid, h, w = 2, 2, 5, 8, 6, 7  # every pixel of a 6x7 image is near a border
@@ -120,7 +120,7 @@ def rounded(t: torch.Tensor) -> torch.Tensor:
 
 
 def test_a_bf16_step_is_fp32_arithmetic_on_operands_rounded_to_bf16():
-    from ncawss.method.triton_step import Weights, to_first, to_last, triton_step
+    from ncawss.method.nca.triton_step import Weights, to_first, to_last, triton_step
 
     torch.manual_seed(0)
     b, k, m, hid, h, w = 2, 2, 6, 16, 9, 8

@@ -20,7 +20,7 @@ _WHERE = {
     ".method.readout.pca_otsu": ["pca_otsu"],
     ".method.readout.thresholds": ["colour_baseline", "intensity_baseline"],
     ".method.training.cnn": ["train_cnn"],
-    ".method.training.train": ["CVResult", "FoldResult", "TrainingHooks", "cross_validate", "train_fold",
+    ".method.train": ["CVResult", "FoldResult", "TrainingHooks", "cross_validate", "train_fold",
                                "train_folds"],
     ".method.scoring.metrics": ["iou"],
     ".method.scoring.scores": ["PerReadout", "Scores"],
@@ -65,8 +65,7 @@ if TYPE_CHECKING:  # what type checkers and editors see; tests/test_api.py keeps
     from .method.scoring.folds import FoldModel, FoldRecord, read_fold_records  # noqa: F401
     from .method.scoring.metrics import iou  # noqa: F401
     from .method.scoring.scores import PerReadout, Scores  # noqa: F401
-    from .method.training.cnn import train_cnn  # noqa: F401
-    from .method.training.train import (  # noqa: F401
+    from .method.train import (  # noqa: F401
         CVResult,
         FoldResult,
         TrainingHooks,
@@ -74,3 +73,4 @@ if TYPE_CHECKING:  # what type checkers and editors see; tests/test_api.py keeps
         train_fold,
         train_folds,
     )
+    from .method.training.cnn import train_cnn  # noqa: F401

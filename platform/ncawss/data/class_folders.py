@@ -85,8 +85,9 @@ def read_samples(samples: list[Sample], classes: list[str], root: Path, name: st
         log.warning("%s: %d of %d images have no mask: they train, they are not scored", root, missing, len(samples))
     record = {"mask_threshold": MASK_THRESHOLD, "binarised_pixels": int(sum(moved)),
               "binarised_masks": int(sum(c > 0 for c in moved)), "max_stray": max_stray, "missing_masks": missing}
-    return Dataset(images, None if missing == len(masks) else masks,
-                   np.array([classes.index(s.label) for s in samples]), list(classes), [s.id for s in samples],
+    return Dataset(images=images, masks=None if missing == len(masks) else masks,
+                   labels=np.array([classes.index(s.label) for s in samples]), classes=list(classes),
+                   ids=[s.id for s in samples],
                    name=name, sources=[str(s.image.relative_to(root)) for s in samples],
                    provenance={**provenance, **record})
 

@@ -13,7 +13,7 @@ class DataError(ValueError):
     """Bad input data; the message names the file and the fault."""
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Dataset:
     images: list[np.ndarray]            # uint8 (H, W, 3), sizes may differ
     masks: list[np.ndarray | None] | None  # bool (H, W); None: no masks, or a sample's entry None: it has none

@@ -72,7 +72,8 @@ def read_zheng2018(source: str | os.PathLike, subset: int = 1, max_stray: float 
         sources.append(f"Dataset {subset}/{path.name}")
     if not images:
         raise DataError(f"{folder}: no images found, the dataset would be empty")
-    return Dataset(images, masks, np.array([labels[i] for i in ids]), list(ZHENG_CLASSES), ids,
+    return Dataset(images=images, masks=masks, labels=np.array([labels[i] for i in ids]), classes=list(ZHENG_CLASSES),
+                   ids=ids,
                    name=f"zheng2018-dataset{subset}", sources=sources,
                    provenance={"layout": "zheng2018", "subset": subset,
                                "origin": "Zheng et al. 2018, Micron 107:55-71 (segmentation_WBC)",
@@ -112,7 +113,8 @@ def read_folder(source: str | os.PathLike, classes: list[str] | None = None, nam
             values, count = binary_mask(mask_files[path.stem], image.shape[:2], max_stray)
             masks.append(values > 0)
             snapped.append(count)
-    return Dataset(images, masks, labels, list(classes or []), ids, name=name or root.resolve().name,
+    return Dataset(images=images, masks=masks, labels=labels, classes=list(classes or []), ids=ids,
+                   name=name or root.resolve().name,
                    sources=[str(p.relative_to(root)) for p in paths],
                    provenance={"layout": "folder", **snap_record(snapped, max_stray)})
 

@@ -37,7 +37,8 @@ def make_synthetic(n: int = 200, size: int = 64, seed: int = 0, domain: str = "a
     labels = np.arange(n) % len(CLASSES)
     rng.shuffle(labels)
     images, masks, nuclei = zip(*(draw_crop(int(c), size, DOMAINS[domain], rng) for c in labels))
-    return Dataset(list(images), list(masks), labels, list(CLASSES), [f"syn{i:05d}" for i in range(n)],
+    return Dataset(images=list(images), masks=list(masks), labels=labels, classes=list(CLASSES),
+                   ids=[f"syn{i:05d}" for i in range(n)],
                    name=f"synthetic-{domain}", sources=[f"synthetic:{domain}:{seed}:{i}" for i in range(n)],
                    provenance={"layout": "synthetic", "domain": domain, "seed": seed, "size": size, "n": n},
                    nucleus=list(nuclei))

@@ -1,15 +1,14 @@
 """The method layer, pure torch, numpy, captum, scikit-image and scikit-learn (neither Ray nor
-MLflow), in rooms by concern, each importing only those listed before it:
+MLflow), in rooms by concern, each importing only rooms listed before it (tests/test_layering.py):
 
-- config.py, baselines.py, images.py: the typed configuration, the baselines' names, images
+- config.py, baselines.py, images.py: the typed configuration, every baseline's name, images
   resized, normalised and grouped by size;
-- nca/: the NCA classifier, one model or k folds stacked; torch and Triton steps;
-- readout/: PCA, Otsu and the sign rule, connected components, threshold baselines, the
+- nca/: the NCA classifier, one model or k folds stacked; its torch and Triton steps;
+- readout/: PCA, Otsu and the sign rule, connected components, the threshold baselines, and the
   read-out engine that turns an NCA's states into masks;
-- training/: the execution plan for k folds, the training loop, CAM baseline CNNs, train_folds;
-- scoring/: every IoU (metrics.py), evaluation beside the baselines, scores, fold models and
-  their files, the ensemble of a configuration's folds;
+- training/: the execution plan for k folds, the training loop, the CAM baseline CNNs;
+- scoring/: every IoU (metrics.py), evaluation beside the baselines, Scores, fold models and
+  their files, a configuration's ensemble of folds;
+- train.py: k folds trained and scored start to end (train_folds, train_fold, cross_validate);
 - inference/: predicting new images with a quality score, mask galleries.
-(training/ and scoring/ meet once: train.py evaluates through scoring/, and scoring/ builds
-fold models from training/'s CNNs.)
 """

@@ -31,7 +31,7 @@ from ..method.inference.gallery import mask_gallery
 from ..method.scoring.ensemble import fold_scores
 from ..method.scoring.folds import FoldRecord
 from ..method.scoring.scores import Scores, majority_accuracy
-from ..method.training.train import FoldResult, TrainingHooks, train_folds
+from ..method.train import FoldResult, TrainingHooks, train_folds
 from .metrics import (
     EARLIER,
     TRAIN_LAUNCHES,

@@ -33,7 +33,7 @@ result's device (post-processing on accelerators in torch: components.py).
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -47,7 +47,8 @@ CPU_CHUNK_BYTES = 8 << 20
 ORIENTS = ("signed", "deviation", "none")
 
 
-class PCAOtsu(NamedTuple):
+@dataclass(frozen=True, kw_only=True)
+class PCAOtsu:
     masks: torch.Tensor        # bool (B, H, W), at the response's resolution, before post-processing
     response: torch.Tensor     # (B, H, W), projection on PC1, oriented by the sign rule
     threshold: torch.Tensor    # (B,), on the oriented response
@@ -134,8 +135,8 @@ def pca_otsu(features: torch.Tensor, *, binarise: bool = False, standardise: boo
     span = projection.amax(dim=1) - projection.amin(dim=1)
     # Constant features leave only centring's rounding error: no structure to threshold.
     degenerate = span <= 1e-5 * offset + torch.finfo(projection.dtype).tiny
-    return read_response(projection.view(b, h, w), smooth=smooth, orient=orient,
-                         degenerate=degenerate)._replace(pc1_share=torch.where(degenerate, 0.0, share))
+    return replace(read_response(projection.view(b, h, w), smooth=smooth, orient=orient,
+                         degenerate=degenerate), pc1_share=torch.where(degenerate, 0.0, share))
 
 
 def read_response(response: torch.Tensor, *, smooth: float = 0.0, orient: str = "signed",
@@ -163,7 +164,8 @@ def read_response(response: torch.Tensor, *, smooth: float = 0.0, orient: str = 
     oriented = torch.where(degenerate[:, None], torch.zeros_like(r), r * sign[:, None])
     threshold = torch.where(degenerate, torch.zeros_like(tau), tau * sign)
     separability = torch.where(degenerate, 0.0, otsu_separability(r, tau))
-    return PCAOtsu(masks, oriented.view(b, h, w), threshold, degenerate, separability)
+    return PCAOtsu(masks=masks, response=oriented.view(b, h, w), threshold=threshold, degenerate=degenerate,
+                   separability=separability)
 
 
 def otsu_separability(values: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:

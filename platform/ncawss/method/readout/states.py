@@ -3,6 +3,8 @@ PCA-Otsu results. Read-outs that share a forward pass share its states. Read-out
 and their results handed back as lists, in the same order."""
 from __future__ import annotations
 
+from dataclasses import fields
+
 import numpy as np
 import torch
 
@@ -25,8 +27,8 @@ def run_means(model: NCAClassifier, x: torch.Tensor, generators: list,
 
 
 def concat(results: list[PCAOtsu]) -> PCAOtsu:
-    parts = [[getattr(r, f) for r in results] for f in PCAOtsu._fields]
-    return PCAOtsu(*(None if any(t is None for t in ts) else torch.cat(ts) for ts in parts))
+    parts = {f.name: [getattr(r, f.name) for r in results] for f in fields(PCAOtsu)}
+    return PCAOtsu(**{name: None if any(t is None for t in ts) else torch.cat(ts) for name, ts in parts.items()})
 
 
 def read_out(model: NCAClassifier, x: torch.Tensor, readouts: list[Readout], config: TrainConfig,

@@ -46,7 +46,7 @@ class Evaluation:
     scores: Scores
 
 
-@dataclass
+@dataclass(kw_only=True)
 class TestSet:
     """Images prepared once for evaluation: normalised at the training resolution, baselines' inputs."""
     dataset: Dataset
@@ -68,7 +68,7 @@ class TestSet:
             cams.update({cam_baseline(kind, cnn.size): (kind, getattr(maps, kind)) for kind in cam_kinds})
         per_image = [threshold_masks(image) for image in dataset.images]
         thresholds = {name: [masks[name] for masks in per_image] for name in THRESHOLD_BASELINES}
-        return cls(dataset, normalise(raw, mean, std), thresholds, cams)
+        return cls(dataset=dataset, x=normalise(raw, mean, std), thresholds=thresholds, cams=cams)
 
     def baseline_masks(self, readout: Readout) -> dict[str, list[np.ndarray]]:
         """Every baseline's masks at the images' resolution under a read-out's smoothing, orientation

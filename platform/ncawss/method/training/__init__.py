@@ -1,2 +1,2 @@
-"""Training k folds: the execution plan (plan.py), the loop (loop.py), the CAM baseline CNNs
-(cnn.py), and train_folds / cross_validate (train.py)."""
+"""Training k folds: the execution plan (plan.py), the loop (loop.py) and the CAM baseline
+CNNs (cnn.py). train_folds, which also scores the folds, is one room up (method/train.py)."""

@@ -63,8 +63,8 @@ class CNNClassifier(nn.Module):
     def last_block(self) -> nn.Module:
         return self.blocks[-1]
 
-    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """x: normalised (B, 3, H, W) -> (logits, last block's activations); `generator` unused (no noise)."""
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x: normalised (B, 3, H, W) -> (logits, last block's activations)."""
         features = self.blocks(x)
         return self.head(features.mean(dim=(2, 3))), features
 
@@ -81,7 +81,7 @@ class CNNStack(nn.Module):
         """Fold i alone, sharing its parameters."""
         return CNNStack(list(self.models[i:i + 1]))
 
-    def forward(self, x: torch.Tensor, fire=None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x: (B, k, 3, H, W) -> (logits (B, k, classes), last block's activations (B, k, C, h, w))."""
         params = stacked(self.models, tuple(name for name, _ in self.models[0].named_parameters()))
         return vmap(lambda p, xi: functional_call(self.models[0], p, (xi,)), in_dims=(0, 1), out_dims=1)(params, x)

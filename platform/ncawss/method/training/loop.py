@@ -167,7 +167,7 @@ class BatchedTrainer:
     def loss(self, x, y, weight, fire, stack: Stack | None = None):
         """(summed loss, each fold's batch-mean loss (k,), logits (B, k, C)) of `stack` (default: all folds)."""
         with precision_context(self.config, self.device):
-            logits = (stack or self.stack)(x, fire)[0]
+            logits = (stack or self.stack)(x, *([] if fire is None else [fire]))[0]  # fire: NCA stacks only
         per_fold = (focal_terms(logits, y, self.config.focal_gamma) * weight).sum(0)
         return per_fold.sum(), per_fold, logits
 

@@ -24,8 +24,8 @@ class Stack(Protocol):
     """k models of one configuration run as one (nca.model.FoldStack, cnn.CNNStack)."""
     models: nn.ModuleList
 
-    def __call__(self, x: torch.Tensor, fire) -> tuple[torch.Tensor, torch.Tensor]:
-        """x (B, k, 3, S, S) -> (logits (B, k, classes), features)."""
+    def __call__(self, x: torch.Tensor, *fire: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (B, k, 3, S, S) [, the NCA's fire masks] -> (logits (B, k, classes), features)."""
 
     def part(self, i: int) -> Stack:
         """Fold i alone, sharing its parameters."""

@@ -10,17 +10,17 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ...data import Dataset, fold_splits
-from ..baselines import CNN_WIDTHS
-from ..config import TrainConfig
-from ..images import normalised_training_set
-from ..nca.model import FoldStack, NCAClassifier
-from ..scoring.evaluation import Evaluation, TestSet, evaluate
-from ..scoring.folds import FoldModel
-from ..scoring.scores import PerReadout, Scores
-from .cnn import CNNBaseline, train_cnns
-from .loop import BatchedTrainer, Fold, make_folds
-from .plan import Execution
+from ..data import Dataset, fold_splits
+from .baselines import CNN_WIDTHS
+from .config import TrainConfig
+from .images import normalised_training_set
+from .nca.model import FoldStack, NCAClassifier
+from .scoring.evaluation import Evaluation, TestSet, evaluate
+from .scoring.folds import FoldModel
+from .scoring.scores import PerReadout, Scores
+from .training.cnn import CNNBaseline, train_cnns
+from .training.loop import BatchedTrainer, Fold, make_folds
+from .training.plan import Execution
 
 log = logging.getLogger(__name__)
 
