@@ -1,5 +1,6 @@
-"""The method layer, pure torch, numpy, captum, scikit-image and scikit-learn (neither Ray nor
-MLflow), in rooms by concern, each importing only rooms listed before it (tests/test_layering.py):
+"""The method layer (torch, numpy, scipy, scikit-image, scikit-learn, pyarrow, Pillow, pydantic,
+PyYAML and captum; neither Ray nor MLflow), in rooms by concern, each importing only rooms listed
+before it (tests/test_layering.py):
 
 - config.py, baselines.py, images.py: the typed configuration, every baseline's name, images
   resized, normalised and grouped by size;
