@@ -163,7 +163,7 @@ def write_json(args, config, dataset, result, holdout, seconds: float) -> None:
         "mean_iou": result.scores.iou, "std_iou": result.std(), "mean_accuracy": result.scores.accuracy,
         "variants": {name: s.as_dict() for name, s in variant_table(config, result).items()},
         "holdout_scores": None if holdout is None else
-        {"readout": holdout.configured.as_dict(), **{name: s.as_dict() for name, s in holdout.variants.items()}},
+        {"configured": holdout.configured.as_dict(), "variants": {n: s.as_dict() for n, s in holdout.variants.items()}},
         "history": [f.history for f in result.folds],
     }
     Path(args.json).write_text(json.dumps(record, indent=1, default=lambda v: np.asarray(v).tolist()))

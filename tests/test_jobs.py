@@ -35,7 +35,8 @@ def test_prepare_then_cross_validate_prints_folds_beside_the_baseline(tmp_path):
     assert any(line.startswith("nucleus (nucleus)") for line in lines)
     assert any(line.startswith("Held-out images, majority vote of the 2 fold models") for line in lines)
     record = json.loads((tmp_path / "r.json").read_text())
-    assert len(record["holdout_scores"]["readout"]["fold_iou"]) == 2
+    held = record["holdout_scores"]
+    assert len(held["configured"]["fold_iou"]) == 2 and set(held["variants"]) == {"smooth", "nucleus"}
 
 
 def test_holdout_too_small_for_the_classes_is_refused(tmp_path):

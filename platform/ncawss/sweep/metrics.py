@@ -51,10 +51,17 @@ class LaunchTimes:
     data: float                          # its folds' data and any checkpoint were in memory
 
     def phases(self) -> dict[str, float]:
-        return {"launch_trial_actor_s": self.trial - self.actor_process,
-                "launch_worker_process_s": self.worker_process - self.trial,
-                "launch_worker_setup_s": self.worker - self.worker_process,
-                "launch_data_s": self.data - self.worker}
+        """Seconds of each phase, by its metric name (LAUNCH_PHASES)."""
+        return dict(zip(LAUNCH_PHASES, (self.worker_process - self.trial, self.worker - self.worker_process,
+                                        self.data - self.worker, self.trial - self.actor_process)))
+
+
+LAUNCH_PHASES = {  # a launch phase's metric name -> how the summary names it, in the summary's order
+    "launch_worker_process_s": "worker process",
+    "launch_worker_setup_s": "worker setup",
+    "launch_data_s": "data",
+    "launch_trial_actor_s": "and before it, the trial's actor",
+}
 
 
 @dataclass(frozen=True, kw_only=True)

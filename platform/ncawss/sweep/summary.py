@@ -22,6 +22,7 @@ from .metrics import (
     AUTHORS,
     IOU_STD,
     LAUNCH_OVERHEAD,
+    LAUNCH_PHASES,
     LIFT,
     MAJORITY,
     METRIC,
@@ -175,9 +176,7 @@ def csv_rows(rows: list[dict], names: list[str], baselines: list[str],
 
 def launch_phases(done: list[dict]) -> str:
     """Where the launch went, in means over the finished trials (metrics.LaunchTimes)."""
-    names = {"launch_worker_process_s": "worker process", "launch_worker_setup_s": "worker setup",
-             "launch_data_s": "data", "launch_trial_actor_s": "and before it, the trial's actor"}
-    parts = [f"{label} {np.mean([r[key] for r in done]):.1f} s" for key, label in names.items()
+    parts = [f"{label} {np.mean([r[key] for r in done]):.1f} s" for key, label in LAUNCH_PHASES.items()
              if all(key in r for r in done)]
     return f" ({', '.join(parts)})" if parts else ""
 
