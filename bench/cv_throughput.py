@@ -48,7 +48,7 @@ def time_training(config, splits, device, epochs, grouped=None, fold_by_fold=Non
     """Seconds for `epochs` epochs of the given folds as one batched model (setup excluded)."""
     data = []
     for train, _ in splits:
-        x, _, _ = normalised_training_set(train, config.image_size)
+        x, _ = normalised_training_set(train, config.image_size)
         data.append((x.to(device), torch.as_tensor(train.labels, dtype=torch.long, device=device)))
     models = [ncawss.NCAClassifier.from_config(config, len(splits[0][0].classes)).to(device) for _ in splits]
     execution = Execution.plan(config, device, len(models), fold_by_fold=fold_by_fold, grouped=grouped)
@@ -71,8 +71,8 @@ def time_evaluation(config, dataset, splits, device) -> float:
     synchronise(device)
     start = time.perf_counter()
     for i, ((train, test), model) in enumerate(zip(splits, models)):
-        _, mean, std = normalised_training_set(train, config.image_size)
-        prepared = TestSet.prepare(test, mean, std, config.image_size, {s: cnns[s][i] for s in CNN_WIDTHS},
+        _, normalisation = normalised_training_set(train, config.image_size)
+        prepared = TestSet.prepare(test, normalisation, config.image_size, {s: cnns[s][i] for s in CNN_WIDTHS},
                                    ("gradcam", "eigencam"), device)
         evaluate(model, prepared, config, device)
     synchronise(device)

@@ -46,8 +46,8 @@ def by_name(evaluations: ncawss.PerReadout) -> dict:
 
 def untrained(config, train, test) -> dict:
     """Every read-out of the untrained NCA (its hidden channels stay 0) on the test fold."""
-    _, mean, std = normalised_training_set(train, config.image_size, config.normalise)
-    prepared = TestSet.prepare(test, mean.tolist(), std.tolist(), config.image_size)
+    _, normalisation = normalised_training_set(train, config.image_size, config.normalise)
+    prepared = TestSet.prepare(test, normalisation, config.image_size)
     return by_name(evaluate(ncawss.NCAClassifier.from_config(config, len(train.classes)), prepared, config))
 
 

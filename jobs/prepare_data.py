@@ -8,6 +8,8 @@ Examples:
   python jobs/prepare_data.py imagefolder --source Raabin --output data/raabin.parquet  # images/<class>/, GT_masks/
   python jobs/prepare_data.py prefix --source Matek --output data/matek.parquet         # image/<class>_<n>.jpg, masks/
   python jobs/prepare_data.py synthetic --output data/synthetic-b.parquet --domain b --seed 1
+  python jobs/prepare_data.py restain --source data/zheng2018-d1.parquet --seed 1 --strength 0.3 \
+      --output data/zheng2018-d1-restained.parquet   # the same images in another stain, masks unchanged
 """
 from __future__ import annotations
 
@@ -17,12 +19,13 @@ import sys
 
 import ncawss
 from ncawss.data import STRAY_SHARE, dataset_metadata
+from ncawss.method.images import restain
 
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("layout", choices=["zheng2018", "folder", "imagefolder", "prefix", "synthetic"])
-    p.add_argument("--source", help="folder of the raw layout (not for synthetic)")
+    p.add_argument("layout", choices=["zheng2018", "folder", "imagefolder", "prefix", "synthetic", "restain"])
+    p.add_argument("--source", help="folder of the raw layout (not for synthetic); restain: a dataset file")
     p.add_argument("--output", required=True, help="Parquet file to write")
     p.add_argument("--subset", type=int, default=1, help="zheng2018: Dataset 1 or 2 (default 1)")
     p.add_argument("--classes", nargs="+", help="folder, imagefolder, prefix: class names in label order "
@@ -39,7 +42,10 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--strict", action="store_true", help="masks: snap nothing (same as --max-stray 0)")
     p.add_argument("--n", type=int, default=200, help="synthetic: number of crops (default 200)")
     p.add_argument("--size", type=int, default=64, help="synthetic: crop side in pixels (default 64)")
-    p.add_argument("--seed", type=int, default=0, help="synthetic: seed (default 0)")
+    p.add_argument("--seed", type=int, default=0, help="synthetic, restain: seed (default 0)")
+    p.add_argument("--strength", type=float, default=0.3,
+                   help="restain: stain scales drawn from U(1-s, 1+s), shifts from U(-0.1 s, 0.1 s), one of each "
+                        "per stain channel for the whole dataset (default 0.3)")
     p.add_argument("--domain", default="a", help="synthetic: stain domain, a or b (default a)")
     return p.parse_args()
 
@@ -59,11 +65,22 @@ def layout_options(args: argparse.Namespace) -> dict:
     return {"n": args.n, "size": args.size, "seed": args.seed, "domain": args.domain}
 
 
+def write_restained(args: argparse.Namespace):
+    if not args.source:
+        raise ValueError("restain: --source names the dataset file to restain")
+    if not 0 < args.strength <= 1:
+        raise ValueError(f"--strength {args.strength}: a stain shift's strength lies in (0, 1]")
+    return ncawss.write_dataset(restain(ncawss.read_dataset(args.source), args.strength, args.seed), args.output)
+
+
 def main() -> int:
     args = parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        path = ncawss.convert(args.layout, args.source, args.output, **layout_options(args))
+        if args.layout == "restain":
+            path = write_restained(args)
+        else:
+            path = ncawss.convert(args.layout, args.source, args.output, **layout_options(args))
     except (ncawss.DataError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -76,6 +93,10 @@ def main() -> int:
     if record.get("binarised_pixels"):
         print(f"{record['binarised_pixels']} pixels of {record['binarised_masks']} lossy (JPEG) masks were off 0 and "
               f"255 and cut at {record['mask_threshold']} (recorded in the file's metadata)")
+    if record.get("restain"):
+        shifted = record["restain"]
+        print(f"restained {shifted['restained_from']}: stain scales {[round(v, 3) for v in shifted['stain_scale']]}, "
+              f"shifts {[round(v, 4) for v in shifted['stain_shift']]} (haematoxylin, eosin, DAB)")
     if record.get("missing_masks"):
         print(f"{record['missing_masks']} images have no mask: they train, they are not scored")
     return 0

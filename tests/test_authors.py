@@ -131,10 +131,10 @@ def test_max_pooling_feeds_the_head_the_per_channel_maximum_of_the_state():
 
 
 def test_fixed_normalisation_maps_images_to_minus_one_one_whatever_the_fold(small_synthetic):
-    x, mean, std = normalised_training_set(small_synthetic, 16, "fixed")
+    x, normalisation = normalised_training_set(small_synthetic, 16, "fixed")
     raw = resize_images(small_synthetic.images, 16)
     torch.testing.assert_close(x, raw * 2 - 1)
-    assert mean.tolist() == std.tolist() == [0.5, 0.5, 0.5]
+    assert normalisation.mean == normalisation.std == (0.5, 0.5, 0.5) and not normalisation.per_image
     config = make_config({"channels": 6, "hidden": 4, "steps": 2, "head_hidden": 4, "epochs": 1, "batch_size": 8,
                           "image_size": 16, "normalise": "fixed", "variants": {}})
     train, test = small_synthetic.subset(np.arange(30)), small_synthetic.subset(np.arange(30, 40))

@@ -62,7 +62,7 @@ def trained_stack(splits, fold_by_fold: bool) -> tuple[list[dict], list[list[dic
     """Two epochs of the folds through BatchedTrainer: (state dicts, per-fold epoch metrics)."""
     data = []
     for train, _ in splits:
-        x, _, _ = normalised_training_set(train, TINY.image_size)
+        x, _ = normalised_training_set(train, TINY.image_size)
         data.append((x, torch.as_tensor(train.labels)))
     models = [NCAClassifier.from_config(TINY, len(splits[0][0].classes)) for _ in splits]
     execution = Execution.plan(TINY, "cpu", len(models), fold_by_fold=fold_by_fold)

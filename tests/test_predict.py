@@ -125,7 +125,7 @@ def test_predicted_masks_equal_the_majority_vote_evaluation_computes(small_synth
     predictions = predict(ensemble, small_synthetic.images, runs=2)
     votes = []
     for fold in ensemble.folds:
-        test = evaluation.TestSet.prepare(small_synthetic, fold.norm_mean, fold.norm_std, config.image_size)
+        test = evaluation.TestSet.prepare(small_synthetic, fold.normalisation, config.image_size)
         votes.append(evaluate(fold.nca(config), test, config, variants=False).configured.masks)
     assert all(np.array_equal(p.mask, v) for p, v in zip(predictions, majority_vote(votes)))
 

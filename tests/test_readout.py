@@ -5,7 +5,7 @@ import torch
 from scipy import ndimage
 
 from ncawss import Dataset, NCAClassifier, Readout, TrainConfig, iou, pca_otsu
-from ncawss.method.images import normalise, resize_images
+from ncawss.method.images import resize_images
 from ncawss.method.readout.components import post_process
 from ncawss.method.readout.pca_otsu import PCAOtsu, gaussian_blur, masks_at, read_response
 from ncawss.method.readout.states import read_chunk
@@ -183,7 +183,7 @@ def test_gradcam_mask_overlaps_the_object_that_carries_the_class():
     config = TrainConfig(image_size=40, epochs=20, batch_size=16, lr=3e-3, augment=False, seed=0)
     cnn = train_cnn(config, data.subset(range(60)), "small")
     test = data.subset(range(60, 80))
-    maps = cam_maps(cnn.model(), normalise(resize_images(test.images, 40), cnn.norm_mean, cnn.norm_std))
+    maps = cam_maps(cnn.model(), cnn.normalisation(resize_images(test.images, 40)))
     assert (maps.predictions.numpy() == test.labels).mean() > 0.9
     masks = masks_at(read_response(maps.gradcam), [m.shape for m in test.masks])
     overlap = np.mean([iou(m, t) for m, t in zip(masks, test.masks)])

@@ -228,7 +228,7 @@ def test_predict_votes_with_the_masks_evaluation_computes(sweep, predicted):
     config = ensemble.config
     votes = []
     for fold in ensemble.folds:  # what evaluate.py's majority vote computes (ncawss.score_dataset)
-        test = evaluation.TestSet.prepare(dataset, fold.norm_mean, fold.norm_std, config.image_size)
+        test = evaluation.TestSet.prepare(dataset, fold.normalisation, config.image_size)
         votes.append(evaluate(fold.nca(config), test, config, variants=False).configured.masks)
     assert all(m.shape == image.shape[:2] for m, image in zip(masks, dataset.images))
     assert all(np.array_equal(m, e) for m, e in zip(masks, majority_vote(votes)))

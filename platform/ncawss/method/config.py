@@ -116,14 +116,19 @@ class TrainConfig(Options):
     focal_gamma: float = Field(2.0, ge=0.0)
     pool: Literal["mean", "max"] = Field("mean", description="how the classifier head pools the state over "
                                          "pixels (the authors: max in their Matek19 run, mean in Raabin)")
-    normalise: Literal["fold", "fixed"] = Field(
-        "fold", description="input normalisation: the training fold's channel mean and std, or fixed "
-        "mean = std = 0.5 (images in [-1, 1], the authors' code)")
+    normalise: Literal["fold", "fixed", "image"] = Field(
+        "fold", description="input normalisation: the training fold's channel mean and std, fixed "
+        "mean = std = 0.5 (images in [-1, 1], the authors' code), or image: each image's channels by "
+        "that image's own mean and std (the same at predict time: blind to a stain's overall shift)")
     split: Literal["stratified", "kfold"] = Field(
         "stratified", description="cross-validation folds: stratified k-fold, or plain shuffled KFold over "
         "all images (the authors' code); scikit-learn, seeded")
     image_size: int = Field(64, ge=8, description="training resolution (square)")
     augment: bool = Field(True, description="random rotation (0..360 degrees) and flips")
+    stain_jitter: float = Field(0.0, ge=0.0, le=0.5, description="HED stain augmentation of training images: "
+                                "each stain channel scaled by U(1-s, 1+s), shifted by U(-0.1 s, 0.1 s) (0: off)")
+    colour_jitter: float = Field(0.0, ge=0.0, le=0.9, description="brightness, contrast and saturation of "
+                                 "training images each scaled by U(1-c, 1+c) (0: off)")
     seed: int = 0
     readout: Readout = Field(Readout(), description="the read-out the fold's IoU (the objective) uses; "
                              "a string sets only its inference")
@@ -151,6 +156,11 @@ class TrainConfig(Options):
             except ValidationError as exc:
                 raise ValueError(f"variants.{name}: {describe_validation_error('readout', exc)}") from None
         return self
+
+    @property
+    def augments_colour(self) -> bool:
+        """Whether training batches get stain or colour jitter."""
+        return self.stain_jitter > 0 or self.colour_jitter > 0
 
     def variant_readouts(self) -> dict[str, Readout]:
         """Every variant, resolved against the configured read-out (which is `readout`, not one of them)."""

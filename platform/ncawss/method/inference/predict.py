@@ -21,7 +21,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from ...data import DataError
-from ..images import normalise, resize_images
+from ..images import resize_images
 from ..readout.pca_otsu import PCAOtsu, masks_at
 from ..readout.states import read_chunk, segment_state, stochastic_generators
 from ..scoring.ensemble import Ensemble
@@ -106,7 +106,7 @@ class Predictor:
         votes, probabilities, runs, shares, separabilities, solidities = [], [], [], [], [], []
         for fold, model, generators, quality in zip(self.ensemble.folds, self.models, self.generators,
                                                     self.quality_generators):
-            x = normalise(raw, fold.norm_mean, fold.norm_std).to(self.device)
+            x = fold.normalisation(raw).to(self.device)
             (segment,), (logits,) = read_chunk(model, x, [readout], generators)
             votes.append(masks_at(segment, shapes, readout.post, readout.upsample))
             probabilities.append(logits.float().softmax(1).cpu())

@@ -69,7 +69,7 @@ def voted(evaluations: list[Evaluation], readout: Readout, dataset: Dataset) -> 
 
 def fold_test_set(config: TrainConfig, fold: FoldModel, dataset: Dataset, cam_kinds: tuple[str, ...],
                   device: str | torch.device) -> TestSet:
-    return TestSet.prepare(dataset, fold.norm_mean, fold.norm_std, config.image_size, fold.cnns, cam_kinds, device)
+    return TestSet.prepare(dataset, fold.normalisation, config.image_size, fold.cnns, cam_kinds, device)
 
 
 def fold_scores(config: TrainConfig, fold: FoldModel, dataset: Dataset, device: str | torch.device = "cpu",

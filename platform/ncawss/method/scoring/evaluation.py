@@ -11,7 +11,7 @@ import torch
 from ...data import Dataset
 from ..baselines import THRESHOLD_BASELINES, cam_baseline
 from ..config import Readout, TrainConfig
-from ..images import normalise, resize_images
+from ..images import Normalisation, resize_images
 from ..nca.model import NCAClassifier
 from ..readout.components import post_process
 from ..readout.pca_otsu import PCAOtsu, masks_at, pca_otsu, read_response
@@ -50,25 +50,26 @@ class Evaluation:
 class TestSet:
     """Images prepared once for evaluation: normalised at the training resolution, baselines' inputs."""
     dataset: Dataset
-    x: torch.Tensor                     # (N, 3, S, S), normalised with the training fold's statistics
+    x: torch.Tensor                     # (N, 3, S, S), normalised as the model's training images were
     thresholds: dict[str, list[np.ndarray]]  # threshold baselines' masks at the images' resolution
     cams: dict[str, tuple[str, torch.Tensor]]  # CAM baseline name (gradcam, eigencam_large, ...) -> kind, maps
     # Baseline masks per (smooth, orient, post): they never change while the NCA trains.
     baseline_cache: dict[tuple, dict[str, list[np.ndarray]]] = field(default_factory=dict)
 
     @classmethod
-    def prepare(cls, dataset: Dataset, mean, std, size: int, cnns: dict[str, CNNBaseline] | None = None,
-                cam_kinds: tuple[str, ...] = (), device: str | torch.device = "cpu") -> TestSet:
+    def prepare(cls, dataset: Dataset, normalisation: Normalisation, size: int,
+                cnns: dict[str, CNNBaseline] | None = None, cam_kinds: tuple[str, ...] = (),
+                device: str | torch.device = "cpu") -> TestSet:
         if dataset.masks is None:
             raise ValueError(f"{dataset.name}: evaluation needs ground-truth masks")
         raw = resize_images(dataset.images, size)
         cams = {}
         for cnn in (cnns or {}).values():
-            maps = cam_maps(cnn.model().to(device), normalise(raw, cnn.norm_mean, cnn.norm_std).to(device))
+            maps = cam_maps(cnn.model().to(device), cnn.normalisation(raw).to(device))
             cams.update({cam_baseline(kind, cnn.size): (kind, getattr(maps, kind)) for kind in cam_kinds})
         per_image = [threshold_masks(image) for image in dataset.images]
         thresholds = {name: [masks[name] for masks in per_image] for name in THRESHOLD_BASELINES}
-        return cls(dataset=dataset, x=normalise(raw, mean, std), thresholds=thresholds, cams=cams)
+        return cls(dataset=dataset, x=normalisation(raw), thresholds=thresholds, cams=cams)
 
     def baseline_masks(self, readout: Readout) -> dict[str, list[np.ndarray]]:
         """Every baseline's masks at the images' resolution under a read-out's smoothing, orientation

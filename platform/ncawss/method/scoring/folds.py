@@ -15,6 +15,7 @@ from pydantic import ValidationError
 
 from ...data import DataError
 from ..config import TrainConfig, describe_validation_error
+from ..images import Normalisation
 from ..nca.model import NCAClassifier
 from ..training.cnn import CNNBaseline
 
@@ -29,6 +30,11 @@ class FoldModel:
     norm_std: list[float]
     n_classes: int
     cnns: dict[str, CNNBaseline] | None = None
+    norm_per_image: bool = False        # normalise: image (norm_mean and norm_std then unused)
+
+    @property
+    def normalisation(self) -> Normalisation:
+        return Normalisation(tuple(self.norm_mean), tuple(self.norm_std), self.norm_per_image)
 
     def nca(self, config: TrainConfig) -> NCAClassifier:
         """The fold's trained NCA classifier (on CPU)."""
@@ -51,6 +57,7 @@ class FoldRecord:
     def to_dict(self) -> dict[str, Any]:
         m = self.model
         return {"state_dict": m.state_dict, "norm_mean": m.norm_mean, "norm_std": m.norm_std,
+                "norm_per_image": m.norm_per_image,
                 "n_classes": m.n_classes, "classes": list(self.classes), "config": self.config.model_dump(),
                 "fold": self.fold, "test_ids": list(self.test_ids), "source": dict(self.source),
                 "cam_kinds": list(self.cam_kinds),
@@ -61,7 +68,8 @@ class FoldRecord:
         try:
             cnns = {size: CNNBaseline(**cnn) for size, cnn in values.get("cnns", {}).items()} or None
             model = FoldModel(state_dict=values["state_dict"], norm_mean=values["norm_mean"],
-                              norm_std=values["norm_std"], n_classes=values["n_classes"], cnns=cnns)
+                              norm_std=values["norm_std"], n_classes=values["n_classes"], cnns=cnns,
+                              norm_per_image=bool(values.get("norm_per_image", False)))
             config = TrainConfig.model_validate(values["config"])
             classes = values.get("classes") or [str(i) for i in range(model.n_classes)]
             return cls(model=model, config=config, classes=list(classes), fold=int(values["fold"]),

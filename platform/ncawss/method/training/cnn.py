@@ -26,7 +26,7 @@ from torch.func import functional_call, vmap
 from ...data import Dataset
 from ..baselines import CNN_WIDTHS
 from ..config import TrainConfig
-from ..images import normalised_training_set
+from ..images import Normalisation, training_images
 from ..nca.model import stacked
 from .loop import BatchedTrainer, make_folds
 from .plan import Execution
@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 # TrainConfig fields a CNN baseline's training uses: its cache key, never the NCA's settings.
 CNN_SETTINGS = ("epochs", "batch_size", "lr", "betas", "lr_decay", "focal_gamma", "normalise", "split", "image_size",
-                "augment", "seed")
+                "augment", "stain_jitter", "colour_jitter", "seed")
 
 
 def cnn_settings(config: TrainConfig) -> dict:
@@ -96,6 +96,11 @@ class CNNBaseline:
     norm_mean: list[float]
     norm_std: list[float]
     seconds: float = 0.0
+    norm_per_image: bool = False   # normalise: image (norm_mean and norm_std then unused)
+
+    @property
+    def normalisation(self) -> Normalisation:
+        return Normalisation(tuple(self.norm_mean), tuple(self.norm_std), self.norm_per_image)
 
     def model(self) -> CNNClassifier:
         model = CNNClassifier(CNN_WIDTHS[self.size], self.n_classes)
@@ -109,15 +114,15 @@ def train_cnns(config: TrainConfig, trains: list[Dataset], size: str = "small",
     loss, augmentation, optimiser, epochs and per-fold generators."""
     started = time.perf_counter()
     config = config.replace(precision="fp32")  # baselines never change with the NCA's precision
-    prepared = [normalised_training_set(train, config.image_size, config.normalise) for train in trains]
-    data = [(x.to(device), torch.as_tensor(t.labels, dtype=torch.long, device=device))
-            for (x, _, _), t in zip(prepared, trains)]
+    prepared = [training_images(train, config.image_size, config.normalise) for train in trains]
+    data = [(norm(raw).to(device), torch.as_tensor(t.labels, dtype=torch.long, device=device))
+            for (raw, norm), t in zip(prepared, trains)]
     models = []
     for train in trains:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
             models.append(CNNClassifier(CNN_WIDTHS[size], len(train.classes)).to(device))
-    folds = make_folds(config, models, data, device, fire=False)
+    folds = make_folds(config, models, data, device, fire=False, colour=prepared if config.augments_colour else None)
     # No CUDA graph: vmap's dispatch is not graph-safe in every torch release; a CNN step has few launches.
     execution = Execution.plan(config, device, len(models), graphable=False)
     trainer = BatchedTrainer(CNNStack(models), folds, config, execution)
@@ -129,8 +134,9 @@ def train_cnns(config: TrainConfig, trains: list[Dataset], size: str = "small",
     seconds = time.perf_counter() - started
     return [CNNBaseline(size=size, n_classes=len(train.classes),
                         state_dict={k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
-                        norm_mean=mean.tolist(), norm_std=std.tolist(), seconds=seconds)
-            for model, train, (_, mean, std) in zip(models, trains, prepared)]
+                        norm_mean=list(norm.mean), norm_std=list(norm.std), norm_per_image=norm.per_image,
+                        seconds=seconds)
+            for model, train, (_, norm) in zip(models, trains, prepared)]
 
 
 def train_cnn(config: TrainConfig, train: Dataset, size: str = "small",

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -29,27 +28,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import TrainConfig
+from ..images import Normalisation
 from ..nca.model import N_INPUT, fire_masks
+from .augment import augment_colours, random_rotations, warp
 from .plan import Execution, Stack
 
 log = logging.getLogger(__name__)
-
-
-def random_rotations(n: int, generator: torch.Generator) -> torch.Tensor:
-    """(n, 2, 3) affine matrices: rotation in [0, 360) degrees and random horizontal/vertical flips."""
-    angle = torch.rand(n, generator=generator) * 2 * math.pi
-    flip = torch.randint(0, 2, (n, 2), generator=generator) * 2 - 1
-    cos, sin = torch.cos(angle), torch.sin(angle)
-    theta = torch.zeros(n, 2, 3)
-    theta[:, 0, 0], theta[:, 0, 1] = cos * flip[:, 0], -sin * flip[:, 1]
-    theta[:, 1, 0], theta[:, 1, 1] = sin * flip[:, 0], cos * flip[:, 1]
-    return theta
-
-
-def warp(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
-    """Resample (N, C, H, W) images with (N, 2, 3) affine matrices, reflection at the edges."""
-    grid = F.affine_grid(theta.to(x.device, x.dtype), list(x.shape), align_corners=False)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
 
 
 def focal_terms(logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0) -> torch.Tensor:
@@ -75,6 +59,16 @@ class Fold:
     fire_gen: torch.Generator | None   # fire masks (on the device); None for models without them
     history: list[dict] = field(default_factory=list)
     epoch: int = 0
+    # With colour augmentation: the resized RGB images in [0, 1] and how x was normalised from them.
+    raw: torch.Tensor | None = None
+    normalisation: Normalisation | None = None
+
+    def images(self, rows: torch.Tensor, config: TrainConfig) -> torch.Tensor:
+        """The fold's training images `rows` as the model sees them, colour-augmented where configured."""
+        if self.raw is None:
+            return self.x[rows]
+        augmented = augment_colours(self.raw[rows].cpu(), config.stain_jitter, config.colour_jitter, self.sample_gen)
+        return self.normalisation(augmented).to(self.x.device)
 
     def checkpoint(self) -> dict:
         return {"epoch": self.epoch, "model": self.model.state_dict(), "optimiser": self.optimiser.state_dict(),
@@ -93,14 +87,18 @@ class Fold:
 
 
 def make_folds(config: TrainConfig, models: list[nn.Module], data: list[tuple[torch.Tensor, torch.Tensor]],
-               device: torch.device | str, fire: bool) -> list[Fold]:
-    """Fold states with the generators a fold trained alone would have (seeded by config.seed)."""
+               device: torch.device | str, fire: bool,
+               colour: list[tuple[torch.Tensor, Normalisation]] | None = None) -> list[Fold]:
+    """Fold states with the generators a fold trained alone would have (seeded by config.seed);
+    `colour`: each fold's raw images and normalisation, where config augments colours."""
     folds = []
-    for model, (x, y) in zip(models, data):
+    for i, (model, (x, y)) in enumerate(zip(models, data)):
         optimiser, scheduler = make_optimiser(model, config)
         fire_gen = torch.Generator(device).manual_seed(config.seed + 1) if fire else None
+        raw, normalisation = colour[i] if colour else (None, None)
         folds.append(Fold(model=model, x=x, y=y, optimiser=optimiser, scheduler=scheduler,
-                          sample_gen=torch.Generator().manual_seed(config.seed), fire_gen=fire_gen))
+                          sample_gen=torch.Generator().manual_seed(config.seed), fire_gen=fire_gen, raw=raw,
+                          normalisation=normalisation))
     return folds
 
 
@@ -233,7 +231,7 @@ class BatchedTrainer:
         theta = torch.eye(2, 3).repeat(width, k, 1, 1)
         for i, (fold, rows, n) in enumerate(zip(folds, idx, sizes)):
             if n:
-                x[:n, i], y[:n, i], weight[:n, i] = fold.x[rows], fold.y[rows], 1.0 / n
+                x[:n, i], y[:n, i], weight[:n, i] = fold.images(rows, cfg), fold.y[rows], 1.0 / n
                 if cfg.augment:
                     theta[:n, i] = random_rotations(n, fold.sample_gen)
         if cfg.augment:
