@@ -45,8 +45,10 @@ def parse_args() -> argparse.Namespace:
                                         "else sqlite:///OUTPUT/mlflow.db)")
     p.add_argument("--holdout", type=float, help="override the space's holdout share (0: none)")
     p.add_argument("--eval-data", nargs="+", default=[], metavar="PATH",
-                   help="datasets (masks needed, labels not) every trial's fold models also segment: "
-                        "cross-domain IoU beside each baseline, logged as extra metrics, never the objective")
+                   help="datasets (labels not needed) every trial's fold models also segment: the mean quality "
+                        "estimate of their masks, and where a set has masks, its IoU beside each baseline; the "
+                        "space's objectives may name them (eval.<dataset>.iou_mean, .quality_mean, "
+                        "worst_domain_iou)")
     p.add_argument("--optuna-storage", metavar="URL", help="Optuna RDB storage for the sweep's study (default: "
                    "sqlite:///OUTPUT/optuna.db; a server database, e.g. postgresql://..., on a cluster)")
     p.add_argument("--resume", action="store_true", help="continue the interrupted sweep in OUTPUT")
@@ -61,13 +63,6 @@ def git_commit() -> str:
         return out.stdout.strip() or "unknown"
     except OSError:
         return "unknown"
-
-
-def read_eval_data(path: str) -> ncawss.Dataset:
-    dataset = ncawss.read_dataset(path)
-    if dataset.masks is None:
-        raise ncawss.DataError(f"{path}: --eval-data needs ground-truth masks, the dataset has none")
-    return dataset
 
 
 def data_uri(path: str) -> str:
@@ -134,11 +129,12 @@ def main() -> int:
         check_optuna_storage(study.storage)
         dataset = ncawss.read_dataset(args.data) if args.data else \
             ncawss.make_synthetic(n=200, size=spec.train.get("image_size", 64))
-        eval_sets = [read_eval_data(path) for path in args.eval_data]
+        eval_sets = [ncawss.read_dataset(path) for path in args.eval_data]
         names = [d.name for d in eval_sets]
         if len(set(names)) < len(names):
             raise ValueError(f"--eval-data: datasets {args.eval_data} share a name ({names}); metrics are "
                              "named after datasets, so give each its own name (prepare_data.py --name)")
+        spec.check_eval_data({d.name: d.masks is not None for d in eval_sets})
         kept, held = ncawss.holdout_split(dataset.labels, spec.holdout, spec.seed)
         tracker.dataset = {"name": dataset.name, "fingerprint": dataset.fingerprint,
                            "uri": data_uri(args.data) if args.data else "synthetic:n=200,seed=0"}
@@ -166,8 +162,9 @@ def main() -> int:
                                           "storage": storage, "space": str(args.space),
                                           "optuna_storage": study.storage, "optuna_study": study.name,
                                           "started": datetime.datetime.now().isoformat(timespec="seconds")}))
+    baselines = ", ".join(["the thresholds", *spec.baselines])
     print(f"sweep {spec.name}: {spec.trials} trials x {spec.folds} folds on {dataset.name}: {len(cv_data)} images "
-          f"in the folds, {len(holdout)} held out; baselines {', '.join(spec.baselines)}; MLflow parent run {parent}")
+          f"in the folds, {len(holdout)} held out; baselines: {baselines}; MLflow parent run {parent}")
     if not args.verbose:
         print("worker output: Ray's log files (/tmp/ray/session_latest/logs on each node); --verbose shows it here")
     results = run_sweep(spec, cv_data, storage, tracker, output, study, eval_sets,

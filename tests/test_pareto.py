@@ -40,3 +40,36 @@ def test_the_majority_rate_is_the_training_majority_class_share_of_the_labelled_
     train, test = [0, 0, 1, 2, -1, -1, -1], [0, 1, 0, -1]  # class 0 is the training majority; -1 unlabelled
     assert majority_accuracy(train, test) == 2 / 3
     assert majority_accuracy([2, 2, 1], [1, 1]) == 0.0
+
+
+def summary(iou: float, eval_iou: float | None, quality: float, unmasked_quality: float):
+    from ncawss import PerReadout, Scores
+    from ncawss.sweep.metrics import DomainScores, FoldSummary, LaunchTimes
+
+    def scores(value):
+        return Scores(iou=value, baselines={"intensity": value - 0.1, "otsu_b": value + 0.05}, iou64_pooled=value)
+
+    launch = LaunchTimes(actor_process=0.0, trial=1.0, worker_process=2.0, worker=3.0, data=4.0)
+    return FoldSummary(scores=PerReadout(scores(iou)), majority_accuracy=0.5, seconds=1.0, launch=launch,
+                       eval={"b": DomainScores(quality, None if eval_iou is None else scores(eval_iou)),
+                             "lab": DomainScores(unmasked_quality)})
+
+
+def test_domain_metrics_are_fold_means_and_the_worst_domain_includes_the_cross_validation():
+    from ncawss.sweep.metrics import trial_metrics
+
+    metrics = trial_metrics([summary(0.8, 0.5, 0.6, 0.3), summary(0.7, 0.7, 0.4, 0.5)], epochs=2)
+    assert metrics["eval.b.iou_mean"] == 0.6 and metrics["eval.b.quality_mean"] == 0.5
+    assert metrics["eval.b.best_baseline_iou_mean"] == metrics["eval.b.otsu_b_iou_mean"] == 0.65
+    assert metrics["eval.b.lift"] == 0.6 - 0.65 and metrics["eval.lab.quality_mean"] == 0.4
+    assert not any(k.startswith("eval.lab.") and k != "eval.lab.quality_mean" for k in metrics)  # no masks
+    assert metrics["worst_domain_iou"] == 0.6 < metrics["iou_mean"] == 0.75
+    better_elsewhere = trial_metrics([summary(0.6, 0.9, 0.6, 0.3)], epochs=2)
+    assert better_elsewhere["worst_domain_iou"] == better_elsewhere["iou_mean"] == 0.6
+
+
+def test_one_robustness_objective_registers_its_highest_trial_not_the_highest_iou():
+    spec = SweepSpec(objectives=["worst_domain_iou"])
+    done = [{"trial": "a", "iou_mean": 0.9, "worst_domain_iou": 0.4, "status": "done"},
+            {"trial": "b", "iou_mean": 0.8, "worst_domain_iou": 0.7, "status": "done"}]
+    assert select_best(spec, done) == (done[1], "highest worst_domain_iou")

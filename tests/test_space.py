@@ -31,8 +31,16 @@ SHIPPED = sorted(path.stem for path in (ROOT / "search_spaces").glob("*.yaml"))
 
 
 def test_every_shipped_space_is_tested():
-    assert len(SHIPPED) == 8 and {"nca_wss", "paper", "smoke", "quickstart", "cross_domain", "d1_small",
-                                  "d1_wide", "pareto"} <= set(SHIPPED)
+    assert len(SHIPPED) == 9 and {"nca_wss", "paper", "smoke", "quickstart", "cross_domain", "d1_small",
+                                  "d1_wide", "pareto", "cross_stain"} <= set(SHIPPED)
+
+
+def test_the_cross_stain_space_searches_normalisation_and_jitter_for_the_worst_domain():
+    spec = load_space(ROOT / "search_spaces" / "cross_stain.yaml")
+    assert spec.objectives == ["worst_domain_iou", "iou_mean"] and spec.scheduler is None
+    assert {"normalise", "stain_jitter", "colour_jitter", "readout.binarise"} <= set(spec.search)
+    assert spec.search["normalise"].values == ["fold", "image"]
+    assert [spec.train_config(p).normalise for p in spec.first] == ["fold", "image"]
 
 
 @pytest.mark.parametrize("name", SHIPPED)
@@ -111,10 +119,12 @@ def test_read_out_options_are_searched_as_dotted_keys(tmp_path):
      r"search\.pool: key 'pool'"),
     ("- just a list\n", r"expected a mapping"),
     (GOOD + "objectives: [iou_mean, accuracy_mean]\nscheduler: {grace_period: 1}\n",
-     r"space\.yaml: .*scheduler: ASHA stops trials on one metric and cannot rank two objectives"),
+     r"space\.yaml: .*scheduler: ASHA stops trials on iou_mean at evaluation epochs and cannot rank"),
+    (GOOD + "objectives: [worst_domain_iou]\nscheduler: {grace_period: 1}\n", r"remove 'scheduler'"),
+    (GOOD + "objectives: [iou_mean, eval.b.dice]\n", r"\['eval\.b\.dice'\] unknown"),
     (GOOD + "objectives: [iou_mean, iou_mean]\n", r"names one metric twice"),
-    (GOOD + "objectives: [accuracy_mean]\n", r"a single objective is iou_mean"),
-    (GOOD + "objectives: [iou_mean, dice]\n", r"space\.yaml: key 'objectives\.1'"),
+    (GOOD + "objectives: [accuracy_mean]\n", r"accuracy_mean alone would pick a trial for a number other than"),
+    (GOOD + "objectives: [iou_mean, dice]\n", r"space\.yaml: .*\['dice'\] unknown"),
     (GOOD + "select: {accuracy_margin: 2}\n", r"space\.yaml: key 'select\.accuracy_margin'"),
     (GOOD.replace("- {channels: 8, ", "- {channels: 12, "), r"first\[0\]: \{'channels': 12\} lie outside"),
     (GOOD.replace("- {channels: 8, ", "- {channels: 7.5, "), r"first\[0\]: \{'channels': 7\.5\} lie outside"),
@@ -146,8 +156,16 @@ def test_bad_space_fails_before_ray_starts(tmp_path):
 def test_asha_with_two_objectives_is_refused_before_ray_starts(tmp_path):
     bad = write(tmp_path, GOOD + "objectives: [iou_mean, accuracy_mean]\nscheduler: {grace_period: 1}\n")
     out, _ = run_sweep_job("--space", str(bad), "--output", str(tmp_path / "out"))
-    assert out.returncode == 2 and "ASHA stops trials on one metric" in out.stderr
+    assert out.returncode == 2 and "ASHA stops trials on iou_mean" in out.stderr
     assert "Ray" not in out.stdout + out.stderr and not (tmp_path / "out").exists()
+
+
+def test_an_eval_objective_without_its_eval_data_stops_with_one_line_before_ray_starts(tmp_path):
+    space = write(tmp_path, GOOD + "objectives: [iou_mean, eval.synthetic-b.iou_mean]\n")
+    out, _ = run_sweep_job("--space", str(space), "--output", str(tmp_path / "out"))
+    assert out.returncode == 2 and out.stderr.strip().splitlines() == [
+        "error: objective eval.synthetic-b.iou_mean: no --eval-data dataset named 'synthetic-b' (given: none)"]
+    assert "Ray" not in out.stdout + out.stderr and not (tmp_path / "out" / "ray").exists()
 
 
 def test_unreachable_tracking_server_fails_fast_before_training(tmp_path):
@@ -183,3 +201,19 @@ def test_resources_take_a_device_override_and_trial_resources(tmp_path):
 def test_an_unknown_device_is_refused_naming_the_key(tmp_path):
     with pytest.raises(ConfigError, match=r"resources\.device.*not a torch device"):
         load_space(write(tmp_path, GOOD + "resources: {device: gpu7}\n"))
+
+
+def test_robustness_objectives_name_their_eval_sets_and_are_checked_against_them(tmp_path):
+    spec = load_space(write(tmp_path, GOOD + "objectives: [worst_domain_iou, eval.d1-restained.iou_mean, "
+                                             "eval.lab-x.quality_mean]\n"))
+    assert spec.searcher_objectives and spec.multi_objective
+    assert spec.eval_objectives() == [("d1-restained", "iou_mean"), ("lab-x", "quality_mean")]
+    spec.check_eval_data({"d1-restained": True, "lab-x": False})
+    with pytest.raises(ConfigError, match=r"eval\.lab-x\.quality_mean: no --eval-data dataset named 'lab-x'"):
+        spec.check_eval_data({"d1-restained": True})
+    with pytest.raises(ConfigError, match=r"eval\.d1-restained\.iou_mean: dataset 'd1-restained' has no masks"):
+        spec.check_eval_data({"d1-restained": False, "lab-x": False})
+    alone = load_space(write(tmp_path, GOOD + "objectives: [worst_domain_iou]\n"))
+    with pytest.raises(ConfigError, match="worst_domain_iou: needs --eval-data with masks"):
+        alone.check_eval_data({"lab-x": False})
+    assert not load_space(write(tmp_path, GOOD)).searcher_objectives  # iou_mean alone: Tune's, ASHA may run

@@ -358,14 +358,16 @@ def test_one_declared_gpu_runs_four_quarter_gpu_trials_at_once_on_the_cpu(tiny_d
 def test_a_trial_whose_error_would_recur_fails_at_once_with_its_cause(tmp_path, ray_tmp):
     """A planted failure: one trial scores the nucleus on data whose masks have no nucleus level.
     A DataError recurs on any retry: the trial is launched once (max_failures 2 is not spent), and
-    the sweep reports why, finishing the rest."""
+    the sweep reports why, finishing the rest. The objective is worst_domain_iou over an --eval-data
+    set: Optuna's searcher holds it, the failed trial's NaN placeholder counts as failed."""
     single = dataclasses.replace(make_synthetic(n=30, size=16), nucleus=None, name="single-level")
     data = write_dataset(single, tmp_path / "single.parquet")
-    space = smoke_space(tmp_path, trials=2, holdout=0, max_failures=2,
+    other = write_dataset(make_synthetic(n=8, size=16, seed=3, domain="b"), tmp_path / "b.parquet")
+    space = smoke_space(tmp_path, trials=2, holdout=0, max_failures=2, objectives=["worst_domain_iou"],
                         search={"readout.target": {"type": "choice", "values": ["cell", "nucleus"]}},
                         first=[{"readout.target": "cell"}, {"readout.target": "nucleus"}])
     output = tmp_path / "out"
-    run = run_sweep(data, output, ray_tmp, space=space)
+    run = run_sweep(data, output, ray_tmp, "--eval-data", str(other), space=space)
     assert "1 of 2 trials finished" in run.stdout
     assert re.search(r"trial \w+: failed: .*DataError.*nucleus.*\(not retried: it would fail again\)", run.stdout)
     assert re.search(r"failed \(a recurring error at once.*\): trial \w+: failed: .*DataError.*nucleus", run.stdout)
@@ -384,3 +386,8 @@ def test_a_trial_whose_error_would_recur_fails_at_once_with_its_cause(tmp_path, 
     state = yaml.safe_load((output / "sweep.yaml").read_text())
     study = optuna.load_study(study_name=state["optuna_study"], storage=state["optuna_storage"])
     assert sorted(t.state.name for t in study.trials) == ["COMPLETE", "FAIL"]  # failed, not pruned
+    assert study.metric_names == ["worst_domain_iou"] and "IoU per domain" in run.stdout
+    done = next(row for row in csv.DictReader((output / "trials.csv").open()) if row["status"] == "done")
+    complete = next(t for t in study.trials if t.state.name == "COMPLETE")
+    assert complete.values == [pytest.approx(float(done["worst_domain_iou"]))]
+    assert float(done["worst_domain_iou"]) == min(float(done["iou_mean"]), float(done["eval.synthetic-b.iou_mean"]))

@@ -6,6 +6,7 @@ import json
 import re
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ from mlflow.entities import LoggedModelStatus
 from PIL import Image
 
 from conftest import ROOT
-from ncawss import Ensemble, convert, read_dataset
+from ncawss import Ensemble, convert, make_synthetic, read_dataset, write_dataset
 from ncawss.method.baselines import THRESHOLD_BASELINES
 from ncawss.method.scoring import evaluation
 from ncawss.method.scoring.evaluation import evaluate
@@ -33,12 +34,14 @@ def sweep(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("sweep")
     data = convert("synthetic", None, tmp_path / "tiny.parquet", n=30, size=16)
     other = convert("synthetic", None, tmp_path / "other.parquet", n=10, size=20, domain="b")
+    unmasked = write_dataset(replace(make_synthetic(n=8, size=20, seed=9, domain="b"), masks=None, nucleus=None,
+                                     name="no-masks"), tmp_path / "no-masks.parquet")
     space = smoke_space(tmp_path, trials=3, first=[], holdout=0.2, baselines=["gradcam", "eigencam"],
                         train={"variants": {"largest": {"post": "largest"}}}, objectives=OBJECTIVES,
                         select={"accuracy_margin": 0.0})
     output = tmp_path / "out"
     with private_ray_tmp() as ray_tmp:
-        run = run_sweep(data, output, ray_tmp, "--eval-data", str(other), space=space)
+        run = run_sweep(data, output, ray_tmp, "--eval-data", str(other), str(unmasked), space=space)
     client, parent, trials = trial_runs(output)
     return {"data": data, "other": other, "output": output, "stdout": run.stdout, "client": client,
             "parent": parent, "trials": trials, "tmp": tmp_path}
@@ -149,8 +152,12 @@ def test_every_trial_reports_each_baseline_the_read_out_variant_and_the_eval_dat
     for trial in sweep["trials"]:
         metrics = trial.data.metrics
         assert {"gradcam_iou_mean", "eigencam_large_iou_mean", "otsu_b_iou_mean", "largest_iou_mean",
-                "iou64_pooled_mean", "largest_iou64_pooled_mean", "fold0_iou64_pooled", "eval.synthetic-b.iou",
-                "eval.synthetic-b.intensity_iou", "eval.synthetic-b.lift"} <= set(metrics)
+                "iou64_pooled_mean", "largest_iou64_pooled_mean", "fold0_iou64_pooled", "eval.synthetic-b.iou_mean",
+                "eval.synthetic-b.intensity_iou_mean", "eval.synthetic-b.lift", "eval.synthetic-b.quality_mean",
+                "eval.no-masks.quality_mean", "worst_domain_iou"} <= set(metrics)
+        assert not any(key.startswith("eval.no-masks.") and key != "eval.no-masks.quality_mean" for key in metrics)
+        assert metrics["worst_domain_iou"] == min(metrics["iou_mean"], metrics["eval.synthetic-b.iou_mean"])
+        assert 0 <= metrics["eval.no-masks.quality_mean"] <= 1
         assert {f"fold{i}_{b}_iou" for i in (0, 1) for b in ALL_BASELINES} <= set(metrics)
         assert metrics["lift"] == pytest.approx(metrics["iou_mean"] - max(
             metrics[f"{b}_iou_mean"] for b in ALL_BASELINES))
@@ -264,3 +271,22 @@ def test_the_model_loaded_in_a_fresh_process_predicts_the_same_masks(sweep, pred
     assert "['mask', 'label', 'probability', 'quality']" in served.stdout
     served_masks = np.load(saved, allow_pickle=True)
     assert len(served_masks) == len(masks) and all(np.array_equal(a, b) for a, b in zip(served_masks, masks))
+
+
+def test_the_printed_per_domain_table_is_what_trials_csv_holds(sweep):
+    text = sweep["stdout"]
+    lines = text[text.index("IoU per domain"):].splitlines()[1:]
+    header, body = lines[0].split(), [line.split() for line in lines[1:] if line.strip()][:3]
+    assert header == ["trial", "cross-validation", "synthetic-b", "no-masks", "worst"]
+    rows = {r["trial"]: r for r in csv_rows(sweep) if r["status"] == "done"}
+    assert sorted(cells[0] for cells in body) == sorted(rows)
+    for cells in body:
+        row = rows[cells[0]]
+
+        def pct(key):
+            return f"{100 * float(row[key]):.1f}"
+
+        assert cells[1:4] == [pct("iou_mean"), "/", pct("best_baseline_iou_mean")]
+        assert cells[4:7] == [pct("eval.synthetic-b.iou_mean"), "/", pct("eval.synthetic-b.best_baseline_iou_mean")]
+        assert cells[7:9] == ["quality", f"{float(row['eval.no-masks.quality_mean']):.3f}"]
+        assert cells[9] == pct("worst_domain_iou")

@@ -20,6 +20,8 @@ AUTHORS = "iou64_pooled_mean"  # the authors' metric (64x64, pooled over batches
 BEST_BASELINE = "best_baseline_iou_mean"  # the best baseline's fold-mean IoU
 LIFT = "lift"                # METRIC minus BEST_BASELINE
 LAUNCH_OVERHEAD = "launch_overhead_s"  # from the trial's TorchTrainer.fit to its slowest worker's start
+QUALITY = "quality_mean"     # an --eval-data set's mean label-free quality (inference/quality.py), fold mean
+WORST_DOMAIN = "worst_domain_iou"  # the lowest of METRIC and each masked --eval-data set's fold-mean IoU
 FOLDS_DONE = "folds_done"    # in a trial's last report only (Tune marks any trial's last result "done")
 TRIAL_FAILED = "trial_failed"  # the cause, in the one report of a trial that failed with a recurring error
 TRAIN_LAUNCHES = "train_launches"  # Ray Train runs the trial's actor launched (1 + retries of lost workers)
@@ -38,6 +40,11 @@ def mean_key(name: str) -> str:
 def authors_key(variant: str) -> str:
     """Fold-mean of the authors' metric of a read-out variant (AUTHORS: the configured read-out's)."""
     return f"{variant}_{AUTHORS}"
+
+
+def eval_key(dataset: str, key: str) -> str:
+    """A trial metric of an --eval-data set: eval_key("b", METRIC) is "eval.b.iou_mean"."""
+    return f"eval.{dataset}.{key}"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -64,6 +71,14 @@ LAUNCH_PHASES = {  # a launch phase's metric name -> how the summary names it, i
 }
 
 
+@dataclass(frozen=True)
+class DomainScores:
+    """One fold's model on an --eval-data set: the mean label-free quality of its masks, and where
+    the set has masks, its scores beside the baselines'."""
+    quality: float
+    scores: Scores | None = None
+
+
 @dataclass(frozen=True, kw_only=True)
 class FoldSummary:
     """One fold's results, as its worker hands them to rank 0."""
@@ -72,7 +87,7 @@ class FoldSummary:
     seconds: float                       # wall time of the batch of folds it trained in
     launch: LaunchTimes
     resumed_from_epoch: int = 0
-    eval: dict[str, Scores] = field(default_factory=dict)  # other datasets, by name
+    eval: dict[str, DomainScores] = field(default_factory=dict)  # the --eval-data sets, by name
     gpu_ids: tuple[int, ...] = ()        # the GPUs Ray assigned its worker
 
 
@@ -103,31 +118,54 @@ def trial_metrics(folds: list[FoldSummary], epochs: int) -> dict[str, float | bo
         scores = Scores.mean([f.scores.variants[variant] for f in folds])
         metrics[mean_key(variant)] = scores.iou
         metrics[authors_key(variant)] = scores.iou64_pooled
-    for name in folds[0].eval:
-        metrics.update(Scores.mean([f.eval[name] for f in folds]).metrics(f"eval.{name}."))
+    metrics.update(domain_metrics(folds))
     return metrics
 
 
-def epoch_metrics(epoch: int, folds: list[dict]) -> dict[str, float]:
-    """An evaluation epoch's report: the fold-mean test IoU (what ASHA compares) and training curves."""
+def domain_metrics(folds: list[FoldSummary]) -> dict[str, float]:
+    """Per --eval-data set, fold means: quality, and where it has masks IoU, each baseline's, the
+    best baseline's, lift and the authors' metric; and the worst domain's IoU, the cross-validation's
+    included."""
+    metrics, domains = {}, [float(np.mean([f.scores.configured.iou for f in folds]))]
+    for name in folds[0].eval:
+        metrics[eval_key(name, QUALITY)] = float(np.mean([f.eval[name].quality for f in folds]))
+        if folds[0].eval[name].scores is None:
+            continue
+        mean = Scores.mean([f.eval[name].scores for f in folds])
+        metrics.update({eval_key(name, METRIC): mean.iou, eval_key(name, LIFT): mean.lift,
+                        eval_key(name, BEST_BASELINE): mean.baselines[mean.best_baseline],
+                        eval_key(name, AUTHORS): mean.iou64_pooled,
+                        **{eval_key(name, mean_key(b)): v for b, v in mean.baselines.items()}})
+        domains.append(mean.iou)
+    if folds[0].eval:
+        metrics[WORST_DOMAIN] = min(domains)
+    return metrics
+
+
+def epoch_metrics(epoch: int, folds: list[dict], objectives: tuple[str, ...] = ()) -> dict[str, float]:
+    """An evaluation epoch's report: the fold-mean test IoU (what ASHA compares) and training curves;
+    `objectives` known only when the folds are done (eval sets, worst domain) as NaN placeholders,
+    since Tune checks every report for every objective (their searcher takes no intermediate result)."""
     # Key order matters: Tune's console table takes its columns from a result's first four metrics.
-    return {"epoch": epoch, METRIC: float(np.mean([f["test_iou"] for f in folds])),
+    report = {"epoch": epoch, METRIC: float(np.mean([f["test_iou"] for f in folds])),
             TRAIN_LOSS: float(np.mean([f["train_loss"] for f in folds])),
             TRAIN_ACCURACY: float(np.mean([f["train_accuracy"] for f in folds])),
             # every objective a sweep may have, since Tune checks each report for them
             ACCURACY: float(np.mean([f["test_accuracy"] for f in folds])),
             AUTHORS: float(np.mean([f["test_iou64_pooled"] for f in folds])),
             **{fold_key(i, "iou"): f["test_iou"] for i, f in enumerate(folds)}}
+    return {**report, **{o: float("nan") for o in objectives if o not in report}}
 
 
-def earlier_reports(histories: list[list[dict]], eval_every: int, epochs: int) -> list[dict]:
+def earlier_reports(histories: list[list[dict]], eval_every: int, epochs: int,
+                    objectives: tuple[str, ...] = ()) -> list[dict]:
     """The evaluation epochs' reports (as `epoch_metrics` made them) up to the last epoch every
     fold's history holds: what a trial resumed from a checkpoint reported before it."""
     if not histories or not eval_every:
         return []
     by_epoch = [{row["epoch"]: row for row in history} for history in histories]
     upto = min(max(rows, default=0) for rows in by_epoch)
-    return [epoch_metrics(epoch, [rows[epoch] for rows in by_epoch])
+    return [epoch_metrics(epoch, [rows[epoch] for rows in by_epoch], objectives)
             for epoch in range(eval_every, min(upto, epochs - 1) + 1, eval_every)]
 
 

@@ -40,6 +40,7 @@ class TrialPlan:
     actor_started_at: float              # time.time() when the trial's actor process was created
     device: str | None = None            # overrides the device Ray's assignment implies (resources.device)
     launch: int = 1                      # which of the trial's Ray Train runs this is (retries of lost workers)
+    objectives: tuple[str, ...] = ()     # the sweep's, each in every report (placeholders before the end)
 
     @property
     def workers(self) -> int:

@@ -4,6 +4,7 @@ Pure data and validation (pydantic); the Ray layer turns it into Tune objects.
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -19,13 +20,17 @@ from ..method.config import (
     describe_validation_error,
     read_yaml_mapping,
 )
-from .metrics import ACCURACY, AUTHORS, METRIC
+from .metrics import ACCURACY, AUTHORS, METRIC, QUALITY, WORST_DOMAIN
 
-# What a sweep may maximise: fold means on the test folds, in every report of a trial (lift would
-# rank trials as the IoU does: the baselines are the same for all). Several at once give a Pareto
-# front (Optuna's TPE is multi-objective then).
+# What a sweep may maximise: fold means on the test folds, reported at every evaluation epoch (lift
+# would rank trials as the IoU does: the baselines are the same for all); and once a trial's folds
+# are done, robustness: eval.<dataset>.iou_mean on an --eval-data set with masks,
+# eval.<dataset>.quality_mean (the label-free quality estimate) on any, and worst_domain_iou (the
+# lowest of iou_mean and each masked eval set's). Several at once give a Pareto front (Optuna's TPE
+# is multi-objective then).
 Objective = Literal[METRIC, ACCURACY, AUTHORS]  # type: ignore[valid-type]
 OBJECTIVES: tuple[str, ...] = get_args(Objective)
+EVAL_OBJECTIVE = re.compile(rf"^eval\.(?P<dataset>.+)\.(?P<kind>{METRIC}|{QUALITY})$")
 
 # Read-out options are searched as "readout.<option>", e.g. readout.smooth. The split is fixed:
 # trials compare on the same folds.
@@ -122,7 +127,7 @@ class SweepSpec(Options):
     max_failures: int = Field(2, ge=0, description="failures tolerated per trial, each resumed from its last "
                               "checkpoint: of its fold workers (Ray Train), and of its own actor (Ray Tune)")
     scheduler: Asha | None = None
-    objectives: list[Objective] = Field(
+    objectives: list[str] = Field(
         default_factory=lambda: [METRIC], min_length=1, description="trial metrics to maximise; two or more "
         "search for their Pareto front (no scheduler then)")
     select: Selection = Selection()
@@ -149,17 +154,43 @@ class SweepSpec(Options):
     def check_objectives(self) -> SweepSpec:
         if len(set(self.objectives)) < len(self.objectives):
             raise ValueError(f"objectives: {self.objectives} names one metric twice")
-        if len(self.objectives) == 1 and self.objectives[0] != METRIC:
-            raise ValueError(f"objectives: a single objective is {METRIC} (the metric evaluation epochs report); "
-                             f"add {METRIC} to search for the Pareto front of {self.objectives[0]} and it")
-        if self.multi_objective and self.scheduler is not None:
-            raise ValueError(f"scheduler: ASHA stops trials on one metric and cannot rank two objectives "
-                             f"({self.objectives}); remove 'scheduler' or keep one objective")
+        unknown = [o for o in self.objectives if o not in (*OBJECTIVES, WORST_DOMAIN) and not EVAL_OBJECTIVE.match(o)]
+        if unknown:
+            raise ValueError(f"objectives: {unknown} unknown; choose from {[*OBJECTIVES, WORST_DOMAIN]}, "
+                             f"eval.<dataset>.{METRIC} or eval.<dataset>.{QUALITY}")
+        if len(self.objectives) == 1 and self.objectives[0] in (ACCURACY, AUTHORS):
+            raise ValueError(f"objectives: {self.objectives[0]} alone would pick a trial for a number other "
+                             f"than its masks; add {METRIC} to search for the Pareto front of both")
+        if self.searcher_objectives and self.scheduler is not None:
+            raise ValueError(f"scheduler: ASHA stops trials on {METRIC} at evaluation epochs and cannot rank "
+                             f"{self.objectives}; remove 'scheduler' or keep the objective {METRIC}")
         return self
 
     @property
     def multi_objective(self) -> bool:
         return len(self.objectives) > 1
+
+    @property
+    def searcher_objectives(self) -> bool:
+        """Whether Optuna's searcher holds the objectives (anything but iou_mean alone): known only
+        when a trial's folds are done, so Tune and its schedulers get none."""
+        return self.objectives != [METRIC]
+
+    def eval_objectives(self) -> list[tuple[str, str]]:
+        """(dataset, kind) of every eval.<dataset>.<kind> objective."""
+        return [(m["dataset"], m["kind"]) for m in map(EVAL_OBJECTIVE.match, self.objectives) if m]
+
+    def check_eval_data(self, masked: dict[str, bool]) -> None:
+        """The --eval-data sets (name -> has masks) every objective needs; ConfigError names the first missing."""
+        for dataset, kind in self.eval_objectives():
+            if dataset not in masked:
+                raise ConfigError(f"objective eval.{dataset}.{kind}: no --eval-data dataset named {dataset!r} "
+                                  f"(given: {sorted(masked) or 'none'})")
+            if kind == METRIC and not masked[dataset]:
+                raise ConfigError(f"objective eval.{dataset}.{kind}: dataset {dataset!r} has no masks; "
+                                  f"eval.{dataset}.{QUALITY} estimates its IoU without them")
+        if WORST_DOMAIN in self.objectives and not any(masked.values()):
+            raise ConfigError(f"objective {WORST_DOMAIN}: needs --eval-data with masks beside the cross-validation")
 
     @model_validator(mode="after")
     def check_keys(self) -> SweepSpec:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import math
 import warnings
 from pathlib import Path
 
@@ -19,18 +20,16 @@ from ..method.scoring.scores import HINDSIGHT, Scores
 from ..tracking.tracker import SweepTracker
 from .metrics import (
     ACCURACY,
-    AUTHORS,
     IOU_STD,
     LAUNCH_OVERHEAD,
-    LAUNCH_PHASES,
     LIFT,
     MAJORITY,
     METRIC,
-    TRIAL_FAILED,
     mean_key,
 )
-from .space import OBJECTIVES, Param, SweepSpec
+from .space import Param, SweepSpec
 from .status import trial_status
+from .tables import aligned, csv_rows, domain_lines, domains, front_lines, launch_phases, table_lines
 
 log = logging.getLogger(__name__)
 
@@ -41,9 +40,8 @@ def trial_rows(results: tune.ResultGrid) -> list[dict]:
     """One row per trial, finished ones first by fold-mean IoU."""
     rows = []
     for result in results:
-        metrics = result.metrics or {}
-        if metrics.get(TRIAL_FAILED):  # its objectives are NaN placeholders, not values
-            metrics = {k: v for k, v in metrics.items() if k not in OBJECTIVES}
+        # NaN: placeholders of objectives a trial reports once its folds are done, or a failed trial's
+        metrics = {k: v for k, v in (result.metrics or {}).items() if not (isinstance(v, float) and math.isnan(v))}
         rows.append({**metrics, "trial": metrics.get("trial_id", "?"), "params": dict(result.config or {}),
                      "status": trial_status(metrics, result.error)})
     return sorted(rows, key=lambda r: (r["status"] != "done", -r.get(METRIC, -1.0)))
@@ -115,7 +113,7 @@ def select_best(spec: SweepSpec, done: list[dict]) -> tuple[dict, str]:
     first objective; where none does, the highest first objective on the front."""
     first = spec.objectives[0]
     if not spec.multi_objective:
-        return done[0], f"highest {first}"
+        return max(done, key=lambda r: r[first]), f"highest {first}"
     front = pareto_front(done, spec.objectives)
     margin = spec.select.accuracy_margin
     useful = [r for r in front if r[ACCURACY] >= r[MAJORITY] + margin]
@@ -124,61 +122,6 @@ def select_best(spec: SweepSpec, done: list[dict]) -> tuple[dict, str]:
             f"highest {first} on the Pareto front among trials whose accuracy beats the majority rate by {margin:g}"
     return max(front, key=lambda r: r[first]), \
         f"highest {first} on the Pareto front: no trial on it beats the majority rate by {margin:g} in accuracy"
-
-
-def front_lines(spec: SweepSpec, front: list[dict]) -> str:
-    """The Pareto front, a line per trial with every objective and the majority rate."""
-    def value(row: dict, name: str) -> str:
-        return f"{100 * row[name]:.1f}" if name != ACCURACY else f"{row[name]:.3f}"
-
-    lines = [f"  trial {r['trial']}: " + ", ".join(f"{o} {value(r, o)}" for o in spec.objectives)
-             + f" (majority rate {r[MAJORITY]:.3f})" for r in front]
-    return f"\nPareto front of {', '.join(spec.objectives)} ({len(front)} trials, 'pareto' above):\n" + "\n".join(lines)
-
-
-def table_lines(rows: list[dict], names: list[str], baselines: list[str],
-                front: list[dict] | None = None) -> list[list[str]]:
-    """Header and one line per trial: searched parameters, IoU in %, each baseline, lift, accuracy,
-    overhead, and whether it is on the Pareto `front` (where a sweep has several objectives)."""
-    def cell(row: dict, key: str, pattern: str, scale: float = 1.0) -> str:
-        return pattern.format(scale * row[key]) if key in row else "-"
-
-    def param(value) -> str:
-        return f"{value:.3g}" if isinstance(value, float) else str(value)
-
-    on_front = None if front is None else {r["trial"] for r in front}
-    lines = [["trial", *names, "IoU", "± std", *baselines, "lift", "accuracy", "launch s", "status",
-              *(["pareto"] if on_front is not None else [])]]
-    for r in rows:
-        pareto = [] if on_front is None else \
-            ["-" if r["status"] != "done" else "yes" if r["trial"] in on_front else "no"]
-        lines.append([r["trial"], *(param(r["params"].get(n)) for n in names),
-                      cell(r, METRIC, "{:.1f}", 100), cell(r, IOU_STD, "{:.1f}", 100),
-                      *(cell(r, mean_key(b), "{:.1f}", 100) for b in baselines), cell(r, LIFT, "{:+.1f}", 100),
-                      cell(r, ACCURACY, "{:.3f}"), cell(r, LAUNCH_OVERHEAD, "{:.0f}"), r["status"],
-                      *pareto])
-    return lines
-
-
-def csv_rows(rows: list[dict], names: list[str], baselines: list[str],
-             front: list[dict] | None = None) -> list[list]:
-    """trials.csv: the table's trials at full precision (parameters as sampled, metrics as
-    reported: IoU and accuracy as fractions), for pandas or a spreadsheet; status last."""
-    on_front = None if front is None else {r["trial"] for r in front}
-    keys = [METRIC, IOU_STD, *(mean_key(b) for b in baselines), LIFT, ACCURACY, MAJORITY, AUTHORS, LAUNCH_OVERHEAD]
-    lines: list[list] = [["trial", *names, *keys, *(["pareto"] if on_front is not None else []), "status"]]
-    for r in rows:
-        pareto = [] if on_front is None else [r["status"] == "done" and r["trial"] in on_front]
-        lines.append([r["trial"], *(r["params"].get(n, "") for n in names), *(r.get(k, "") for k in keys), *pareto,
-                      r["status"]])
-    return lines
-
-
-def launch_phases(done: list[dict]) -> str:
-    """Where the launch went, in means over the finished trials (metrics.LaunchTimes)."""
-    parts = [f"{label} {np.mean([r[key] for r in done]):.1f} s" for key, label in LAUNCH_PHASES.items()
-             if all(key in r for r in done)]
-    return f" ({', '.join(parts)})" if parts else ""
 
 
 def copy_checkpoint(checkpoint_path: str, destination: Path) -> Path:
@@ -207,9 +150,7 @@ def summarise(spec: SweepSpec, results: tune.ResultGrid, tracker: SweepTracker, 
     done = [r for r in rows if r["status"] == "done"]
     baselines = [b for b in spec.baseline_names if any(mean_key(b) in r for r in rows)]
     front = pareto_front(rows, spec.objectives) if spec.multi_objective else None
-    lines = table_lines(rows, sorted(spec.search), baselines, front)
-    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
-    table = "\n".join("  ".join(c.rjust(w) for c, w in zip(line, widths)) for line in lines)
+    table = aligned(table_lines(rows, sorted(spec.search), baselines, front))
     buffer = io.StringIO()
     csv.writer(buffer, lineterminator="\n").writerows(  # quoted: a failure's cause may hold commas
         csv_rows(rows, sorted(spec.search), baselines, front))
@@ -220,6 +161,9 @@ def summarise(spec: SweepSpec, results: tune.ResultGrid, tracker: SweepTracker, 
     model_id = None
     text = (f"\n{len(done)} of {len(rows)} trials finished (IoU in %, at the ground truth's resolution, "
             f"every baseline on the same test images; {HINDSIGHT})\n{table}")
+    if domains(done):
+        text += ("\n\nIoU per domain (%, NCA-WSS / that domain's best baseline; each fold's model alone, fold "
+                 "mean; quality: the label-free estimate where a set has no masks):\n" + aligned(domain_lines(done)))
     stopped = [r for r in rows if r["status"].startswith("stopped early")]
     if stopped:
         text += ("\nstopped early by the scheduler (ASHA): "

@@ -68,7 +68,8 @@ def fold_trainer(spec: SweepSpec, config: TrainConfig, data: SharedData, storage
     res = spec.resources
     plan = TrialPlan(config=config, data=data, folds=spec.folds, folds_per_worker=res.folds_per_worker or spec.folds,
                      threads=max(1, int(res.cpus_per_worker)), cam_kinds=spec.cam_kinds, launched_at=time.time(),
-                     actor_started_at=psutil.Process().create_time(), device=res.device, launch=launch)
+                     actor_started_at=psutil.Process().create_time(), device=res.device, launch=launch,
+                     objectives=tuple(spec.objectives))
     per_worker = {"CPU": res.cpus_per_worker, **({"GPU": res.gpus_per_worker} if res.gpus_per_worker else {})}
     return TorchTrainer(
         functools.partial(fold_worker, plan),

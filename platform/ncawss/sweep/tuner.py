@@ -44,10 +44,11 @@ class Search(OptunaSearch):
 
 def build_tuner(spec: SweepSpec, data: SharedData, storage: str, tracker: SweepTracker, study: OptunaStudy,
                 verbose: bool = False) -> tune.Tuner:
-    # Several objectives: the searcher holds them (Optuna's TPE is multi-objective then) and Tune
-    # gets none, since its metric, mode and schedulers take one.
+    # Objectives other than iou_mean alone: the searcher holds them (Optuna's TPE is multi-objective
+    # for several) and Tune gets none, since its metric, mode and schedulers take one reported at
+    # every evaluation epoch, and these are known once a trial's folds are done.
     objectives = dict(metric=list(spec.objectives), mode=["max"] * len(spec.objectives)) \
-        if spec.multi_objective else {}
+        if spec.searcher_objectives else {}
     searcher = None
     if spec.search:
         # The study lives in a database (not the driver's memory), for optuna-dashboard and load_study;

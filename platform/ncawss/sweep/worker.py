@@ -17,6 +17,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import psutil
 import pyarrow.fs as pafs
 import ray
@@ -28,13 +29,15 @@ import torch.distributed as dist
 from ..data import Dataset
 from ..method.config import TrainConfig
 from ..method.inference.gallery import mask_gallery
-from ..method.scoring.ensemble import fold_scores
+from ..method.inference.predict import predict
+from ..method.scoring.ensemble import Ensemble, fold_scores
 from ..method.scoring.folds import FoldRecord
-from ..method.scoring.scores import Scores, majority_accuracy
+from ..method.scoring.scores import majority_accuracy
 from ..method.train import FoldResult, TrainingHooks, train_folds
 from .metrics import (
     EARLIER,
     TRAIN_LAUNCHES,
+    DomainScores,
     FoldSummary,
     LaunchTimes,
     earlier_reports,
@@ -66,8 +69,10 @@ class RayFoldHooks(TrainingHooks):
     `earlier`: the reports made before the checkpoint this run resumed from; the first report
     carries them (metrics.EARLIER), so that the driver can log those that never reached it."""
 
-    def __init__(self, rank: int, config: TrainConfig, restored: list[dict] | None, earlier: list[dict]):
+    def __init__(self, rank: int, config: TrainConfig, restored: list[dict] | None, earlier: list[dict],
+                 objectives: tuple[str, ...] = ()):
         self.rank, self.config, self.restored, self.earlier = rank, config, restored, earlier
+        self.objectives = objectives
         self.metrics: list[dict] = []
 
     def carry_earlier(self, report: dict) -> dict:
@@ -85,7 +90,7 @@ class RayFoldHooks(TrainingHooks):
         epoch = checkpoints[0]["epoch"]
         if epoch % self.config.eval_every or epoch >= self.config.epochs:
             return  # the last epoch is reported with the folds' results
-        report = self.carry_earlier(epoch_metrics(epoch, gather_folds(self.metrics)))
+        report = self.carry_earlier(epoch_metrics(epoch, gather_folds(self.metrics), self.objectives))
         with tempfile.TemporaryDirectory() as tmp:
             torch.save(checkpoints, Path(tmp) / TRAIN_STATE.format(self.rank))
             ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(tmp))
@@ -127,7 +132,8 @@ def fold_worker(plan: TrialPlan) -> None:
     splits = [(dataset.subset(plan.data.splits[i][0]), dataset.subset(plan.data.splits[i][1]).scored()) for i in mine]
     restored = restored_state(rank, world)
     histories = gather_folds([checkpoint["history"] for checkpoint in restored or []])
-    hooks = RayFoldHooks(rank, config, restored, earlier_reports(histories, config.eval_every, config.epochs))
+    earlier = earlier_reports(histories, config.eval_every, config.epochs, plan.objectives)
+    hooks = RayFoldHooks(rank, config, restored, earlier, plan.objectives)
     launch = LaunchTimes(actor_process=plan.actor_started_at, trial=plan.launched_at,
                          worker_process=psutil.Process().create_time(), worker=started, data=time.time())
     if restored is not None:
@@ -137,7 +143,7 @@ def fold_worker(plan: TrialPlan) -> None:
     summaries = [FoldSummary(scores=result.evaluations.map(lambda e: e.scores),
                              majority_accuracy=majority_accuracy(train.labels, test.labels), seconds=result.seconds,
                              launch=launch, resumed_from_epoch=restored[0]["epoch"] if restored else 0,
-                             eval=eval_scores(plan, result, device), gpu_ids=tuple(gpu_ids))
+                             eval=eval_scores(plan, result, train.classes, device), gpu_ids=tuple(gpu_ids))
                  for result, (train, test) in zip(results, splits)]
     folds = gather_folds(summaries)
     with tempfile.TemporaryDirectory() as tmp:
@@ -148,12 +154,17 @@ def fold_worker(plan: TrialPlan) -> None:
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
 
-def eval_scores(plan: TrialPlan, result: FoldResult, device) -> dict[str, Scores]:
-    """The fold's model on each --eval-data dataset, beside the baselines, by dataset name."""
+def eval_scores(plan: TrialPlan, result: FoldResult, classes: list[str], device) -> dict[str, DomainScores]:
+    """The fold's model on each --eval-data dataset, by name: the mean quality of its masks (no
+    stochastic runs), and where the set has masks, its IoU beside the baselines'."""
+    ensemble = Ensemble(config=plan.config, folds=[result.model], classes=classes)
     scores = {}
     for ref in plan.data.eval_sets:
         other: Dataset = ray.get(ref)
-        scores[other.name] = fold_scores(plan.config, result.model, other, device, plan.cam_kinds)
+        quality = float(np.mean([p.quality for p in predict(ensemble, other.images, device, runs=0)]))
+        masked = fold_scores(plan.config, result.model, other, device, plan.cam_kinds) \
+            if other.masks is not None else None
+        scores[other.name] = DomainScores(quality, masked)
     return scores
 
 
