@@ -170,7 +170,8 @@ def main() -> int:
     results = run_sweep(spec, cv_data, storage, tracker, output, study, eval_sets,
                         {"name": dataset.name, "fingerprint": dataset.fingerprint}, resume=args.resume,
                         verbose=args.verbose)
-    summary = summarise(spec, results, tracker, output, holdout, encode_png(dataset.images[0]))
+    summary = summarise(spec, results, tracker, output, holdout, encode_png(dataset.images[0]),
+                        [d.name for d in eval_sets])
     print(summary)
     print(f"\nbest configuration: {output / 'best_config.yaml'}")
     if spec.search:

@@ -118,15 +118,15 @@ def trial_metrics(folds: list[FoldSummary], epochs: int) -> dict[str, float | bo
         scores = Scores.mean([f.scores.variants[variant] for f in folds])
         metrics[mean_key(variant)] = scores.iou
         metrics[authors_key(variant)] = scores.iou64_pooled
-    metrics.update(domain_metrics(folds))
+    metrics.update(domain_metrics(folds, mean.iou))
     return metrics
 
 
-def domain_metrics(folds: list[FoldSummary]) -> dict[str, float]:
+def domain_metrics(folds: list[FoldSummary], cv_iou: float) -> dict[str, float]:
     """Per --eval-data set, fold means: quality, and where it has masks IoU, each baseline's, the
     best baseline's, lift and the authors' metric; and the worst domain's IoU, the cross-validation's
-    included."""
-    metrics, domains = {}, [float(np.mean([f.scores.configured.iou for f in folds]))]
+    (`cv_iou`) included."""
+    metrics, domains = {}, [cv_iou]
     for name in folds[0].eval:
         metrics[eval_key(name, QUALITY)] = float(np.mean([f.eval[name].quality for f in folds]))
         if folds[0].eval[name].scores is None:

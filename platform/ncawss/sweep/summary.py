@@ -29,7 +29,7 @@ from .metrics import (
 )
 from .space import Param, SweepSpec
 from .status import trial_status
-from .tables import aligned, csv_rows, domain_lines, domains, front_lines, launch_phases, table_lines
+from .tables import aligned, csv_rows, domain_lines, front_lines, launch_phases, table_lines
 
 log = logging.getLogger(__name__)
 
@@ -140,10 +140,11 @@ def score_holdout(spec: SweepSpec, model_dir: Path, holdout: Dataset) -> Scores:
 
 
 def summarise(spec: SweepSpec, results: tune.ResultGrid, tracker: SweepTracker, output: Path,
-              holdout: Dataset | None = None, example: bytes | None = None) -> str:
+              holdout: Dataset | None = None, example: bytes | None = None, domains: list[str] = ()) -> str:
     """Write best_config.yaml, trials.csv and best_model/, score the best configuration on the
     holdout, log and register its fold ensemble as an MLflow model (`example`: an encoded input
-    image), close the MLflow parent run; return the summary text."""
+    image), close the MLflow parent run; return the summary text. `domains`: the names of the
+    --eval-data sets the trials were scored on (the per-domain table)."""
     import yaml
 
     rows = trial_rows(results)
@@ -153,7 +154,7 @@ def summarise(spec: SweepSpec, results: tune.ResultGrid, tracker: SweepTracker, 
     table = aligned(table_lines(rows, sorted(spec.search), baselines, front))
     buffer = io.StringIO()
     csv.writer(buffer, lineterminator="\n").writerows(  # quoted: a failure's cause may hold commas
-        csv_rows(rows, sorted(spec.search), baselines, front))
+        csv_rows(rows, sorted(spec.search), baselines, front, domains))
     (output / "trials.csv").write_text(buffer.getvalue())
     files: dict[str, str | bytes] = {"trials.csv": buffer.getvalue(), **optuna_figures(spec, rows)}
     metrics = {"trials_done": len(done), "trials_total": len(rows)}
@@ -161,9 +162,10 @@ def summarise(spec: SweepSpec, results: tune.ResultGrid, tracker: SweepTracker, 
     model_id = None
     text = (f"\n{len(done)} of {len(rows)} trials finished (IoU in %, at the ground truth's resolution, "
             f"every baseline on the same test images; {HINDSIGHT})\n{table}")
-    if domains(done):
+    if domains and done:
         text += ("\n\nIoU per domain (%, NCA-WSS / that domain's best baseline; each fold's model alone, fold "
-                 "mean; quality: the label-free estimate where a set has no masks):\n" + aligned(domain_lines(done)))
+                 "mean; quality: the label-free estimate where a set has no masks):\n"
+                 + aligned(domain_lines(done, domains)))
     stopped = [r for r in rows if r["status"].startswith("stopped early")]
     if stopped:
         text += ("\nstopped early by the scheduler (ASHA): "

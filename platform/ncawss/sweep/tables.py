@@ -2,8 +2,6 @@
 where the launch went. Rows are trial_rows' dicts of metric names (metrics.py's keys)."""
 from __future__ import annotations
 
-import re
-
 import numpy as np
 
 from .metrics import (
@@ -59,13 +57,14 @@ def table_lines(rows: list[dict], names: list[str], baselines: list[str],
     return lines
 
 
-def csv_rows(rows: list[dict], names: list[str], baselines: list[str],
-             front: list[dict] | None = None) -> list[list]:
+def csv_rows(rows: list[dict], names: list[str], baselines: list[str], front: list[dict] | None = None,
+             domains: list[str] = ()) -> list[list]:
     """trials.csv: the table's trials at full precision (parameters as sampled, metrics as
-    reported: IoU and accuracy as fractions), for pandas or a spreadsheet; status last."""
+    reported: IoU and accuracy as fractions), for pandas or a spreadsheet, with the per-domain
+    table's columns where there are --eval-data `domains`; status last."""
     on_front = None if front is None else {r["trial"] for r in front}
     keys = [METRIC, IOU_STD, *(mean_key(b) for b in baselines), LIFT, ACCURACY, MAJORITY, AUTHORS, LAUNCH_OVERHEAD,
-            *domain_columns([r for r in rows if r["status"] == "done"])]
+            *domain_columns(domains)]
     lines: list[list] = [["trial", *names, *keys, *(["pareto"] if on_front is not None else []), "status"]]
     for r in rows:
         pareto = [] if on_front is None else [r["status"] == "done" and r["trial"] in on_front]
@@ -74,25 +73,18 @@ def csv_rows(rows: list[dict], names: list[str], baselines: list[str],
     return lines
 
 
-def domains(rows: list[dict]) -> list[str]:
-    """The --eval-data sets the trials were scored on, in the order their metrics came."""
-    return [m.group(1) for key in (rows[0] if rows else {}) if (m := re.fullmatch(rf"eval\.(.+)\.{QUALITY}", key))]
-
-
-def domain_columns(rows: list[dict]) -> list[str]:
-    """trials.csv's per-domain keys: the cross-validation's best baseline, then per eval set its
-    IoU, its best baseline's and its quality, and the worst domain's IoU."""
-    names = domains(rows)
+def domain_columns(names: list[str]) -> list[str]:
+    """trials.csv's per-domain keys of the --eval-data sets `names`: the cross-validation's best
+    baseline, then per set its IoU, its best baseline's and its quality, and the worst domain's IoU."""
     if not names:
         return []
     return [BEST_BASELINE, *(eval_key(n, k) for n in names for k in (METRIC, BEST_BASELINE, QUALITY)), WORST_DOMAIN]
 
 
-def domain_lines(rows: list[dict]) -> list[list[str]]:
-    """Header and one line per finished trial: IoU in % beside that domain's best baseline, for the
-    cross-validation and each --eval-data set with masks; the quality estimate for a set without;
-    the worst domain's IoU."""
-    names = domains(rows)
+def domain_lines(rows: list[dict], names: list[str]) -> list[list[str]]:
+    """Header and one line per finished trial of `rows`: IoU in % beside that domain's best baseline,
+    for the cross-validation and each --eval-data set (`names`) with masks; the quality estimate for
+    a set without; the worst domain's IoU."""
 
     def pair(row: dict, iou: str, best: str) -> str:
         return f"{100 * row[iou]:.1f} / {100 * row[best]:.1f}"
