@@ -46,14 +46,11 @@ def synchronise(device):
 
 def time_training(config, splits, device, epochs, grouped=None, fold_by_fold=None) -> float:
     """Seconds for `epochs` epochs of the given folds as one batched model (setup excluded)."""
-    data = []
-    for train, _ in splits:
-        x, _ = normalised_training_set(train, config.image_size)
-        data.append((x.to(device), torch.as_tensor(train.labels, dtype=torch.long, device=device)))
     models = [ncawss.NCAClassifier.from_config(config, len(splits[0][0].classes)).to(device) for _ in splits]
     execution = Execution.plan(config, device, len(models), fold_by_fold=fold_by_fold, grouped=grouped)
-    trainer = BatchedTrainer(FoldStack(models, execution.grouped), make_folds(config, models, data, device, fire=True),
-                             config, execution, config.fire_rate, config.steps)
+    folds = make_folds(config, models, [train for train, _ in splits], device, fire=True)
+    trainer = BatchedTrainer(FoldStack(models, execution.grouped), folds, config, execution, config.fire_rate,
+                             config.steps)
     trainer.epoch()  # warm-up (and graph capture), not timed
     synchronise(device)
     start = time.perf_counter()

@@ -4,7 +4,6 @@ import pytest
 import torch
 
 from ncawss import NCAClassifier, TrainConfig, TrainingHooks, make_synthetic, train_cnn, train_fold, train_folds
-from ncawss.method.images import normalised_training_set
 from ncawss.method.nca.model import FoldStack
 from ncawss.method.training.cnn import train_cnns
 from ncawss.method.training.loop import BatchedTrainer, make_folds
@@ -60,14 +59,10 @@ def test_each_batched_fold_equals_that_fold_trained_alone(uneven_splits):
 
 def trained_stack(splits, fold_by_fold: bool) -> tuple[list[dict], list[list[dict]]]:
     """Two epochs of the folds through BatchedTrainer: (state dicts, per-fold epoch metrics)."""
-    data = []
-    for train, _ in splits:
-        x, _ = normalised_training_set(train, TINY.image_size)
-        data.append((x, torch.as_tensor(train.labels)))
     models = [NCAClassifier.from_config(TINY, len(splits[0][0].classes)) for _ in splits]
     execution = Execution.plan(TINY, "cpu", len(models), fold_by_fold=fold_by_fold)
-    trainer = BatchedTrainer(FoldStack(models), make_folds(TINY, models, data, "cpu", fire=True), TINY, execution,
-                             TINY.fire_rate, TINY.steps)
+    folds = make_folds(TINY, models, [train for train, _ in splits], "cpu", fire=True)
+    trainer = BatchedTrainer(FoldStack(models), folds, TINY, execution, TINY.fire_rate, TINY.steps)
     metrics = [trainer.epoch() for _ in range(2)]
     return [m.state_dict() for m in models], metrics
 

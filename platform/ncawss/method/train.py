@@ -13,7 +13,6 @@ import torch
 from ..data import Dataset, fold_splits
 from .baselines import CNN_WIDTHS
 from .config import TrainConfig
-from .images import Normalisation, training_images
 from .nca.model import FoldStack, NCAClassifier
 from .scoring.evaluation import Evaluation, TestSet, evaluate
 from .scoring.folds import FoldModel
@@ -85,14 +84,11 @@ def train_folds(config: TrainConfig, splits: list[tuple[Dataset, Dataset]], hook
     device = torch.device(device)
     started = time.perf_counter()
     splits = [(train, test.scored()) for train, test in splits]  # a sample with no mask trains, unscored
-    prepared = [training_images(train, config.image_size, config.normalise) for train, _ in splits]
-    data = [(normalisation(raw).to(device), torch.as_tensor(train.labels, dtype=torch.long, device=device))
-            for (raw, normalisation), (train, _) in zip(prepared, splits)]
-    tests = [TestSet.prepare(test, normalisation, config.image_size, (cnns or [None] * len(splits))[i], cam_kinds,
-                             device) for i, ((_, normalisation), (_, test)) in enumerate(zip(prepared, splits))]
     n_classes = len(splits[0][0].classes)
     models = [NCAClassifier.from_config(config, n_classes).to(device) for _ in splits]
-    folds = make_folds(config, models, data, device, fire=True, colour=prepared if config.augments_colour else None)
+    folds = make_folds(config, models, [train for train, _ in splits], device, fire=True)
+    tests = [TestSet.prepare(test, fold.normalisation, config.image_size, (cnns or [None] * len(splits))[i],
+                             cam_kinds, device) for i, (fold, (_, test)) in enumerate(zip(folds, splits))]
     checkpoints = hooks.load_checkpoint()
     if checkpoints is not None:
         for fold, checkpoint in zip(folds, checkpoints):
@@ -107,9 +103,9 @@ def train_folds(config: TrainConfig, splits: list[tuple[Dataset, Dataset]], hook
         hooks.save_checkpoint(copy.deepcopy([fold.checkpoint() for fold in folds]))
     return [FoldResult(evaluations=evaluate(fold.model, test, config, device), test_ids=list(test.dataset.ids),
                        history=fold.history, epochs=config.epochs,
-                       model=fold_model(fold, normalisation, n_classes, cnns[i] if cnns else None),
+                       model=fold_model(fold, n_classes, cnns[i] if cnns else None),
                        seconds=time.perf_counter() - started)
-            for i, (fold, test, (_, normalisation)) in enumerate(zip(folds, tests, prepared))]
+            for i, (fold, test) in enumerate(zip(folds, tests))]
 
 
 def run_epoch(trainer: BatchedTrainer, folds: list[Fold], tests: list[TestSet], epoch: int, config: TrainConfig,
@@ -128,12 +124,12 @@ def run_epoch(trainer: BatchedTrainer, folds: list[Fold], tests: list[TestSet], 
         " ".join(f"{k}={v:.4f}" for k, v in m.items() if k != "epoch") for m in metrics))
 
 
-def fold_model(fold: Fold, normalisation: Normalisation, n_classes: int,
-               cnns: dict[str, CNNBaseline] | None) -> FoldModel:
+def fold_model(fold: Fold, n_classes: int, cnns: dict[str, CNNBaseline] | None) -> FoldModel:
     """A trained fold's weights (copied to the CPU), normalisation and CAM baseline CNNs."""
+    norm = fold.normalisation
     return FoldModel(state_dict={k: v.detach().cpu().clone() for k, v in fold.model.state_dict().items()},
-                     norm_mean=list(normalisation.mean), norm_std=list(normalisation.std),
-                     norm_per_image=normalisation.per_image, n_classes=n_classes, cnns=cnns)
+                     norm_mean=list(norm.mean), norm_std=list(norm.std), norm_per_image=norm.per_image,
+                     n_classes=n_classes, cnns=cnns)
 
 
 def train_fold(config: TrainConfig, train: Dataset, test: Dataset, hooks: TrainingHooks | None = None,

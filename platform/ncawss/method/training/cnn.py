@@ -26,7 +26,7 @@ from torch.func import functional_call, vmap
 from ...data import Dataset
 from ..baselines import CNN_WIDTHS
 from ..config import TrainConfig
-from ..images import Normalisation, training_images
+from ..images import Normalisation
 from ..nca.model import stacked
 from .loop import BatchedTrainer, make_folds
 from .plan import Execution
@@ -114,15 +114,12 @@ def train_cnns(config: TrainConfig, trains: list[Dataset], size: str = "small",
     loss, augmentation, optimiser, epochs and per-fold generators."""
     started = time.perf_counter()
     config = config.replace(precision="fp32")  # baselines never change with the NCA's precision
-    prepared = [training_images(train, config.image_size, config.normalise) for train in trains]
-    data = [(norm(raw).to(device), torch.as_tensor(t.labels, dtype=torch.long, device=device))
-            for (raw, norm), t in zip(prepared, trains)]
     models = []
     for train in trains:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
             models.append(CNNClassifier(CNN_WIDTHS[size], len(train.classes)).to(device))
-    folds = make_folds(config, models, data, device, fire=False, colour=prepared if config.augments_colour else None)
+    folds = make_folds(config, models, trains, device, fire=False)
     # No CUDA graph: vmap's dispatch is not graph-safe in every torch release; a CNN step has few launches.
     execution = Execution.plan(config, device, len(models), graphable=False)
     trainer = BatchedTrainer(CNNStack(models), folds, config, execution)
@@ -134,9 +131,9 @@ def train_cnns(config: TrainConfig, trains: list[Dataset], size: str = "small",
     seconds = time.perf_counter() - started
     return [CNNBaseline(size=size, n_classes=len(train.classes),
                         state_dict={k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
-                        norm_mean=list(norm.mean), norm_std=list(norm.std), norm_per_image=norm.per_image,
-                        seconds=seconds)
-            for model, train, (_, norm) in zip(models, trains, prepared)]
+                        norm_mean=list(fold.normalisation.mean), norm_std=list(fold.normalisation.std),
+                        norm_per_image=fold.normalisation.per_image, seconds=seconds)
+            for model, train, fold in zip(models, trains, folds)]
 
 
 def train_cnn(config: TrainConfig, train: Dataset, size: str = "small",

@@ -27,8 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ...data import Dataset
 from ..config import TrainConfig
-from ..images import Normalisation
+from ..images import Normalisation, training_images
 from ..nca.model import N_INPUT, fire_masks
 from .augment import augment_colours, random_rotations, warp
 from .plan import Execution, Stack
@@ -53,15 +54,14 @@ class Fold:
     model: nn.Module
     x: torch.Tensor                    # (N, 3, S, S) normalised training images, on the device
     y: torch.Tensor                    # (N,) labels, on the device
+    normalisation: Normalisation       # how x was normalised (evaluation and the fold model do the same)
     optimiser: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     sample_gen: torch.Generator        # shuffling and augmentation (CPU)
     fire_gen: torch.Generator | None   # fire masks (on the device); None for models without them
     history: list[dict] = field(default_factory=list)
     epoch: int = 0
-    # With colour augmentation: the resized RGB images in [0, 1] and how x was normalised from them.
-    raw: torch.Tensor | None = None
-    normalisation: Normalisation | None = None
+    raw: torch.Tensor | None = None    # with colour jitter: the resized RGB images in [0, 1] x came from
 
     def images(self, rows: torch.Tensor, config: TrainConfig) -> torch.Tensor:
         """The fold's training images `rows` as the model sees them, colour-augmented where configured."""
@@ -86,19 +86,21 @@ class Fold:
         self.history, self.epoch = list(checkpoint["history"]), checkpoint["epoch"]
 
 
-def make_folds(config: TrainConfig, models: list[nn.Module], data: list[tuple[torch.Tensor, torch.Tensor]],
-               device: torch.device | str, fire: bool,
-               colour: list[tuple[torch.Tensor, Normalisation]] | None = None) -> list[Fold]:
-    """Fold states with the generators a fold trained alone would have (seeded by config.seed);
-    `colour`: each fold's raw images and normalisation, where config augments colours."""
+def make_folds(config: TrainConfig, models: list[nn.Module], trains: list[Dataset], device: torch.device | str,
+               fire: bool) -> list[Fold]:
+    """Each training set's fold state: its images resized and normalised as config says (on the
+    device; the raw ones kept where config jitters colours), labels, and the generators a fold
+    trained alone would have (seeded by config.seed)."""
     folds = []
-    for i, (model, (x, y)) in enumerate(zip(models, data)):
+    for model, train in zip(models, trains):
+        raw, normalisation = training_images(train, config.image_size, config.normalise)
         optimiser, scheduler = make_optimiser(model, config)
         fire_gen = torch.Generator(device).manual_seed(config.seed + 1) if fire else None
-        raw, normalisation = colour[i] if colour else (None, None)
-        folds.append(Fold(model=model, x=x, y=y, optimiser=optimiser, scheduler=scheduler,
-                          sample_gen=torch.Generator().manual_seed(config.seed), fire_gen=fire_gen, raw=raw,
-                          normalisation=normalisation))
+        folds.append(Fold(model=model, x=normalisation(raw).to(device),
+                          y=torch.as_tensor(train.labels, dtype=torch.long, device=device),
+                          optimiser=optimiser, scheduler=scheduler, normalisation=normalisation,
+                          sample_gen=torch.Generator().manual_seed(config.seed), fire_gen=fire_gen,
+                          raw=raw if config.augments_colour else None))
     return folds
 
 
