@@ -6,6 +6,7 @@ import platform
 import statistics
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -95,5 +96,18 @@ def machine(device: torch.device | str = "cpu") -> str:
     device = torch.device(device)
     if device.type == "cuda":
         return f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}, CUDA {torch.version.cuda}"
-    return (f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+    return (f"{cpu_model()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
             f"{torch.get_num_threads()} threads")
+
+
+def cpu_model() -> str:
+    """The CPU's model name and its bfloat16 flags (what precision: auto looks at), from /proc/cpuinfo."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.machine()
+    name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")),
+                platform.machine())
+    flags = next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), [])
+    bf16 = [f for f in flags if f in ("avx512_bf16", "amx_bf16", "amx_tile")]
+    return f"{name} ({', '.join(bf16) if bf16 else 'no native bf16'})"

@@ -8,6 +8,8 @@ every fold's training images once per epoch. Rows:
   fold (each fold's batch its own forward, backward and optimiser step, inside one
   loop over the batches); one stacked pass of all folds (the folds' convolutions
   one after another, the default on GPUs), or grouped convolutions (groups = folds);
+- on CPU also fold by fold under a bf16 autocast, bf16 with torch.compile, and what
+  `precision: auto` and `compile: auto` choose there (the rows above run fp32, eagerly);
 - on CUDA also both with the step loop replayed as a CUDA graph, bf16 autocast
   (with graph), and the Triton step kernel (kernel: triton), fp32 and bf16.
 Each row's share of the device's limits: the paper's FLOPs over the measured
@@ -47,11 +49,12 @@ def synchronise(device):
 def time_training(config, splits, device, epochs, grouped=None, fold_by_fold=None) -> float:
     """Seconds for `epochs` epochs of the given folds as one batched model (setup excluded)."""
     models = [ncawss.NCAClassifier.from_config(config, len(splits[0][0].classes)).to(device) for _ in splits]
-    execution = Execution.plan(config, device, len(models), fold_by_fold=fold_by_fold, grouped=grouped)
+    execution = Execution.plan(config, device, len(models), fold_by_fold=fold_by_fold, grouped=grouped,
+                               images=max(len(train) for train, _ in splits))
     folds = make_folds(config, models, [train for train, _ in splits], device, fire=True)
     trainer = BatchedTrainer(FoldStack(models, execution.grouped), folds, config, execution, config.fire_rate,
                              config.steps)
-    trainer.epoch()  # warm-up (and graph capture), not timed
+    trainer.epoch()  # warm-up (graph capture, compilation), not timed
     synchronise(device)
     start = time.perf_counter()
     for _ in range(epochs):
@@ -94,7 +97,7 @@ def main() -> None:
     images = sum(len(tr) for tr, _ in splits) * args.epochs
 
     rows = []
-    eager = config.replace(cuda_graph=False)
+    eager = config.replace(cuda_graph=False, precision="fp32", compile=False)
     if "sequential" not in args.skip:
         seconds = sum(time_training(eager, [s], device, args.epochs) for s in splits)
         rows.append(("sequential (one fold at a time)", seconds))
@@ -104,6 +107,15 @@ def main() -> None:
     if "grouped" not in args.skip:
         rows.append(("batched, grouped convolutions",
                      time_training(eager, splits, device, args.epochs, True, False)))
+    if device.type == "cpu":
+        bf16 = eager.replace(precision="bf16")
+        rows.append(("fold by fold, bf16", time_training(bf16, splits, device, args.epochs)))
+        rows.append(("fold by fold, bf16, compiled", time_training(bf16.replace(compile=True), splits, device,
+                                                                   args.epochs)))
+        auto = config.replace(precision="auto", compile="auto")
+        plan = Execution.plan(auto, device, len(splits), images=max(len(tr) for tr, _ in splits))
+        rows.append((f"auto: {plan.precision}{', compiled' if plan.compiled else ''}",
+                     time_training(auto, splits, device, args.epochs)))
     if device.type == "cuda":
         rows.append(("batched + CUDA graph", time_training(config, splits, device, args.epochs)))
         rows.append(("batched grouped + CUDA graph", time_training(config, splits, device, args.epochs, True)))

@@ -42,7 +42,7 @@ def parse_args() -> argparse.Namespace:
                    help="CAM baselines beside NCA-WSS, a CNN trained per fold (the thresholds, intensity and "
                         "otsu_*, are always on)")
     p.add_argument("--epochs", type=int, help="override the config's epochs")
-    p.add_argument("--precision", choices=["fp32", "bf16"], help="override the config's precision")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], help="override the config's precision")
     p.add_argument("--kernel", choices=["torch", "triton"], help="override the config's NCA step kernel")
     p.add_argument("--no-cuda-graph", action="store_true", help="on CUDA, run every batch eagerly")
     p.add_argument("--sequential", action="store_true", help="train the folds one after another")
@@ -88,8 +88,10 @@ def main() -> int:
         ensemble = ncawss.Ensemble(config=config, folds=[f.model for f in result.folds], classes=dataset.classes)
         holdout = ncawss.score_dataset(ensemble, dataset.subset(held), args.device, cam_kinds)
     print_report(config, result, holdout)
+    execution = result.folds[0].execution
     print(f"\ncross-validation wall time: {seconds:.1f} s ({'sequential' if args.sequential else 'batched'} folds, "
-          f"{args.device}, baselines trained and every read-out evaluated included)")
+          f"{args.device}, {execution.precision}{', compiled' if execution.compiled else ''} (precision: "
+          f"{config.precision}, compile: {config.compile}), baselines trained and every read-out evaluated included)")
     if args.json:
         write_json(args, config, dataset, result, holdout, seconds)
     if args.save:

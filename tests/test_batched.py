@@ -5,6 +5,7 @@ import torch
 
 from ncawss import NCAClassifier, TrainConfig, TrainingHooks, make_synthetic, train_cnn, train_fold, train_folds
 from ncawss.method.nca.model import FoldStack
+from ncawss.method.training import plan
 from ncawss.method.training.cnn import train_cnns
 from ncawss.method.training.loop import BatchedTrainer, make_folds
 from ncawss.method.training.plan import Execution
@@ -81,13 +82,48 @@ def test_fold_by_fold_training_equals_one_stacked_pass(uneven_splits):
 
 
 def test_the_execution_plan_is_fold_by_fold_on_cpu_stacked_elsewhere_and_grouped_for_triton():
-    assert Execution.plan(TINY, "cpu", 3) == Execution(fold_by_fold=True, grouped=False, cuda_graph=False)
+    def how(execution):
+        return execution.fold_by_fold, execution.grouped, execution.cuda_graph
+
+    assert how(Execution.plan(TINY, "cpu", 3)) == (True, False, False)
     assert Execution.plan(TINY, "cpu", 1).fold_by_fold is False  # one fold: nothing to split
-    assert Execution.plan(TINY, "cuda", 3) == Execution(fold_by_fold=False, grouped=False, cuda_graph=True)
+    assert how(Execution.plan(TINY, "cuda", 3)) == (False, False, True)
     assert Execution.plan(TINY, "cuda", 3, graphable=False).cuda_graph is False
     assert Execution.plan(TINY.replace(cuda_graph=False), "cuda", 3).cuda_graph is False
     assert Execution.plan(TINY.replace(kernel="triton"), "cuda", 3).grouped is True
     assert Execution.plan(TINY, "cuda", 3, fold_by_fold=True).cuda_graph is False  # graphs replay stacked passes
+
+
+def test_precision_auto_is_bf16_only_on_a_cpu_with_native_bf16(monkeypatch):
+    for native in (True, False):
+        monkeypatch.setattr(plan, "native_bf16", lambda: native)
+        assert Execution.plan(TINY, "cpu", 3).precision == ("bf16" if native else "fp32")
+        assert Execution.plan(TINY, "cuda", 3).precision == "fp32"
+        for chosen in ("fp32", "bf16"):
+            assert Execution.plan(TINY.replace(precision=chosen), "cpu", 3).precision == chosen
+
+
+def test_compile_auto_compiles_only_cpu_trainings_long_enough_to_repay_it():
+    paper = TrainConfig(epochs=256)  # the paper's shape: 32 channels, hidden 32, 32 steps, 64 x 64
+    assert Execution.plan(paper, "cpu", 5, images=240).compiled  # 61,440 images at the paper's shape
+    assert not Execution.plan(paper.replace(epochs=24), "cpu", 5, images=240).compiled  # 5,760
+    assert not Execution.plan(paper, "cuda", 5, images=240).compiled
+    assert not Execution.plan(paper, "cpu", 5, images=240, graphable=False).compiled  # the CNN baselines
+    assert not Execution.plan(TINY, "cpu", 3, images=10_000).compiled
+    assert Execution.plan(TINY.replace(compile=True), "cpu", 3).compiled
+    assert not Execution.plan(paper.replace(compile=False), "cpu", 5, images=240).compiled
+
+
+def test_compiled_training_follows_the_eager_one(uneven_splits):
+    """torch.compile'd forward passes (batches padded to one shape) give the same training, up to
+    the compiler's reordering of float sums."""
+    config = TINY.replace(precision="fp32")
+    eager = train_folds(config, uneven_splits[:2])
+    compiled = train_folds(config.replace(compile=True), uneven_splits[:2])
+    assert compiled[0].execution.compiled and not eager[0].execution.compiled
+    for a, b in zip(eager, compiled):
+        assert_close_weights(a.model.state_dict, b.model.state_dict)
+        assert [h["train_accuracy"] for h in a.history] == [h["train_accuracy"] for h in b.history]
 
 
 def test_batched_folds_differ_from_each_other(uneven_splits):

@@ -136,8 +136,12 @@ class TrainConfig(Options):
         default_factory=lambda: dict(DEFAULT_VARIANTS),
         description="extra read-outs reported per fold: name -> changes to `readout`")
     eval_every: int = Field(0, ge=0, description="evaluate the test fold every N epochs (0: at the end only)")
-    precision: Literal["fp32", "bf16"] = Field(
-        "fp32", description="bf16: training forward passes under bfloat16 autocast (weights and optimiser stay fp32)")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="bf16: training forward passes under bfloat16 autocast (weights and optimiser stay "
+        "fp32); auto: bf16 on CPUs that compute bfloat16 natively (AVX-512 BF16 or AMX), fp32 elsewhere")
+    compile: bool | Literal["auto"] = Field(
+        "auto", description="torch.compile the training forward pass; auto: on a CPU where a fold's training "
+        "is long enough to repay the compilation (about 20,000 images at the paper's shape), never on CUDA")
     cuda_graph: bool = Field(True, description="on CUDA, replay full batches' forward and backward as one CUDA graph")
     kernel: Literal["torch", "triton"] = Field(
         "torch", description="the NCA step: torch's convolutions, or one Triton kernel per step (CUDA; "

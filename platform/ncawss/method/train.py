@@ -47,6 +47,7 @@ class FoldResult:
     model: FoldModel                    # the trained weights, normalisation and CAM baseline CNNs
     epochs: int
     seconds: float                      # wall time of the batch of folds this fold trained in
+    execution: Execution | None = None  # how it trained: fold by fold or stacked, precision, compiled
 
     @property
     def evaluation(self) -> Evaluation:
@@ -94,7 +95,7 @@ def train_folds(config: TrainConfig, splits: list[tuple[Dataset, Dataset]], hook
         for fold, checkpoint in zip(folds, checkpoints):
             fold.restore(checkpoint)
         log.info("resuming %d folds from epoch %d", len(folds), folds[0].epoch)
-    execution = Execution.plan(config, device, len(folds))
+    execution = Execution.plan(config, device, len(folds), images=max(len(fold.x) for fold in folds))
     trainer = BatchedTrainer(FoldStack(models, execution.grouped), folds, config, execution, config.fire_rate,
                              config.steps)
     for epoch in range(folds[0].epoch + 1, config.epochs + 1):
@@ -104,7 +105,7 @@ def train_folds(config: TrainConfig, splits: list[tuple[Dataset, Dataset]], hook
     return [FoldResult(evaluations=evaluate(fold.model, test, config, device), test_ids=list(test.dataset.ids),
                        history=fold.history, epochs=config.epochs,
                        model=fold_model(fold, n_classes, cnns[i] if cnns else None),
-                       seconds=time.perf_counter() - started)
+                       seconds=time.perf_counter() - started, execution=execution)
             for i, (fold, test) in enumerate(zip(folds, tests))]
 
 

@@ -24,6 +24,8 @@ QUALITY = "quality_mean"     # an --eval-data set's mean label-free quality (inf
 WORST_DOMAIN = "worst_domain_iou"  # the lowest of METRIC and each masked --eval-data set's fold-mean IoU
 FOLDS_DONE = "folds_done"    # in a trial's last report only (Tune marks any trial's last result "done")
 TRIAL_FAILED = "trial_failed"  # the cause, in the one report of a trial that failed with a recurring error
+BF16_FOLDS = "bf16_folds"    # how many of a trial's folds trained under bf16 (precision: auto decides per worker)
+COMPILED_FOLDS = "compiled_folds"  # how many trained torch.compile'd (compile: auto decides per worker)
 TRAIN_LAUNCHES = "train_launches"  # Ray Train runs the trial's actor launched (1 + retries of lost workers)
 # In the first report after a resume: the evaluation epochs' reports made before the checkpoint it
 # resumed from, rebuilt from the folds' histories, since those results may have died in flight.
@@ -89,6 +91,8 @@ class FoldSummary:
     resumed_from_epoch: int = 0
     eval: dict[str, DomainScores] = field(default_factory=dict)  # the --eval-data sets, by name
     gpu_ids: tuple[int, ...] = ()        # the GPUs Ray assigned its worker
+    precision: str = "fp32"              # what its training ran in (the configuration's precision, resolved)
+    compiled: bool = False               # whether its training forward pass ran torch.compile'd
 
 
 def trial_metrics(folds: list[FoldSummary], epochs: int) -> dict[str, float | bool]:
@@ -102,6 +106,7 @@ def trial_metrics(folds: list[FoldSummary], epochs: int) -> dict[str, float | bo
         LAUNCH_OVERHEAD: max(f.launch.worker - f.launch.trial for f in folds),
         **{k: max(f.launch.phases()[k] for f in folds) for k in folds[0].launch.phases()},
         "resumed_folds": sum(f.resumed_from_epoch > 0 for f in folds),
+        BF16_FOLDS: sum(f.precision == "bf16" for f in folds), COMPILED_FOLDS: sum(f.compiled for f in folds),
     }
     for i, f in enumerate(folds):
         own = f.scores.configured

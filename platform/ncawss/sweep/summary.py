@@ -20,6 +20,8 @@ from ..method.scoring.scores import HINDSIGHT, Scores
 from ..tracking.tracker import SweepTracker
 from .metrics import (
     ACCURACY,
+    BF16_FOLDS,
+    COMPILED_FOLDS,
     IOU_STD,
     LAUNCH_OVERHEAD,
     LIFT,
@@ -226,7 +228,16 @@ def summarise(spec: SweepSpec, results: tune.ResultGrid, tracker: SweepTracker, 
                          + ", ".join(f"{b} {100 * scores.baselines[b]:.1f}" for b in baselines)
                          + f" (lift {100 * scores.lift:+.1f}); folds alone: "
                          + ", ".join(f"{100 * v:.1f}" for v in scores.fold_iou))
+        text += (f"\nthe best trial's folds trained in {precision_line(best, spec.folds)} (precision: "
+                 f"{config.precision}, compile: {config.compile})")
         text += (f"\nRay Train launch overhead per trial (paid once for all {spec.folds} folds): "
                  f"mean {np.mean(overheads):.1f} s, max {np.max(overheads):.1f} s{launch_phases(done)}")
     tracker.finish_sweep(metrics, files, tags, model_id, "KILLED" if interrupted else "FINISHED")
     return text
+
+
+def precision_line(result: dict, folds: int) -> str:
+    """How a trial's folds trained, e.g. 'bf16 (5 of 5 folds), compiled in none'."""
+    bf16, compiled = int(result.get(BF16_FOLDS, 0)), int(result.get(COMPILED_FOLDS, 0))
+    precision = "fp32" if not bf16 else "bf16" if bf16 == folds else f"bf16 in {bf16} of {folds} folds, fp32"
+    return precision + (", not compiled" if not compiled else f", compiled in {compiled} of {folds} folds")

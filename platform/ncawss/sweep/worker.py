@@ -139,11 +139,14 @@ def fold_worker(plan: TrialPlan) -> None:
     if restored is not None:
         log.warning("folds %s resume from their checkpoint at epoch %d", mine, restored[0]["epoch"])
     results = train_folds(config, splits, hooks, device=device, cnns=cnns, cam_kinds=plan.cam_kinds)
-    placement = {"device": str(device), "gpu_ids": gpu_ids}
+    execution = results[0].execution
+    placement = {"device": str(device), "gpu_ids": gpu_ids, "precision": execution.precision,
+                 "compiled": execution.compiled}
     summaries = [FoldSummary(scores=result.evaluations.map(lambda e: e.scores),
                              majority_accuracy=majority_accuracy(train.labels, test.labels), seconds=result.seconds,
                              launch=launch, resumed_from_epoch=restored[0]["epoch"] if restored else 0,
-                             eval=eval_scores(plan, result, train.classes, device), gpu_ids=tuple(gpu_ids))
+                             eval=eval_scores(plan, result, train.classes, device), gpu_ids=tuple(gpu_ids),
+                             precision=execution.precision, compiled=execution.compiled)
                  for result, (train, test) in zip(results, splits)]
     folds = gather_folds(summaries)
     with tempfile.TemporaryDirectory() as tmp:

@@ -104,10 +104,14 @@ def make_folds(config: TrainConfig, models: list[nn.Module], trains: list[Datase
     return folds
 
 
-def precision_context(config: TrainConfig, device: torch.device):
-    if config.precision == "bf16":
+def precision_context(precision: str, device: torch.device):
+    if precision == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=False)
     return contextlib.nullcontext()
+
+
+def forward(stack: Stack, x: torch.Tensor, *fire: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return stack(x, *fire)
 
 
 class GraphedStep:
@@ -163,11 +167,14 @@ class BatchedTrainer:
         self.device = folds[0].x.device
         self.graphed: GraphedStep | None = None
         self.parts = [stack.part(i) for i in range(len(folds))] if execution.fold_by_fold else None
+        # One compiled graph serves every fold (their parameters are its inputs); batches are padded
+        # to one shape so that an epoch's short last batch compiles nothing new.
+        self.forward = torch.compile(forward) if execution.compiled else forward
 
     def loss(self, x, y, weight, fire, stack: Stack | None = None):
         """(summed loss, each fold's batch-mean loss (k,), logits (B, k, C)) of `stack` (default: all folds)."""
-        with precision_context(self.config, self.device):
-            logits = (stack or self.stack)(x, *([] if fire is None else [fire]))[0]  # fire: NCA stacks only
+        with precision_context(self.execution.precision, self.device):
+            logits = self.forward(stack or self.stack, x, *([] if fire is None else [fire]))[0]  # fire: NCA only
         per_fold = (focal_terms(logits, y, self.config.focal_gamma) * weight).sum(0)
         return per_fold.sum(), per_fold, logits
 
@@ -225,7 +232,7 @@ class BatchedTrainer:
         """Stacked, augmented inputs (B, k, 3, S, S), labels and loss weights (B, k), fire masks
         of `folds` (default: all)."""
         cfg, folds = self.config, folds or self.folds
-        k, width = len(folds), max(sizes)
+        k, width = len(folds), cfg.batch_size if self.execution.compiled else max(sizes)
         size = folds[0].x.shape[-1]
         x = torch.zeros(width, k, N_INPUT, size, size, device=self.device)
         y = torch.zeros(width, k, dtype=torch.long, device=self.device)
