@@ -30,10 +30,13 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import itertools
 import logging
 import os
 import sys
 import tempfile
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,7 +47,7 @@ from tqdm import tqdm
 
 import ncawss
 from ncawss import Ensemble, Predictor, environment
-from ncawss.data import IMAGE_SUFFIXES, DataError, encode_png, replace_atomically
+from ncawss.data import IMAGE_SUFFIXES, DataError, dataset_metadata, encode_png, iter_dataset, replace_atomically
 from ncawss.method.inference.gallery import overlay
 from ncawss.method.inference.predict import QUALITY_RUNS, decode_image
 from ncawss.method.inference.quality import rank_by_score, signal_columns
@@ -101,22 +104,20 @@ def main() -> int:
     config = ensemble.config
     print(f"model: {args.model}: {len(ensemble.folds)} fold models, classes {', '.join(ensemble.classes)}; "
           f"read-out {args.read_out or 'configured'} ({config.readout.name}); stability from {args.runs} runs per fold")
-    items = gather(args.images, ensemble.min_side, config.readout.target)
-    good = [item for item in items if item.error is None]
-    rows: list[dict] = []
-    with tqdm(total=len(good), unit="image", desc="predict", file=sys.stderr) as bar:
-        for start in range(0, len(good), predictor.batch_size):
-            chunk = good[start:start + predictor.batch_size]
-            for item, prediction in zip(chunk, predictor.chunk([item.image for item in chunk])):
+    rows, failed, started = [], [], time.perf_counter()
+    with tqdm(total=count_inputs(args.images), unit="image", desc="predict", file=sys.stderr) as bar:
+        for chunk in batched(inputs(args.images, ensemble.min_side, config.readout.target), predictor.batch_size):
+            good = [item for item in chunk if item.error is None]
+            failed += [{"id": item.id, "source": item.source, "error": item.error} for item in chunk if item.error]
+            for item, prediction in zip(good, predictor.chunk([item.image for item in good]) if good else []):
                 rows.append(write_outputs(output, item, prediction, ensemble.classes))
             bar.update(len(chunk))
-    rows += [{"id": item.id, "source": item.source, "error": item.error} for item in items if item.error]
-    write_atomic(output / "predictions.csv", csv_text(rows))
-    if any("error" not in r for r in rows):
+    seconds = time.perf_counter() - started
+    write_atomic(output / "predictions.csv", csv_text(rows + failed))
+    if rows:
         write_atomic(output / "contact_sheet.png", contact_sheet(output, rows, "quality", args.sheet))
-    failed = sum(item.error is not None for item in items)
-    report(rows, failed, output)
-    return min(failed, FATAL - 1)
+    report(rows, len(failed), output, seconds)
+    return min(len(failed), FATAL - 1)
 
 
 def load_ensemble(args) -> Ensemble:
@@ -133,31 +134,57 @@ def load_ensemble(args) -> Ensemble:
                     classes=ensemble.classes)
 
 
-def gather(paths: list[str], min_side: int, target: str) -> list[Item]:
-    """Every input image decoded (or its one-line fault); grayscale and RGBA converted, with a note."""
-    items: list[Item] = []
-    for spec in paths:
-        path = Path(spec)
-        if "://" not in spec and not path.exists():
-            items.append(Item(path.stem or spec, spec, error=f"{spec}: no such file or folder"))
-        elif path.suffix.lower() == ".parquet" or "://" in spec:
-            items += dataset_items(spec, target)
-        elif path.is_dir():
-            files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
-            if not files:
-                items.append(Item(path.name or spec, spec, error=f"{spec}: empty folder, no images"))
-            items += [file_item(p, min_side) for p in files]
-        else:
-            items.append(file_item(path, min_side))
+def inputs(paths: list[str], min_side: int, target: str) -> Iterator[Item]:
+    """Every input image, decoded one at a time as it is needed (or its one-line fault, printed);
+    grayscale and RGBA converted, with a note. The same name in two folders: both kept."""
     seen: dict[str, int] = {}
-    for item in items:  # the same name in two folders: keep both
+    for item in (item for spec in paths for item in path_items(spec, min_side, target)):
         seen[item.id] = seen.get(item.id, 0) + 1
         if seen[item.id] > 1:
             item.id = f"{item.id}-{seen[item.id]}"
-    for item in items:
         if item.error:
-            print(f"error: {item.error}", file=sys.stderr)
-    return items
+            tqdm.write(f"error: {item.error}", file=sys.stderr)  # on its own line, above the progress bar
+        yield item
+
+
+def path_items(spec: str, min_side: int, target: str) -> Iterator[Item]:
+    path = Path(spec)
+    if "://" not in spec and not path.exists():
+        yield Item(path.stem or spec, spec, error=f"{spec}: no such file or folder")
+    elif path.suffix.lower() == ".parquet" or "://" in spec:
+        yield from dataset_items(spec, target)
+    elif path.is_dir():
+        files = folder_files(path)
+        if not files:
+            yield Item(path.name or spec, spec, error=f"{spec}: empty folder, no images")
+        yield from (file_item(p, min_side) for p in files)
+    else:
+        yield file_item(path, min_side)
+
+
+def folder_files(path: Path) -> list[Path]:
+    return sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+
+
+def count_inputs(paths: list[str]) -> int | None:
+    """How many images the inputs hold, for the progress bar (None where a file cannot tell)."""
+    total = 0
+    for spec in paths:
+        path = Path(spec)
+        try:
+            if path.suffix.lower() == ".parquet" or "://" in spec:
+                total += dataset_metadata(spec)["rows"]
+            else:
+                total += len(folder_files(path)) if path.is_dir() else 1
+        except (DataError, OSError):
+            total += 1  # reported as one failed input
+    return total
+
+
+def batched(items: Iterator[Item], size: int) -> Iterator[list[Item]]:
+    """Lists of `size` consecutive items (the last one shorter)."""
+    while chunk := list(itertools.islice(items, size)):
+        yield chunk
 
 
 def file_item(path: Path, min_side: int) -> Item:
@@ -167,26 +194,27 @@ def file_item(path: Path, min_side: int) -> Item:
             raise DataError(f"{path}: not an image file (expected .png, .bmp, .tif, .tiff, .jpg or .jpeg)")
         item.image, note = decode_image(path.read_bytes(), str(path), min_side)
         if note:
-            print(f"note: {note}", file=sys.stderr)
+            tqdm.write(f"note: {note}", file=sys.stderr)
     except (DataError, OSError) as exc:
         item.error = str(exc)
     return item
 
 
-def dataset_items(spec: str, target: str) -> list[Item]:
+def dataset_items(spec: str, target: str) -> Iterator[Item]:
+    """A dataset file's samples, read chunk by chunk (memory holds one chunk)."""
     try:
-        dataset = ncawss.read_dataset(spec)
+        for dataset in iter_dataset(spec):
+            if dataset.masks is None:
+                truth = [None] * len(dataset)
+            elif dataset.unmasked and target == "cell":  # some samples lack a mask: those are not scored
+                truth = dataset.masks
+            else:
+                truth = dataset.target_masks(target)
+            sources = dataset.sources or [f"{spec}#{i}" for i in dataset.ids]
+            yield from (Item(i, s or f"{spec}#{i}", image, t)
+                        for i, s, image, t in zip(dataset.ids, sources, dataset.images, truth))
     except DataError as exc:
-        return [Item(Path(spec).stem, spec, error=str(exc))]
-    if dataset.masks is None:
-        truth = [None] * len(dataset)
-    elif dataset.unmasked and target == "cell":  # some samples lack a mask: those are not scored
-        truth = dataset.masks
-    else:
-        truth = dataset.target_masks(target)
-    sources = dataset.sources or [f"{spec}#{i}" for i in dataset.ids]
-    return [Item(i, s or f"{spec}#{i}", image, t)
-            for i, s, image, t in zip(dataset.ids, sources, dataset.images, truth)]
+        yield Item(Path(spec).stem, spec, error=str(exc))
 
 
 def write_outputs(output: Path, item: Item, prediction, classes: list[str]) -> dict:
@@ -220,7 +248,7 @@ def csv_text(rows: list[dict]) -> str:
 
 def contact_sheet(output: Path, rows: list[dict], key: str, count: int, tile: int = 160, per_row: int = 6) -> bytes:
     """Overlays of the lowest-quality images first (`key`), each captioned with id, score and class."""
-    ranked = sorted((r for r in rows if "error" not in r), key=lambda r: r[key])[:count]
+    ranked = sorted(rows, key=lambda r: r[key])[:count]
     lines = -(-len(ranked) // per_row)
     sheet = Image.new("RGB", (per_row * tile, lines * (tile + 28)), "white")
     draw = ImageDraw.Draw(sheet)
@@ -237,15 +265,14 @@ def contact_sheet(output: Path, rows: list[dict], key: str, count: int, tile: in
     return buffer.getvalue()
 
 
-def report(rows: list[dict], failed: int, output: Path) -> None:
-    done = [r for r in rows if "error" not in r]
-    print(f"\n{len(done)} images written to {output} (masks/, overlays/, predictions.csv, contact_sheet.png); "
-          f"{failed} failed")
-    quality = np.array([r["quality"] for r in done])
-    if len(done) and not np.isnan(quality).all():
-        lowest = done[int(quality.argmin())]["id"]
+def report(rows: list[dict], failed: int, output: Path, seconds: float) -> None:
+    print(f"\n{len(rows)} images written to {output} (masks/, overlays/, predictions.csv, contact_sheet.png); "
+          f"{failed} failed; {len(rows) / max(seconds, 1e-9):.1f} images/s")
+    quality = np.array([r["quality"] for r in rows])
+    if len(rows) and not np.isnan(quality).all():
+        lowest = rows[int(quality.argmin())]["id"]
         print(f"quality: median {np.median(quality):.3f}, lowest {quality.min():.3f} ({lowest})")
-    scored = [r for r in done if "iou" in r]
+    scored = [r for r in rows if "iou" in r]
     if len(scored) >= 4:
         for line in quality_lines(np.array([r["quality"] for r in scored]), np.array([r["iou"] for r in scored])):
             print(line)

@@ -18,7 +18,7 @@ import logging
 import sys
 
 import ncawss
-from ncawss.data import STRAY_SHARE, dataset_metadata
+from ncawss.data import STRAY_SHARE, DatasetWriter, dataset_metadata, iter_dataset
 from ncawss.method.images import restain
 
 
@@ -66,11 +66,19 @@ def layout_options(args: argparse.Namespace) -> dict:
 
 
 def write_restained(args: argparse.Namespace):
+    """The --source file restained chunk by chunk: memory holds one chunk, not the dataset."""
     if not args.source:
         raise ValueError("restain: --source names the dataset file to restain")
     if not 0 < args.strength <= 1:
         raise ValueError(f"--strength {args.strength}: a stain shift's strength lies in (0, 1]")
-    return ncawss.write_dataset(restain(ncawss.read_dataset(args.source), args.strength, args.seed), args.output)
+    meta = dataset_metadata(args.source)
+    with DatasetWriter(args.output, name=f"{meta['name']}-restained", classes=meta["classes"],
+                       mask_levels=meta["mask_levels"]) as writer:
+        for chunk in iter_dataset(args.source):
+            restained = restain(chunk, args.strength, args.seed, meta["fingerprint"])
+            writer.write(restained)
+        writer.provenance = restained.provenance
+    return writer.destination
 
 
 def main() -> int:

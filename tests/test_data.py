@@ -2,6 +2,7 @@ import os
 import subprocess
 import sys
 import warnings
+from dataclasses import replace
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -10,7 +11,8 @@ from PIL import Image
 
 from conftest import ROOT
 from ncawss import DataError, convert, holdout_split, make_synthetic, read_dataset, stratified_folds, write_dataset
-from ncawss.data import dataset_metadata
+from ncawss.data import Dataset, DatasetWriter, dataset_metadata, iter_dataset
+from ncawss.data.synthetic import synthetic_chunks
 
 
 def save(path, array):
@@ -77,6 +79,38 @@ def test_parquet_file_holds_one_row_per_sample_and_its_metadata(tmp_path, small_
     assert meta["name"] == "synthetic-a" and meta["classes"][0] == "neutrophil"
     assert meta["fingerprint"] == small_synthetic.fingerprint and meta["provenance"]["seed"] == 3
     assert oct(os.stat(path).st_mode & 0o777) != oct(0o600)
+
+
+def test_a_file_written_chunk_by_chunk_equals_one_written_at_once_and_reads_back_in_chunks(tmp_path):
+    whole = make_synthetic(n=30, size=20, seed=5)
+    chunks = list(synthetic_chunks(n=30, size=20, seed=5, rows=7))  # drawn 7 at a time: the same crops
+    assert [len(c) for c in chunks] == [7, 7, 7, 7, 2]
+    assert_same(whole, Dataset.join(chunks))
+    with DatasetWriter(tmp_path / "chunked.parquet", name=whole.name, classes=whole.classes, mask_levels=2,
+                       provenance=whole.provenance) as writer:
+        for chunk in chunks:
+            writer.write(chunk)
+    assert pq.ParquetFile(tmp_path / "chunked.parquet").metadata.num_row_groups == 5
+    assert dataset_metadata(tmp_path / "chunked.parquet")["fingerprint"] == whole.fingerprint
+    back = list(iter_dataset(tmp_path / "chunked.parquet", rows=4))
+    assert [len(c) for c in back] == [4] * 7 + [2]
+    assert_same(whole, Dataset.join(back))
+    assert_same(whole, read_dataset(write_dataset(whole, tmp_path / "whole.parquet")))
+
+
+def test_a_writer_that_fails_midway_leaves_no_file_and_keeps_the_earlier_one(tmp_path):
+    chunks = synthetic_chunks(n=20, size=20, rows=8)
+    target = tmp_path / "d.parquet"
+    target.write_bytes(b"earlier")
+    with pytest.raises(RuntimeError, match="conversion failed"):
+        with DatasetWriter(target, name="x", classes=["a"], mask_levels=2) as writer:
+            writer.write(next(chunks))
+            raise RuntimeError("conversion failed")
+    assert target.read_bytes() == b"earlier" and [p.name for p in tmp_path.iterdir()] == ["d.parquet"]
+    with pytest.raises(DataError, match="a chunk without masks in a dataset with them"):
+        with DatasetWriter(target, name="x", classes=["a"], mask_levels=2) as writer:
+            writer.write(replace(next(chunks), masks=None, nucleus=None))
+    assert target.read_bytes() == b"earlier" and [p.name for p in tmp_path.iterdir()] == ["d.parquet"]
 
 
 def test_dataset_without_masks_or_labels_round_trips_as_none(tmp_path):

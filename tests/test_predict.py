@@ -180,6 +180,26 @@ def test_predict_writes_a_mask_and_overlay_per_image_at_its_own_size(model_dir, 
     assert all(0 <= float(r["quality"]) <= 1 and 0 < float(r["probability"]) <= 1 for r in rows.values())
 
 
+def test_predict_reads_a_dataset_in_chunks_and_writes_what_predict_computes_in_one_piece(model_dir, tmp_path,
+                                                                                        small_synthetic):
+    """40 images, read chunk by chunk (8 at a time) beside an image file: the masks and rows equal
+    predict() over all 40 at once, and the job reports its throughput."""
+    dataset = ncawss.write_dataset(small_synthetic, tmp_path / "forty.parquet")
+    Image.fromarray(small_synthetic.images[0]).save(tmp_path / "extra.png")
+    run = run_predict(model_dir, tmp_path / "out", dataset, tmp_path / "extra.png")
+    assert run.returncode == 0, run.stderr[-3000:]
+    ensemble = Ensemble.load(model_dir)
+    whole = predict(ensemble, small_synthetic.images + [small_synthetic.images[0]])
+    rows = read_rows(tmp_path / "out")
+    assert list(rows) == [*small_synthetic.ids, "extra"]
+    for image_id, expected in zip([*small_synthetic.ids, "extra"], whole):
+        mask = np.asarray(Image.open(tmp_path / "out" / "masks" / f"{image_id}.png")) > 0
+        assert np.array_equal(mask, expected.mask), image_id
+        assert rows[image_id]["label"] == ensemble.classes[expected.label]
+        assert float(rows[image_id]["quality"]) == pytest.approx(expected.quality, abs=1e-4)
+    assert "41 images written" in run.stdout and "images/s" in run.stdout
+
+
 def test_bad_inputs_each_get_one_line_and_the_rest_is_written(model_dir, tmp_path, small_synthetic):
     folder, empty = tmp_path / "images", tmp_path / "empty"
     folder.mkdir()

@@ -28,6 +28,19 @@ class Dataset:
     def __len__(self) -> int:
         return len(self.images)
 
+    @classmethod
+    def join(cls, chunks: list[Dataset]) -> Dataset:
+        """Chunks of one dataset (as a streaming reader yields them) as one Dataset."""
+        first = chunks[0]
+
+        def joined(name: str):
+            parts = [getattr(c, name) for c in chunks]
+            return None if parts[0] is None else [v for part in parts for v in part]
+
+        return replace(first, images=joined("images"), masks=joined("masks"), nucleus=joined("nucleus"),
+                       ids=joined("ids"), sources=joined("sources"),
+                       labels=None if first.labels is None else np.concatenate([c.labels for c in chunks]))
+
     def subset(self, indices) -> Dataset:
         idx = [int(i) for i in indices]
         return replace(
@@ -44,6 +57,12 @@ class Dataset:
     def fingerprint(self) -> str:
         """sha256 over ids, pixels, masks and labels: equal content, equal fingerprint."""
         digest = hashlib.sha256()
+        self.add_to_digest(digest)
+        return digest.hexdigest()
+
+    def add_to_digest(self, digest) -> None:
+        """Feed the samples to a running fingerprint: a dataset's chunks, one after another, give
+        the whole dataset's fingerprint (how the file writer computes it without holding them all)."""
         for i, image in enumerate(self.images):
             digest.update(self.ids[i].encode() + b"\0" + str(image.shape).encode())
             digest.update(np.ascontiguousarray(image).tobytes())
@@ -53,7 +72,6 @@ class Dataset:
                 digest.update(np.packbits(self.nucleus[i]).tobytes())
             if self.labels is not None:
                 digest.update(int(self.labels[i]).to_bytes(4, "little", signed=True))
-        return digest.hexdigest()
 
     @property
     def unmasked(self) -> int:

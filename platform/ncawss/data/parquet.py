@@ -9,9 +9,12 @@ JSON under the schema metadata key b"ncawss".
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -30,69 +33,136 @@ MASK_ENCODINGS = {1: "PNG: 255 = white blood cell, 0 = background",
                   2: "PNG: 255 = nucleus, 128 = cytoplasm, 0 = background"}
 
 
+ROWS_PER_GROUP = 256  # samples per Parquet row group: what a streaming reader or writer holds at once
+
+SCHEMA = pa.schema([("id", pa.string()), ("image", pa.binary()), ("mask", pa.binary()), ("label", pa.int16()),
+                    ("source", pa.string())])
+
+
+class DatasetWriter:
+    """Writes a dataset file chunk by chunk, one row group each, computing the fingerprint as it
+    goes: memory holds one chunk, not the dataset. The file appears, whole, at `close()`; a
+    failure before it leaves no file and keeps any earlier one.
+
+        with DatasetWriter(path, name="mine", classes=[...], mask_levels=1) as writer:
+            for chunk in chunks:          # Datasets
+                writer.write(chunk)
+            writer.provenance.update(...)  # anything learnt while converting
+    """
+
+    def __init__(self, destination: str | os.PathLike, *, name: str, classes: list[str], mask_levels: int | None,
+                 provenance: dict | None = None):
+        self.destination = Path(destination)
+        self.destination.parent.mkdir(parents=True, exist_ok=True)
+        self.name, self.classes, self.mask_levels = name, list(classes), mask_levels
+        self.provenance = dict(provenance or {})
+        self.digest, self.rows = hashlib.sha256(), 0
+        fd, self.tmp = tempfile.mkstemp(prefix=f".{self.destination.name}.", suffix=".tmp", dir=self.destination.parent)
+        os.close(fd)
+        self.writer = pq.ParquetWriter(self.tmp, SCHEMA)
+
+    def write(self, chunk: Dataset) -> None:
+        if (chunk.masks is not None) != (self.mask_levels is not None):
+            raise DataError(f"{self.name}: a chunk {'without' if chunk.masks is None else 'with'} masks in a dataset "
+                            f"{'with' if self.mask_levels else 'without'} them")
+        chunk.add_to_digest(self.digest)
+        levels = chunk.mask_levels() if chunk.masks is not None else [None] * len(chunk)
+        labels = [None] * len(chunk) if chunk.labels is None else [int(v) if v >= 0 else None for v in chunk.labels]
+        self.writer.write_table(pa.table({
+            "id": chunk.ids, "image": [encode_png(im) for im in chunk.images],
+            "mask": [None if m is None else encode_png(m) for m in levels], "label": labels,
+            "source": chunk.sources or [""] * len(chunk)}, schema=SCHEMA))
+        self.rows += len(chunk)
+
+    def close(self) -> Path:
+        if self.rows == 0:
+            raise DataError(f"{self.name}: the dataset is empty, nothing to write")
+        meta = {"format_version": FORMAT_VERSION, "name": self.name, "classes": self.classes,
+                "mask_levels": self.mask_levels, "mask_encoding": MASK_ENCODINGS.get(self.mask_levels),
+                "provenance": self.provenance, "fingerprint": self.digest.hexdigest()}
+        self.writer.add_key_value_metadata({METADATA_KEY: json.dumps(meta).encode()})
+        self.writer.close()
+        replace_atomically(self.destination, lambda tmp: os.replace(self.tmp, tmp))
+        log.info("wrote %d samples of %s to %s", self.rows, self.name, self.destination)
+        return self.destination
+
+    def abort(self) -> None:
+        self.writer.close()
+        if os.path.exists(self.tmp):
+            os.unlink(self.tmp)
+
+    def __enter__(self) -> DatasetWriter:
+        return self
+
+    def __exit__(self, kind, value, traceback) -> None:
+        if kind is None:
+            self.close()
+        else:
+            self.abort()
+
+
 def write_dataset(dataset: Dataset, destination: str | os.PathLike) -> Path:
-    """Write dataset as one Parquet file; a temporary file is renamed into place at the end."""
+    """Write dataset as one Parquet file (row groups of ROWS_PER_GROUP samples); the file appears whole."""
     if len(dataset) == 0:
         raise DataError(f"{dataset.name}: the dataset is empty, nothing to write")
-    destination = Path(destination)
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    meta = {
-        "format_version": FORMAT_VERSION, "name": dataset.name, "classes": dataset.classes,
-        "mask_levels": None if dataset.masks is None else 1 if dataset.nucleus is None else 2,
-        "mask_encoding": None if dataset.masks is None else MASK_ENCODINGS[1 if dataset.nucleus is None else 2],
-        "provenance": dataset.provenance, "fingerprint": dataset.fingerprint,
-    }
-    table = pa.table({
-        "id": pa.array(dataset.ids, pa.string()),
-        "image": pa.array([encode_png(im) for im in dataset.images], pa.binary()),
-        "mask": pa.array([None] * len(dataset) if dataset.masks is None
-                         else [None if m is None else encode_png(m) for m in dataset.mask_levels()], pa.binary()),
-        "label": pa.array([None] * len(dataset) if dataset.labels is None
-                          else [int(v) if v >= 0 else None for v in dataset.labels], pa.int16()),
-        "source": pa.array(dataset.sources or [""] * len(dataset), pa.string()),
-    }).replace_schema_metadata({METADATA_KEY: json.dumps(meta).encode()})
-    replace_atomically(destination, lambda tmp: pq.write_table(table, tmp))
-    log.info("wrote %d samples of %s to %s", len(dataset), dataset.name, destination)
-    return destination
+    levels = None if dataset.masks is None else 1 if dataset.nucleus is None else 2
+    with DatasetWriter(destination, name=dataset.name, classes=dataset.classes, mask_levels=levels,
+                       provenance=dataset.provenance) as writer:
+        for start in range(0, len(dataset), ROWS_PER_GROUP):
+            writer.write(dataset.subset(range(start, min(start + ROWS_PER_GROUP, len(dataset)))))
+    return writer.destination
 
 
-
-def read_dataset(path_or_uri: str | os.PathLike) -> Dataset:
-    """Read a dataset written by convert() from a local path or a pyarrow-supported URI."""
+def open_dataset(path_or_uri: str | os.PathLike) -> tuple[pq.ParquetFile, dict]:
+    """The dataset file, opened, and its metadata; DataError names the file where it is not one."""
     location = str(path_or_uri)
     try:
         if "://" in location:
             filesystem, path = pafs.FileSystem.from_uri(location)
-            table = pq.read_table(path, filesystem=filesystem)
+            parquet = pq.ParquetFile(filesystem.open_input_file(path))
         else:
-            table = pq.read_table(location)
+            parquet = pq.ParquetFile(location)
     except (OSError, pa.ArrowException) as exc:
         raise DataError(f"{location}: cannot read dataset ({exc})") from None
-    raw_meta = (table.schema.metadata or {}).get(METADATA_KEY)
+    raw_meta = (parquet.metadata.metadata or {}).get(METADATA_KEY)
     if raw_meta is None:
         raise DataError(f"{location}: not an ncawss dataset (no {METADATA_KEY.decode()!r} schema metadata)")
-    meta = json.loads(raw_meta)
-    columns = table.to_pydict()
-    labels = columns["label"]
-    levels = None if all(m is None for m in columns["mask"]) else \
+    return parquet, json.loads(raw_meta)
+
+
+def chunk_from(columns: dict, meta: dict, labelled: bool) -> Dataset:
+    """The Dataset of some rows (`columns`, as pyarrow's to_pydict gives them)."""
+    levels = None if meta.get("mask_levels") is None else \
         [None if m is None else decode_png(m, "L") for m in columns["mask"]]
-    two_levels = levels is not None and meta.get("mask_levels") == 2
     return Dataset(
         images=[decode_png(b, "RGB") for b in columns["image"]],
         masks=None if levels is None else [None if m is None else m > 0 for m in levels],
-        nucleus=[None if m is None else m == 255 for m in levels] if two_levels else None,
-        labels=None if all(v is None for v in labels) else np.array([-1 if v is None else v for v in labels]),
+        nucleus=[None if m is None else m == 255 for m in levels] if meta.get("mask_levels") == 2 else None,
+        labels=np.array([-1 if v is None else v for v in columns["label"]], dtype=int) if labelled else None,
         classes=list(meta["classes"]), ids=list(columns["id"]), name=meta["name"],
-        sources=list(columns["source"]), provenance=meta.get("provenance", {}),
-    )
+        sources=list(columns["source"]), provenance=meta.get("provenance", {}))
+
+
+def read_dataset(path_or_uri: str | os.PathLike) -> Dataset:
+    """Read a dataset written by convert() from a local path or a pyarrow-supported URI."""
+    parquet, meta = open_dataset(path_or_uri)
+    try:
+        table = parquet.read()
+    except (OSError, pa.ArrowException) as exc:
+        raise DataError(f"{path_or_uri}: cannot read dataset ({exc})") from None
+    return chunk_from(table.to_pydict(), meta, table.column("label").null_count < len(table))
+
+
+def iter_dataset(path_or_uri: str | os.PathLike, rows: int = ROWS_PER_GROUP) -> Iterator[Dataset]:
+    """A dataset file as Datasets of at most `rows` samples, in file order: memory holds one chunk.
+    Their concatenation equals read_dataset's (the chunks' fingerprints chain to the file's)."""
+    parquet, meta = open_dataset(path_or_uri)
+    labelled = parquet.read(columns=["label"]).column("label").null_count < parquet.metadata.num_rows
+    for batch in parquet.iter_batches(batch_size=rows):
+        yield chunk_from(batch.to_pydict(), meta, labelled)
 
 
 def dataset_metadata(path_or_uri: str | os.PathLike) -> dict:
-    """The schema metadata of a dataset file (name, classes, fingerprint, ...) without reading rows."""
-    location = str(path_or_uri)
-    if "://" in location:
-        filesystem, path = pafs.FileSystem.from_uri(location)
-        schema = pq.read_schema(path, filesystem=filesystem)
-    else:
-        schema = pq.read_schema(location)
-    return json.loads(schema.metadata[METADATA_KEY])
+    """The metadata of a dataset file (name, classes, fingerprint, ...) and its rows, reading no rows."""
+    parquet, meta = open_dataset(path_or_uri)
+    return {**meta, "rows": parquet.metadata.num_rows}

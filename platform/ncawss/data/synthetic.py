@@ -8,6 +8,8 @@ stain colours and background, as two labs' images do.
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 from skimage.filters import gaussian
 
@@ -29,6 +31,13 @@ CELL_RADIUS = [0.30, 0.22, 0.34, 0.30, 0.27]  # fraction of the crop side, befor
 
 def make_synthetic(n: int = 200, size: int = 64, seed: int = 0, domain: str = "a") -> Dataset:
     """n crops of size x size, classes balanced, deterministic given (n, size, seed, domain)."""
+    return Dataset.join(list(synthetic_chunks(n, size, seed, domain)))
+
+
+def synthetic_chunks(n: int = 200, size: int = 64, seed: int = 0, domain: str = "a",
+                     rows: int = 256) -> Iterator[Dataset]:
+    """make_synthetic's crops as Datasets of at most `rows`, drawn one chunk at a time: the same
+    crops, whatever `rows` is."""
     if domain not in DOMAINS:
         raise ValueError(f"unknown synthetic domain {domain!r}; choose one of {sorted(DOMAINS)}")
     if n < 1 or size < 16:
@@ -36,12 +45,14 @@ def make_synthetic(n: int = 200, size: int = 64, seed: int = 0, domain: str = "a
     rng = np.random.default_rng(seed)
     labels = np.arange(n) % len(CLASSES)
     rng.shuffle(labels)
-    images, masks, nuclei = zip(*(draw_crop(int(c), size, DOMAINS[domain], rng) for c in labels))
-    return Dataset(images=list(images), masks=list(masks), labels=labels, classes=list(CLASSES),
-                   ids=[f"syn{i:05d}" for i in range(n)],
-                   name=f"synthetic-{domain}", sources=[f"synthetic:{domain}:{seed}:{i}" for i in range(n)],
-                   provenance={"layout": "synthetic", "domain": domain, "seed": seed, "size": size, "n": n},
-                   nucleus=list(nuclei))
+    for start in range(0, n, rows):
+        part = range(start, min(n, start + rows))
+        images, masks, nuclei = zip(*(draw_crop(int(labels[i]), size, DOMAINS[domain], rng) for i in part))
+        yield Dataset(images=list(images), masks=list(masks), labels=labels[start:part.stop], classes=list(CLASSES),
+                      ids=[f"syn{i:05d}" for i in part], name=f"synthetic-{domain}",
+                      sources=[f"synthetic:{domain}:{seed}:{i}" for i in part],
+                      provenance={"layout": "synthetic", "domain": domain, "seed": seed, "size": size, "n": n},
+                      nucleus=list(nuclei))
 
 
 def draw_crop(label: int, size: int, stain: dict,

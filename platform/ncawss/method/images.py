@@ -126,10 +126,11 @@ def stain_parameters(n: int, strength: float, generator: torch.Generator) -> tup
             uniform((n, 3), -STAIN_SHIFT * strength, STAIN_SHIFT * strength, generator))
 
 
-def restain(dataset: Dataset, strength: float, seed: int) -> Dataset:
+def restain(dataset: Dataset, strength: float, seed: int, source_fingerprint: str | None = None) -> Dataset:
     """A copy of `dataset` in another stain: one stain scale and shift for every image (as a lab's
     staining would differ), drawn from `seed` as stain_parameters draws a training image's; masks,
-    labels and ids unchanged. The provenance records the source, scale and shift."""
+    labels and ids unchanged. The provenance records the source (`source_fingerprint`: the whole
+    file's, where `dataset` is one chunk of it), scale and shift."""
     if not 0 < strength <= 1:
         raise ValueError(f"strength {strength}: a stain shift's strength lies in (0, 1]")
     scale, shift = (t[0] for t in stain_parameters(1, strength, torch.Generator().manual_seed(seed)))
@@ -138,7 +139,8 @@ def restain(dataset: Dataset, strength: float, seed: int) -> Dataset:
         rgb = torch.from_numpy(image).permute(2, 0, 1)[None].double() / 255.0
         out = shift_stains(rgb, scale.double(), shift.double())[0].permute(1, 2, 0)
         images.append((out * 255.0).round().to(torch.uint8).numpy())
-    record = {"restained_from": dataset.name, "source_fingerprint": dataset.fingerprint, "strength": strength,
+    record = {"restained_from": dataset.name, "source_fingerprint": source_fingerprint or dataset.fingerprint,
+              "strength": strength,
               "seed": seed, "stain_scale": scale.tolist(), "stain_shift": shift.tolist()}
     return replace(dataset, images=images, name=f"{dataset.name}-restained", provenance={**dataset.provenance,
                                                                                          "restain": record})
