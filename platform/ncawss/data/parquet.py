@@ -144,22 +144,24 @@ def chunk_from(columns: dict, meta: dict, labelled: bool) -> Dataset:
 
 
 def read_dataset(path_or_uri: str | os.PathLike) -> Dataset:
-    """Read a dataset written by convert() from a local path or a pyarrow-supported URI."""
-    parquet, meta = open_dataset(path_or_uri)
-    try:
-        table = parquet.read()
-    except (OSError, pa.ArrowException) as exc:
-        raise DataError(f"{path_or_uri}: cannot read dataset ({exc})") from None
-    return chunk_from(table.to_pydict(), meta, table.column("label").null_count < len(table))
+    """Read a dataset written by convert() from a local path or a pyarrow-supported URI. Decoded a
+    row group at a time: the file's encoded bytes are never all in memory beside the images."""
+    chunks = list(iter_dataset(path_or_uri))
+    if not chunks:
+        raise DataError(f"{path_or_uri}: the dataset file holds no samples")
+    return Dataset.join(chunks)
 
 
 def iter_dataset(path_or_uri: str | os.PathLike, rows: int = ROWS_PER_GROUP) -> Iterator[Dataset]:
     """A dataset file as Datasets of at most `rows` samples, in file order: memory holds one chunk.
     Their concatenation equals read_dataset's (the chunks' fingerprints chain to the file's)."""
     parquet, meta = open_dataset(path_or_uri)
-    labelled = parquet.read(columns=["label"]).column("label").null_count < parquet.metadata.num_rows
-    for batch in parquet.iter_batches(batch_size=rows):
-        yield chunk_from(batch.to_pydict(), meta, labelled)
+    try:
+        labelled = parquet.read(columns=["label"]).column("label").null_count < parquet.metadata.num_rows
+        for batch in parquet.iter_batches(batch_size=rows):
+            yield chunk_from(batch.to_pydict(), meta, labelled)
+    except (OSError, pa.ArrowException) as exc:
+        raise DataError(f"{path_or_uri}: cannot read dataset ({exc})") from None
 
 
 def dataset_metadata(path_or_uri: str | os.PathLike) -> dict:
