@@ -5,7 +5,8 @@ mask (PNG bytes, null where the sample has none), label (int16, null where none)
 (string). Masks keep two levels where the source has them: 255 = nucleus,
 128 = cytoplasm, 0 = background; single-level masks are 255 = cell. Dataset
 metadata (name, classes, mask levels and encoding, provenance, fingerprint) is
-JSON under the schema metadata key b"ncawss".
+JSON under the file's key-value metadata key b"ncawss" (format 3: written after the rows, when
+the fingerprint is known; format 2 files, which also held it in the Arrow schema, read the same).
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ from .files import decode_png, encode_png, replace_atomically
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 METADATA_KEY = b"ncawss"
 MASK_ENCODINGS = {1: "PNG: 255 = white blood cell, 0 = background",
                   2: "PNG: 255 = nucleus, 128 = cytoplasm, 0 = background"}
@@ -126,7 +127,7 @@ def open_dataset(path_or_uri: str | os.PathLike) -> tuple[pq.ParquetFile, dict]:
         raise DataError(f"{location}: cannot read dataset ({exc})") from None
     raw_meta = (parquet.metadata.metadata or {}).get(METADATA_KEY)
     if raw_meta is None:
-        raise DataError(f"{location}: not an ncawss dataset (no {METADATA_KEY.decode()!r} schema metadata)")
+        raise DataError(f"{location}: not an ncawss dataset (no {METADATA_KEY.decode()!r} key in its metadata)")
     return parquet, json.loads(raw_meta)
 
 
