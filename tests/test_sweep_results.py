@@ -21,6 +21,7 @@ from ncawss.method.baselines import THRESHOLD_BASELINES
 from ncawss.method.scoring import evaluation
 from ncawss.method.scoring.evaluation import evaluate
 from ncawss.method.scoring.metrics import majority_vote
+from ncawss.method.training.plan import native_bf16
 from sweeps import private_ray_tmp, run_sweep, smoke_space, trial_runs
 
 pytestmark = pytest.mark.slow
@@ -138,6 +139,17 @@ def test_the_best_configuration_is_scored_on_the_holdout_beside_every_baseline(s
     assert {"holdout_iou", "holdout_fold0_iou", "holdout_fold1_iou", "holdout_lift"} <= set(metrics)
     baselines = {b: metrics[f"holdout_{b}_iou"] for b in ALL_BASELINES}
     assert metrics["holdout_lift"] == pytest.approx(metrics["holdout_iou"] - max(baselines.values()))
+
+
+def test_the_summary_says_what_the_best_trial_trained_in_as_precision_auto_resolves_here(sweep):
+    """precision: auto and compile: auto, resolved in each fold worker: a smoke trial is far too short to
+    compile, and trains in bf16 exactly where this CPU computes it natively."""
+    expected = "bf16" if native_bf16() else "fp32"
+    assert (f"the best trial's folds trained in {expected}, not compiled (precision: auto, compile: auto)"
+            in sweep["stdout"]), sweep["stdout"][-2000:]
+    for trial in sweep["trials"]:
+        assert trial.data.metrics["bf16_folds"] == (2 if expected == "bf16" else 0)
+        assert trial.data.metrics["compiled_folds"] == 0
 
 
 def test_cam_baselines_are_trained_once_per_fold_and_size_not_per_trial(sweep):
