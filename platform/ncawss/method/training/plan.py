@@ -45,7 +45,7 @@ def resolve_precision(config: TrainConfig, device: torch.device) -> str:
 
 def compile_pays(config: TrainConfig, device: torch.device, images: int) -> bool:
     """compile: auto. On a CPU, when a fold trains at least COMPILE_PAYS_AFTER paper-shape images
-    (compiling costs a minute or two and saves about a third of each step); never on CUDA, where
+    (compiling costs a minute or two and saves about a quarter of each bf16 step); never on CUDA, where
     the CUDA graph already removes the launch overhead and no compiled run has been measured."""
     if config.compile != "auto":
         return bool(config.compile)
