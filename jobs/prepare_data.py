@@ -18,7 +18,7 @@ import logging
 import sys
 
 import ncawss
-from ncawss.data import STRAY_SHARE, DatasetWriter, dataset_metadata, iter_dataset
+from ncawss.data import STRAY_SHARE, dataset_metadata, iter_dataset, write_chunks
 from ncawss.method.images import restain
 
 
@@ -71,14 +71,9 @@ def write_restained(args: argparse.Namespace):
         raise ValueError("restain: --source names the dataset file to restain")
     if not 0 < args.strength <= 1:
         raise ValueError(f"--strength {args.strength}: a stain shift's strength lies in (0, 1]")
-    meta = dataset_metadata(args.source)
-    with DatasetWriter(args.output, name=f"{meta['name']}-restained", classes=meta["classes"],
-                       mask_levels=meta["mask_levels"]) as writer:
-        for chunk in iter_dataset(args.source):
-            restained = restain(chunk, args.strength, args.seed, meta["fingerprint"])
-            writer.write(restained)
-        writer.provenance = restained.provenance
-    return writer.destination
+    fingerprint = dataset_metadata(args.source)["fingerprint"]
+    return write_chunks((restain(chunk, args.strength, args.seed, fingerprint) for chunk in iter_dataset(args.source)),
+                        args.output)
 
 
 def main() -> int:

@@ -111,6 +111,10 @@ def test_a_writer_that_fails_midway_leaves_no_file_and_keeps_the_earlier_one(tmp
         with DatasetWriter(target, name="x", classes=["a"], mask_levels=2) as writer:
             writer.write(replace(next(chunks), masks=None, nucleus=None))
     assert target.read_bytes() == b"earlier" and [p.name for p in tmp_path.iterdir()] == ["d.parquet"]
+    with pytest.raises(DataError, match="the dataset is empty, nothing to write"):
+        with DatasetWriter(target, name="x", classes=["a"], mask_levels=2):
+            pass
+    assert target.read_bytes() == b"earlier" and [p.name for p in tmp_path.iterdir()] == ["d.parquet"]
 
 
 def test_dataset_without_masks_or_labels_round_trips_as_none(tmp_path):

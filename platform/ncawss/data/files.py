@@ -96,18 +96,33 @@ def decode_png(data: bytes, mode: str) -> np.ndarray:
         return np.asarray(img.convert(mode))
 
 
-def replace_atomically(destination: Path, write: Callable[[str], object]) -> None:
-    """`write(tmp)` fills a hidden file beside `destination`, which is then renamed into place:
-    a reader never sees half a file, and a failure leaves no file and keeps any earlier one."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{destination.name}.", suffix=".tmp", dir=destination.parent)
-    os.close(fd)
-    try:
-        write(tmp)
+class AtomicFile:
+    """A hidden temporary file beside `destination` (`path`), renamed into place by `commit()`: a
+    reader never sees half a file. `discard()` removes it, if it is still there; a failure before
+    the commit leaves no file and keeps any earlier one."""
+
+    def __init__(self, destination: Path):
+        self.destination = destination
+        fd, self.path = tempfile.mkstemp(prefix=f".{destination.name}.", suffix=".tmp", dir=destination.parent)
+        os.close(fd)
+
+    def commit(self) -> None:
         umask = os.umask(0)
         os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
-        os.replace(tmp, destination)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        os.chmod(self.path, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
+        os.replace(self.path, self.destination)
 
+    def discard(self) -> None:
+        if os.path.exists(self.path):
+            os.unlink(self.path)
+
+
+def replace_atomically(destination: Path, write: Callable[[str], object]) -> None:
+    """`write(tmp)` fills a hidden file beside `destination`, which is then renamed into place
+    (AtomicFile)."""
+    file = AtomicFile(destination)
+    try:
+        write(file.path)
+        file.commit()
+    finally:
+        file.discard()

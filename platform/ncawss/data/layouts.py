@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import csv
-import itertools
 import os
 from pathlib import Path
 
@@ -11,7 +10,7 @@ import numpy as np
 from .class_folders import read_imagefolder, read_prefix
 from .dataset import DataError, Dataset
 from .files import IMAGE_SUFFIXES, STRAY_SHARE, binary_mask, check_unique, read_image, read_mask, snap_to_levels
-from .parquet import DatasetWriter, write_dataset
+from .parquet import write_chunks, write_dataset
 from .synthetic import make_synthetic, synthetic_chunks
 
 ZHENG_CLASSES = ["neutrophil", "lymphocyte", "monocyte", "eosinophil", "basophil"]
@@ -168,11 +167,5 @@ def convert(layout: str, source: str | os.PathLike | None, destination: str | os
     max_stray; synthetic (source ignored): n, size, seed, domain.
     """
     if layout == "synthetic":  # generated chunk by chunk, written as it is drawn
-        chunks = synthetic_chunks(**options)
-        first = next(chunks)
-        with DatasetWriter(destination, name=first.name, classes=first.classes, mask_levels=2,
-                           provenance=first.provenance) as writer:
-            for chunk in itertools.chain([first], chunks):
-                writer.write(chunk)
-        return writer.destination
+        return write_chunks(synthetic_chunks(**options), destination)
     return write_dataset(load_layout(layout, source, **options), destination)

@@ -11,11 +11,11 @@ the fingerprint is known; format 2 files, which also held it in the Arrow schema
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import os
-import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +24,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from .dataset import DataError, Dataset
-from .files import decode_png, encode_png, replace_atomically
+from .files import AtomicFile, decode_png, encode_png
 
 log = logging.getLogger(__name__)
 
@@ -58,9 +58,8 @@ class DatasetWriter:
         self.name, self.classes, self.mask_levels = name, list(classes), mask_levels
         self.provenance = dict(provenance or {})
         self.digest, self.rows = hashlib.sha256(), 0
-        fd, self.tmp = tempfile.mkstemp(prefix=f".{self.destination.name}.", suffix=".tmp", dir=self.destination.parent)
-        os.close(fd)
-        self.writer = pq.ParquetWriter(self.tmp, SCHEMA)
+        self.file = AtomicFile(self.destination)
+        self.writer = pq.ParquetWriter(self.file.path, SCHEMA)
 
     def write(self, chunk: Dataset) -> None:
         if (chunk.masks is not None) != (self.mask_levels is not None):
@@ -77,20 +76,20 @@ class DatasetWriter:
 
     def close(self) -> Path:
         if self.rows == 0:
+            self.abort()
             raise DataError(f"{self.name}: the dataset is empty, nothing to write")
         meta = {"format_version": FORMAT_VERSION, "name": self.name, "classes": self.classes,
                 "mask_levels": self.mask_levels, "mask_encoding": MASK_ENCODINGS.get(self.mask_levels),
                 "provenance": self.provenance, "fingerprint": self.digest.hexdigest()}
         self.writer.add_key_value_metadata({METADATA_KEY: json.dumps(meta).encode()})
         self.writer.close()
-        replace_atomically(self.destination, lambda tmp: os.replace(self.tmp, tmp))
+        self.file.commit()
         log.info("wrote %d samples of %s to %s", self.rows, self.name, self.destination)
         return self.destination
 
     def abort(self) -> None:
         self.writer.close()
-        if os.path.exists(self.tmp):
-            os.unlink(self.tmp)
+        self.file.discard()
 
     def __enter__(self) -> DatasetWriter:
         return self
@@ -102,16 +101,27 @@ class DatasetWriter:
             self.abort()
 
 
+def write_chunks(chunks: Iterable[Dataset], destination: str | os.PathLike) -> Path:
+    """Write the chunks of one dataset (the first names it and gives its classes, mask levels and
+    provenance) as one file, a row group each: memory holds one chunk."""
+    chunks = iter(chunks)
+    first = next(chunks, None)
+    if first is None:
+        raise DataError(f"{destination}: no samples, nothing to write")
+    levels = None if first.masks is None else 1 if first.nucleus is None else 2
+    with DatasetWriter(destination, name=first.name, classes=first.classes, mask_levels=levels,
+                       provenance=first.provenance) as writer:
+        for chunk in itertools.chain([first], chunks):
+            writer.write(chunk)
+    return writer.destination
+
+
 def write_dataset(dataset: Dataset, destination: str | os.PathLike) -> Path:
     """Write dataset as one Parquet file (row groups of ROWS_PER_GROUP samples); the file appears whole."""
     if len(dataset) == 0:
         raise DataError(f"{dataset.name}: the dataset is empty, nothing to write")
-    levels = None if dataset.masks is None else 1 if dataset.nucleus is None else 2
-    with DatasetWriter(destination, name=dataset.name, classes=dataset.classes, mask_levels=levels,
-                       provenance=dataset.provenance) as writer:
-        for start in range(0, len(dataset), ROWS_PER_GROUP):
-            writer.write(dataset.subset(range(start, min(start + ROWS_PER_GROUP, len(dataset)))))
-    return writer.destination
+    return write_chunks((dataset.subset(range(start, min(start + ROWS_PER_GROUP, len(dataset))))
+                         for start in range(0, len(dataset), ROWS_PER_GROUP)), destination)
 
 
 def open_dataset(path_or_uri: str | os.PathLike) -> tuple[pq.ParquetFile, dict]:

@@ -140,7 +140,6 @@ def restain(dataset: Dataset, strength: float, seed: int, source_fingerprint: st
         out = shift_stains(rgb, scale.double(), shift.double())[0].permute(1, 2, 0)
         images.append((out * 255.0).round().to(torch.uint8).numpy())
     record = {"restained_from": dataset.name, "source_fingerprint": source_fingerprint or dataset.fingerprint,
-              "strength": strength,
-              "seed": seed, "stain_scale": scale.tolist(), "stain_shift": shift.tolist()}
+              "strength": strength, "seed": seed, "stain_scale": scale.tolist(), "stain_shift": shift.tolist()}
     return replace(dataset, images=images, name=f"{dataset.name}-restained", provenance={**dataset.provenance,
                                                                                          "restain": record})

@@ -47,7 +47,7 @@ class FoldResult:
     model: FoldModel                    # the trained weights, normalisation and CAM baseline CNNs
     epochs: int
     seconds: float                      # wall time of the batch of folds this fold trained in
-    execution: Execution | None = None  # how it trained: fold by fold or stacked, precision, compiled
+    execution: Execution                # how it trained: fold by fold or stacked, precision, compiled
 
     @property
     def evaluation(self) -> Evaluation:

@@ -237,7 +237,8 @@ def summarise(spec: SweepSpec, results: tune.ResultGrid, tracker: SweepTracker, 
 
 
 def precision_line(result: dict, folds: int) -> str:
-    """How a trial's folds trained, e.g. 'bf16 (5 of 5 folds), compiled in none'."""
+    """How a trial's folds trained, e.g. 'bf16, not compiled' or 'bf16 in 2 of 5 folds, fp32, compiled in 5
+    of 5 folds' (the workers of one trial may run on different machines)."""
     bf16, compiled = int(result.get(BF16_FOLDS, 0)), int(result.get(COMPILED_FOLDS, 0))
     precision = "fp32" if not bf16 else "bf16" if bf16 == folds else f"bf16 in {bf16} of {folds} folds, fp32"
     return precision + (", not compiled" if not compiled else f", compiled in {compiled} of {folds} folds")
