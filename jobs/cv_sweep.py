@@ -14,15 +14,18 @@ import logging
 import os
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Iterable
 
+import numpy as np
 import yaml
 
 import ncawss
 from ncawss import environment
-from ncawss.data import encode_png
+from ncawss.data import dataset_metadata, encode_png, iter_dataset, read_index, select_rows
 from ncawss.method.config import override
-from ncawss.sweep.plan import OptunaStudy
+from ncawss.sweep.plan import OptunaStudy, prepare_sweep_data
 from ncawss.sweep.space import load_space
 from ncawss.tracking.tracker import SweepTracker, TrackingError
 
@@ -55,6 +58,31 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--verbose", action="store_true", help="show Ray's worker output and Tune's full reports here "
                                                           "(default: they go to Ray's log files)")
     return p.parse_args()
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """The sweep's dataset: a file read chunk by chunk, or the built-in synthetic crops."""
+    name: str
+    fingerprint: str
+    uri: str
+    ids: list[str]
+    labels: np.ndarray | None
+    chunks: Callable[[], Iterable[ncawss.Dataset]]
+
+    @classmethod
+    def open(cls, path: str | None, spec) -> DataSource:
+        if path is None:
+            synthetic = ncawss.make_synthetic(n=200, size=spec.train.get("image_size", 64))
+            return cls(synthetic.name, synthetic.fingerprint, "synthetic:n=200,seed=0", synthetic.ids,
+                       synthetic.labels, lambda: [synthetic])
+        meta = dataset_metadata(path)
+        ids, labels = read_index(path)
+        return cls(meta["name"], meta["fingerprint"], data_uri(path), ids, labels, lambda: iter_dataset(path))
+
+    def rows(self, indices) -> ncawss.Dataset | None:
+        chunks = list(select_rows(self.chunks(), indices))
+        return ncawss.Dataset.join(chunks) if chunks else None
 
 
 def git_commit() -> str:
@@ -127,23 +155,23 @@ def main() -> int:
         with environment.tracking_fails_fast():  # during the sweep MLflow retries with backoff
             tracker.check()
         check_optuna_storage(study.storage)
-        dataset = ncawss.read_dataset(args.data) if args.data else \
-            ncawss.make_synthetic(n=200, size=spec.train.get("image_size", 64))
+        data = DataSource.open(args.data, spec)
         eval_sets = [ncawss.read_dataset(path) for path in args.eval_data]
         names = [d.name for d in eval_sets]
         if len(set(names)) < len(names):
             raise ValueError(f"--eval-data: datasets {args.eval_data} share a name ({names}); metrics are "
                              "named after datasets, so give each its own name (prepare_data.py --name)")
         spec.check_eval_data({d.name: d.masks is not None for d in eval_sets})
-        kept, held = ncawss.holdout_split(dataset.labels, spec.holdout, spec.seed)
-        tracker.dataset = {"name": dataset.name, "fingerprint": dataset.fingerprint,
-                           "uri": data_uri(args.data) if args.data else "synthetic:n=200,seed=0"}
+        kept, held = ncawss.holdout_split(data.labels, spec.holdout, spec.seed)
+        tracker.dataset = {"name": data.name, "fingerprint": data.fingerprint, "uri": data.uri}
+        # The holdout leaves here: trials only ever receive the cross-validation part, prepared once.
+        print(f"preparing {len(kept)} images of {data.name} at {spec.image_sizes} px ...", flush=True)
+        cv_data = prepare_sweep_data(spec, select_rows(data.chunks(), kept), data.labels[kept])
     except (TrackingError, ncawss.DataError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    # The holdout leaves here: trials only ever receive the cross-validation part.
-    cv_data, holdout = dataset.subset(kept), dataset.subset(held)
-    (output / "holdout_ids.txt").write_text("".join(f"{i}\n" for i in holdout.ids))
+    holdout_ids = [data.ids[i] for i in held]
+    (output / "holdout_ids.txt").write_text("".join(f"{i}\n" for i in holdout_ids))
 
     # Imports Ray: only once the inputs are valid.
     from ncawss.sweep.summary import summarise, was_interrupted
@@ -154,24 +182,25 @@ def main() -> int:
         params={**{f"space.{k}": v for k, v in spec.model_dump(exclude={"train", "search", "first"}).items()},
                 **{f"train.{k}": v for k, v in spec.train.items()},
                 **{f"search.{k}": v.model_dump(exclude_none=True) for k, v in spec.search.items()}},
-        tags={"dataset": dataset.name, "dataset.fingerprint": dataset.fingerprint, "git.commit": git_commit(),
+        tags={"dataset": data.name, "dataset.fingerprint": data.fingerprint, "git.commit": git_commit(),
               "optuna.storage": study.storage, "optuna.study": study.name,
               "space.file": Path(args.space).name, "eval_data": ",".join(d.name for d in eval_sets)},
-        files={"search_space.yaml": Path(args.space).read_text(), "holdout_ids.txt": "\n".join(holdout.ids)})
+        files={"search_space.yaml": Path(args.space).read_text(), "holdout_ids.txt": "\n".join(holdout_ids)})
     state_file.write_text(yaml.safe_dump({"name": spec.name, "mlflow_uri": uri, "parent_run_id": parent,
                                           "storage": storage, "space": str(args.space),
                                           "optuna_storage": study.storage, "optuna_study": study.name,
                                           "started": datetime.datetime.now().isoformat(timespec="seconds")}))
     baselines = ", ".join(["the thresholds", *spec.baselines])
-    print(f"sweep {spec.name}: {spec.trials} trials x {spec.folds} folds on {dataset.name}: {len(cv_data)} images "
-          f"in the folds, {len(holdout)} held out; baselines: {baselines}; MLflow parent run {parent}")
+    print(f"sweep {spec.name}: {spec.trials} trials x {spec.folds} folds on {data.name}: {len(cv_data)} images "
+          f"in the folds, {len(held)} held out; baselines: {baselines}; MLflow parent run {parent}")
     if not args.verbose:
         print("worker output: Ray's log files (/tmp/ray/session_latest/logs on each node); --verbose shows it here")
+    example = encode_png(cv_data.images[0])
     results = run_sweep(spec, cv_data, storage, tracker, output, study, eval_sets,
-                        {"name": dataset.name, "fingerprint": dataset.fingerprint}, resume=args.resume,
+                        {"name": data.name, "fingerprint": data.fingerprint}, resume=args.resume,
                         verbose=args.verbose)
-    summary = summarise(spec, results, tracker, output, holdout, encode_png(dataset.images[0]),
-                        [d.name for d in eval_sets])
+    holdout = data.rows(held)  # read only now, for its score at the end
+    summary = summarise(spec, results, tracker, output, holdout, example, [d.name for d in eval_sets])
     print(summary)
     print(f"\nbest configuration: {output / 'best_config.yaml'}")
     if spec.search:

@@ -3,11 +3,20 @@ Pure numpy, pyarrow, Pillow, scikit-image and scikit-learn."""
 from .dataset import TARGETS, DataError, Dataset
 from .files import IMAGE_SUFFIXES, STRAY_SHARE, decode_png, encode_png, replace_atomically
 from .layouts import convert
-from .parquet import DatasetWriter, dataset_metadata, iter_dataset, read_dataset, write_chunks, write_dataset
+from .parquet import (
+    DatasetWriter,
+    dataset_metadata,
+    iter_dataset,
+    read_dataset,
+    read_index,
+    select_rows,
+    write_chunks,
+    write_dataset,
+)
 from .splits import fold_splits, holdout_split, stratified_folds
 from .synthetic import make_synthetic
 
 __all__ = ["IMAGE_SUFFIXES", "STRAY_SHARE", "TARGETS", "DataError", "Dataset", "DatasetWriter", "convert",
            "dataset_metadata", "decode_png", "encode_png", "fold_splits", "holdout_split", "iter_dataset",
-           "make_synthetic", "read_dataset", "replace_atomically", "stratified_folds", "write_chunks",
-           "write_dataset"]
+           "make_synthetic", "read_dataset", "read_index", "replace_atomically", "select_rows", "stratified_folds",
+           "write_chunks", "write_dataset"]

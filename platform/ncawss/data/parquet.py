@@ -179,3 +179,26 @@ def dataset_metadata(path_or_uri: str | os.PathLike) -> dict:
     """The metadata of a dataset file (name, classes, fingerprint, ...) and its rows, reading no rows."""
     parquet, meta = open_dataset(path_or_uri)
     return {**meta, "rows": parquet.metadata.num_rows}
+
+
+def read_index(path_or_uri: str | os.PathLike) -> tuple[list[str], np.ndarray | None]:
+    """A dataset file's ids and labels (-1 where unlabelled; None where it has none), reading no pixels."""
+    parquet, _ = open_dataset(path_or_uri)
+    try:
+        table = parquet.read(columns=["id", "label"])
+    except (OSError, pa.ArrowException) as exc:
+        raise DataError(f"{path_or_uri}: cannot read dataset ({exc})") from None
+    labels = table.column("label")
+    return table.column("id").to_pylist(), None if labels.null_count == len(labels) else \
+        np.array([-1 if v is None else v for v in labels.to_pylist()], dtype=int)
+
+
+def select_rows(chunks: Iterable[Dataset], rows: Iterable[int]) -> Iterator[Dataset]:
+    """Of a dataset given as chunks in order, the samples `rows` (indices into the whole), in
+    ascending order, chunk by chunk (chunks holding none of them are skipped)."""
+    wanted, seen = np.unique(np.fromiter(rows, dtype=np.int64)), 0
+    for chunk in chunks:
+        mine = wanted[(wanted >= seen) & (wanted < seen + len(chunk))] - seen
+        seen += len(chunk)
+        if len(mine):
+            yield chunk if len(mine) == len(chunk) else chunk.subset(mine)

@@ -70,14 +70,29 @@ class Normalisation:
         return standardise_each(raw) if self.per_image else normalise(raw, self.mean, self.std)
 
 
-def normalised_training_set(train: Dataset, size: int,
+@dataclass(frozen=True, kw_only=True)
+class TrainingImages:
+    """Labelled training images already resized to the training resolution, as resize_images gives
+    them: what training needs of a dataset (a prepared set hands these out, prepared.py)."""
+    raw: torch.Tensor                   # (N, 3, S, S) in [0, 1]
+    labels: np.ndarray                  # int (N,), index into classes
+    classes: list[str]
+    ids: list[str]
+    name: str
+
+    def __len__(self) -> int:
+        return len(self.raw)
+
+
+def normalised_training_set(train: Dataset | TrainingImages, size: int,
                             normalise_by: str = "fold") -> tuple[torch.Tensor, Normalisation]:
     """Resized, normalised training images and their normalisation (see training_images)."""
     raw, normalisation = training_images(train, size, normalise_by)
     return normalisation(raw), normalisation
 
 
-def training_images(train: Dataset, size: int, normalise_by: str = "fold") -> tuple[torch.Tensor, Normalisation]:
+def training_images(train: Dataset | TrainingImages, size: int,
+                    normalise_by: str = "fold") -> tuple[torch.Tensor, Normalisation]:
     """Resized training images in [0, 1] and their normalisation: by their own channel mean/std
     (the training fold's only, "fold"), by mean = std = 0.5 ("fixed"), or each image by its own
     ("image")."""
@@ -85,7 +100,9 @@ def training_images(train: Dataset, size: int, normalise_by: str = "fold") -> tu
         raise ValueError(f"{train.name}: every training image needs a label")
     if normalise_by not in NORMALISATIONS:
         raise ValueError(f"unknown normalise {normalise_by!r}; choose one of {list(NORMALISATIONS)}")
-    raw = resize_images(train.images, size)
+    if isinstance(train, TrainingImages) and train.raw.shape[-1] != size:
+        raise ValueError(f"{train.name}: its images were resized to {train.raw.shape[-1]} px, not {size}")
+    raw = train.raw if isinstance(train, TrainingImages) else resize_images(train.images, size)
     if normalise_by == "image":
         normalisation = Normalisation(per_image=True)
     elif normalise_by == "fixed":

@@ -6,6 +6,7 @@ import copy
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import Callable, Iterable
 
 import numpy as np
 import torch
@@ -13,7 +14,9 @@ import torch
 from ..data import Dataset, fold_splits
 from .baselines import CNN_WIDTHS
 from .config import TrainConfig
+from .images import Normalisation, TrainingImages
 from .nca.model import FoldStack, NCAClassifier
+from .prepared import TestFold
 from .scoring.evaluation import Evaluation, TestSet, evaluate
 from .scoring.folds import FoldModel
 from .scoring.scores import PerReadout, Scores
@@ -74,13 +77,14 @@ class CVResult:
         return float(np.std([f.scores.baselines[baseline] if baseline else f.scores.iou for f in self.folds]))
 
 
-def train_folds(config: TrainConfig, splits: list[tuple[Dataset, Dataset]], hooks: TrainingHooks | None = None,
-                device: str | torch.device = "cpu", cnns: list[dict[str, CNNBaseline]] | None = None,
-                cam_kinds: tuple[str, ...] = ()) -> list[FoldResult]:
+def train_folds(config: TrainConfig, splits: list[tuple[Dataset | TrainingImages, Dataset | TestFold]],
+                hooks: TrainingHooks | None = None, device: str | torch.device = "cpu",
+                cnns: list[dict[str, CNNBaseline]] | None = None, cam_kinds: tuple[str, ...] = ()) -> list[FoldResult]:
     """Train NCA-WSS on each (train, test) split (image labels only), all folds batched as one model,
     then evaluate every read-out on each test set beside the baselines (the thresholds, and
     `cam_kinds` of each fold's `cnns`); test samples with no mask are left out. Fold i computes what
-    `train_fold` computes on split i alone."""
+    `train_fold` computes on split i alone. A split of a prepared set (training images and a test
+    fold, prepared.py) is evaluated chunk by chunk, with the same values."""
     hooks = hooks or TrainingHooks()
     device = torch.device(device)
     started = time.perf_counter()
@@ -88,8 +92,8 @@ def train_folds(config: TrainConfig, splits: list[tuple[Dataset, Dataset]], hook
     n_classes = len(splits[0][0].classes)
     models = [NCAClassifier.from_config(config, n_classes).to(device) for _ in splits]
     folds = make_folds(config, models, [train for train, _ in splits], device, fire=True)
-    tests = [TestSet.prepare(test, fold.normalisation, config.image_size, (cnns or [None] * len(splits))[i],
-                             cam_kinds, device) for i, (fold, (_, test)) in enumerate(zip(folds, splits))]
+    tests = [test_sets(test, fold.normalisation, config, (cnns or [None] * len(splits))[i], cam_kinds, device)
+             for i, (fold, (_, test)) in enumerate(zip(folds, splits))]
     checkpoints = hooks.load_checkpoint()
     if checkpoints is not None:
         for fold, checkpoint in zip(folds, checkpoints):
@@ -102,22 +106,33 @@ def train_folds(config: TrainConfig, splits: list[tuple[Dataset, Dataset]], hook
         run_epoch(trainer, folds, tests, epoch, config, device)
         hooks.on_epoch(epoch, [fold.history[-1] for fold in folds])
         hooks.save_checkpoint(copy.deepcopy([fold.checkpoint() for fold in folds]))
-    return [FoldResult(evaluations=evaluate(fold.model, test, config, device), test_ids=list(test.dataset.ids),
+    return [FoldResult(evaluations=evaluate(fold.model, test(), config, device), test_ids=list(split[1].ids),
                        history=fold.history, epochs=config.epochs,
                        model=fold_model(fold, n_classes, cnns[i] if cnns else None),
                        seconds=time.perf_counter() - started, execution=execution)
-            for i, (fold, test) in enumerate(zip(folds, tests))]
+            for i, (fold, test, split) in enumerate(zip(folds, tests, splits))]
 
 
-def run_epoch(trainer: BatchedTrainer, folds: list[Fold], tests: list[TestSet], epoch: int, config: TrainConfig,
-              device: torch.device) -> None:
+def test_sets(test: Dataset | TestFold, normalisation: Normalisation, config: TrainConfig,
+              cnns: dict[str, CNNBaseline] | None, cam_kinds: tuple[str, ...],
+              device: torch.device) -> Callable[[], Iterable[TestSet]]:
+    """What evaluation reads of a fold's test set, each time it evaluates: a Dataset's TestSet,
+    prepared once; a prepared set's test fold, chunk by chunk (its full images are not at hand)."""
+    if isinstance(test, TestFold):
+        return lambda: test.test_sets(normalisation, config.image_size, config.batch_size, cnns, cam_kinds, device)
+    prepared = TestSet.prepare(test, normalisation, config.image_size, cnns, cam_kinds, device)
+    return lambda: [prepared]
+
+
+def run_epoch(trainer: BatchedTrainer, folds: list[Fold], tests: list[Callable[[], Iterable[TestSet]]], epoch: int,
+              config: TrainConfig, device: torch.device) -> None:
     """One epoch of every fold, its metrics (and at evaluation epochs the test fold's) in each history."""
     metrics = trainer.epoch()
     evaluate_now = config.eval_every and epoch % config.eval_every == 0 and epoch < config.epochs
     for fold, test, m in zip(folds, tests, metrics):
         m["epoch"] = epoch
         if evaluate_now:
-            scores = evaluate(fold.model, test, config, device, variants=False).configured.scores
+            scores = evaluate(fold.model, test(), config, device, variants=False).configured.scores
             m.update(test_accuracy=scores.accuracy, test_iou=scores.iou, test_iou64_pooled=scores.iou64_pooled)
         fold.history.append(m)
         fold.epoch = epoch

@@ -11,16 +11,17 @@ from pathlib import Path
 import ray
 import torch
 
-from ..data import Dataset, fold_splits, replace_atomically
+from ..data import fold_splits, replace_atomically
 from ..method.baselines import CNN_WIDTHS
 from ..method.config import TrainConfig
+from ..method.prepared import PreparedSet
 from ..method.training.cnn import CNNBaseline, cnn_settings, train_cnns
 from .space import SweepSpec
 
 log = logging.getLogger(__name__)
 
 
-def cnn_task(settings: dict, dataset: Dataset, folds: int, seed: int, todo: list[int], size: str,
+def cnn_task(settings: dict, dataset: PreparedSet, folds: int, seed: int, todo: list[int], size: str,
              threads: int, device: str | None) -> list[CNNBaseline]:
     """One size's CNNs for the folds `todo`, trained as one batched model (on `device`, else on
     the GPU Ray gave the task, else on the CPU)."""
@@ -28,10 +29,10 @@ def cnn_task(settings: dict, dataset: Dataset, folds: int, seed: int, todo: list
     config = TrainConfig.model_validate(settings)
     split = fold_splits(dataset.labels, folds, seed, config.split)
     device = device or ("cuda" if ray.get_gpu_ids() else "cpu")
-    return train_cnns(config, [dataset.subset(split[f][0]) for f in todo], size, device)
+    return train_cnns(config, [dataset.training(split[f][0], config.image_size) for f in todo], size, device)
 
 
-def baseline_cnns(spec: SweepSpec, dataset: Dataset, dataset_ref, cache: Path) -> list[dict] | None:
+def baseline_cnns(spec: SweepSpec, dataset: PreparedSet, dataset_ref, cache: Path) -> list[dict] | None:
     """Per fold, the CAM baselines' CNNs (both sizes). Cached on disk under a key of the dataset's
     fingerprint, the folds, the seed and the CNN's training settings; missing ones are trained
     as parallel Ray tasks, and each training appends one line to trainings.jsonl."""

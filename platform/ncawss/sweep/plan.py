@@ -1,12 +1,19 @@
 """The typed records a sweep hands down: the data every trial shares (object-store references)
-and one trial's plan for its fold workers."""
+and one trial's plan for its fold workers; and that data, prepared once for every trial."""
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterable
 
+import numpy as np
+
+from ..data import DataError, Dataset, fold_splits
 from ..method.config import TrainConfig
+from ..method.prepared import PreparedSet
+from .space import SweepSpec
+
+GALLERY_ROWS = 4  # test images a fold's gallery shows (inference.gallery.mask_gallery's rows)
 
 
 @dataclass(frozen=True)
@@ -20,7 +27,7 @@ class OptunaStudy:
 class SharedData:
     """Ray object references, put once per sweep and fetched once per node. Nested in this record,
     they reach a trial as references, not as their values."""
-    dataset: Any                         # ObjectRef of the cross-validation Dataset
+    dataset: Any                         # ObjectRef of the cross-validation data, a PreparedSet
     source: dict[str, str]               # name and fingerprint of the file the data came from
     splits: list[tuple[list[int], list[int]]]  # the k folds' (train, test) indices, the same for every trial
     cnns: Any | None = None              # ObjectRef of per-fold {size: CNNBaseline}, where CAM baselines run
@@ -49,3 +56,18 @@ class TrialPlan:
     def share(self, rank: int) -> list[int]:
         """The folds worker `rank` trains: a contiguous share, so that rank order is fold order."""
         return list(range(rank * self.folds_per_worker, min(self.folds, (rank + 1) * self.folds_per_worker)))
+
+
+def sweep_splits(spec: SweepSpec, labels: np.ndarray | None) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The k folds' (train, test) indices every trial uses."""
+    if labels is None or (labels < 0).any():
+        raise DataError("a sweep trains on image labels: every sample of its data needs one")
+    return fold_splits(labels, spec.folds, spec.seed, spec.train_config({}).split)
+
+
+def prepare_sweep_data(spec: SweepSpec, chunks: Iterable[Dataset], labels: np.ndarray) -> PreparedSet:
+    """The sweep's cross-validation data (given as chunks in order, with its `labels`) prepared once
+    for every trial: at each image size the space may train at, keeping the full images of the
+    first samples of each test fold (their galleries) and of the first sample."""
+    shown = {0, *(int(i) for _, test in sweep_splits(spec, labels) for i in test[:2 * GALLERY_ROWS])}
+    return PreparedSet.from_chunks(chunks, spec.image_sizes, keep_images=shown)

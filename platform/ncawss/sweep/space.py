@@ -220,6 +220,14 @@ class SweepSpec(Options):
         return baseline_names(self.cam_kinds)
 
     @property
+    def image_sizes(self) -> list[int]:
+        """Every training resolution a trial may use (a sweep prepares its data at each)."""
+        if "image_size" not in self.search:
+            return [self.train_config({}).image_size]
+        param = self.search["image_size"]
+        return sorted(set(param.values)) if param.type == "choice" else list(range(int(param.low), int(param.high) + 1))
+
+    @property
     def max_epochs(self) -> int:
         """The longest trial's epochs."""
         if "epochs" in self.search:

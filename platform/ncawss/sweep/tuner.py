@@ -17,12 +17,13 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
-from ..data import Dataset, fold_splits
+from ..data import Dataset
+from ..method.prepared import PreparedSet
 from ..tracking.tracker import SweepTracker
 from .callback import TrackingCallback
 from .cnn_cache import baseline_cnns
 from .metrics import METRIC, TRIAL_FAILED
-from .plan import OptunaStudy, SharedData
+from .plan import OptunaStudy, SharedData, sweep_splits
 from .space import SweepSpec
 from .trial import trainable, tune_domain
 
@@ -76,10 +77,11 @@ def build_tuner(spec: SweepSpec, data: SharedData, storage: str, tracker: SweepT
     )
 
 
-def run_sweep(spec: SweepSpec, dataset: Dataset, storage: str, tracker: SweepTracker, output: Path,
+def run_sweep(spec: SweepSpec, dataset: PreparedSet, storage: str, tracker: SweepTracker, output: Path,
               study: OptunaStudy, eval_sets: list[Dataset] = (), source: dict | None = None, resume: bool = False,
               verbose: bool = False) -> tune.ResultGrid:
-    """Run (or, with resume, continue) the sweep on `dataset` (the holdout already removed);
+    """Run (or, with resume, continue) the sweep on `dataset` (the holdout already removed; see
+    plan.prepare_sweep_data);
     MLflow runs end FAILED if it crashes. `source` (name, fingerprint of the file the data came
     from) is stored with every fold's weights for later evaluation. Workers' output goes to Ray's
     log files unless `verbose`. The Optuna study is written to `study` (a resumed sweep's searcher
@@ -90,7 +92,7 @@ def run_sweep(spec: SweepSpec, dataset: Dataset, storage: str, tracker: SweepTra
     try:
         dataset_ref = ray.put(dataset)
         cnns = baseline_cnns(spec, dataset, dataset_ref, output / "baselines")
-        splits = fold_splits(dataset.labels, spec.folds, spec.seed, spec.train_config({}).split)
+        splits = sweep_splits(spec, dataset.labels)
         data = SharedData(dataset=dataset_ref,
                           source=source or {"name": dataset.name, "fingerprint": dataset.fingerprint},
                           splits=[(train.tolist(), test.tolist()) for train, test in splits],

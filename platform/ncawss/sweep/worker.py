@@ -28,8 +28,10 @@ import torch.distributed as dist
 
 from ..data import Dataset
 from ..method.config import TrainConfig
+from ..method.images import TrainingImages
 from ..method.inference.gallery import mask_gallery
 from ..method.inference.predict import predict
+from ..method.prepared import PreparedSet, TestFold
 from ..method.scoring.ensemble import Ensemble, fold_scores
 from ..method.scoring.folds import FoldRecord
 from ..method.scoring.scores import majority_accuracy
@@ -44,7 +46,7 @@ from .metrics import (
     epoch_metrics,
     trial_metrics,
 )
-from .plan import TrialPlan
+from .plan import GALLERY_ROWS, TrialPlan
 
 log = logging.getLogger(__name__)
 
@@ -125,11 +127,12 @@ def fold_worker(plan: TrialPlan) -> None:
     config = plan.config
     gpu_ids = [int(i) for i in ray.get_gpu_ids()]  # what Ray assigned this worker, whatever trains where
     device = torch.device(plan.device) if plan.device else ray.train.torch.get_device()
-    dataset: Dataset = ray.get(plan.data.dataset)  # object store: fetched once per node
+    dataset: PreparedSet = ray.get(plan.data.dataset)  # object store: shared by the node's workers, not copied
     mine = plan.share(rank)
     all_cnns = ray.get(plan.data.cnns) if plan.data.cnns is not None else None
     cnns = [all_cnns[i] for i in mine] if all_cnns else None
-    splits = [(dataset.subset(plan.data.splits[i][0]), dataset.subset(plan.data.splits[i][1]).scored()) for i in mine]
+    splits = [(dataset.training(plan.data.splits[i][0], config.image_size),
+               dataset.test_fold(plan.data.splits[i][1]).scored()) for i in mine]
     restored = restored_state(rank, world)
     histories = gather_folds([checkpoint["history"] for checkpoint in restored or []])
     earlier = earlier_reports(histories, config.eval_every, config.epochs, plan.objectives)
@@ -171,13 +174,13 @@ def eval_scores(plan: TrialPlan, result: FoldResult, classes: list[str], device)
     return scores
 
 
-def write_fold_files(folder: Path, fold: int, result: FoldResult, train: Dataset, test: Dataset,
+def write_fold_files(folder: Path, fold: int, result: FoldResult, train: TrainingImages, test: TestFold,
                      plan: TrialPlan, placement: dict) -> None:
     """Gallery, weights (NCA and baseline CNNs, with what evaluation needs), per-image results and
     where the fold trained (`placement`: the torch device and the GPU ids Ray assigned)."""
     ev = result.evaluation
-    (folder / f"gallery_fold{fold}.png").write_bytes(
-        mask_gallery(test.images, test.masks, ev.responses, ev.masks))
+    images, masks = test.shown(GALLERY_ROWS)
+    (folder / f"gallery_fold{fold}.png").write_bytes(mask_gallery(images, masks, ev.responses, ev.masks))
     FoldRecord(model=result.model, config=plan.config, classes=train.classes, fold=fold, test_ids=result.test_ids,
                source=plan.data.source, cam_kinds=plan.cam_kinds).save(folder)
     (folder / f"fold{fold}.json").write_text(json.dumps({

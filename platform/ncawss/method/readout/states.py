@@ -32,10 +32,12 @@ def concat(results: list[PCAOtsu]) -> PCAOtsu:
 
 
 def read_out(model: NCAClassifier, x: torch.Tensor, readouts: list[Readout], config: TrainConfig,
-             device) -> tuple[list[PCAOtsu], list[np.ndarray]]:
+             device, generators: list[torch.Generator] | None = None) -> tuple[list[PCAOtsu], list[np.ndarray]]:
     """Per read-out, the PCA-Otsu result (on the device) and the class predictions of normalised images x,
-    read in fixed chunks of config.batch_size images (the noise does not depend on `runs`)."""
-    generators = stochastic_generators(readouts, config, device)
+    read in fixed chunks of config.batch_size images (the noise does not depend on `runs`). Pass
+    `generators` (stochastic_generators) to read a set in several calls: their noise carries on."""
+    if generators is None:
+        generators = stochastic_generators(readouts, config, device)
     parts = [read_chunk(model, x[start:start + config.batch_size].to(device), readouts, generators)
              for start in range(0, len(x), config.batch_size)]
     return ([concat([p[0][i] for p in parts]) for i in range(len(readouts))],

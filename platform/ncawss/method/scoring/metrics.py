@@ -34,6 +34,13 @@ def iou_each(masks: list[np.ndarray], truth: list[np.ndarray]) -> np.ndarray:
 def pooled_iou(pred: list[np.ndarray], target: list[np.ndarray], batch: int = AUTHORS_BATCH) -> float:
     """The NCA-WSS authors' metric: IoU pooled over each run of `batch` consecutive images (sum of
     intersections over sum of unions), then the mean over those batches. Empty unions count 1."""
+    values = batch_iou(pred, target, batch)
+    return float(np.mean(values)) if len(values) else float("nan")
+
+
+def batch_iou(pred: list[np.ndarray], target: list[np.ndarray], batch: int = AUTHORS_BATCH) -> np.ndarray:
+    """Each run of `batch` consecutive images' pooled IoU (pooled_iou's terms): images scored in
+    chunks of a multiple of `batch` give the same terms, chunk after chunk."""
     values = []
     for start in range(0, len(pred), batch):
         pairs = [(as_bool_array(p), as_bool_array(t)) for p, t in zip(pred[start:start + batch],
@@ -41,7 +48,7 @@ def pooled_iou(pred: list[np.ndarray], target: list[np.ndarray], batch: int = AU
         inter = sum(int(np.logical_and(p, t).sum()) for p, t in pairs)
         union = sum(int(np.logical_or(p, t).sum()) for p, t in pairs)
         values.append(inter / union if union else 1.0)
-    return float(np.mean(values)) if values else float("nan")
+    return np.array(values, dtype=float)
 
 
 def at_authors_size(mask: np.ndarray) -> np.ndarray:

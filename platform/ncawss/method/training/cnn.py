@@ -26,7 +26,7 @@ from torch.func import functional_call, vmap
 from ...data import Dataset
 from ..baselines import CNN_WIDTHS
 from ..config import TrainConfig
-from ..images import Normalisation
+from ..images import Normalisation, TrainingImages
 from ..nca.model import stacked
 from .loop import BatchedTrainer, make_folds
 from .plan import Execution
@@ -108,7 +108,7 @@ class CNNBaseline:
         return model
 
 
-def train_cnns(config: TrainConfig, trains: list[Dataset], size: str = "small",
+def train_cnns(config: TrainConfig, trains: list[Dataset | TrainingImages], size: str = "small",
                device: str | torch.device = "cpu") -> list[CNNBaseline]:
     """Train one CAM baseline CNN per training fold, all folds batched, like the NCA: same labels,
     loss, augmentation, optimiser, epochs and per-fold generators."""

@@ -29,7 +29,7 @@ from torch import nn
 
 from ...data import Dataset
 from ..config import TrainConfig
-from ..images import Normalisation, training_images
+from ..images import Normalisation, TrainingImages, training_images
 from ..nca.model import N_INPUT, fire_masks
 from .augment import augment_colours, random_rotations, warp
 from .plan import Execution, Stack
@@ -86,8 +86,8 @@ class Fold:
         self.history, self.epoch = list(checkpoint["history"]), checkpoint["epoch"]
 
 
-def make_folds(config: TrainConfig, models: list[nn.Module], trains: list[Dataset], device: torch.device | str,
-               fire: bool) -> list[Fold]:
+def make_folds(config: TrainConfig, models: list[nn.Module], trains: list[Dataset | TrainingImages],
+               device: torch.device | str, fire: bool) -> list[Fold]:
     """Each training set's fold state: its images resized and normalised as config says (on the
     device; the raw ones kept where config jitters colours), labels, and the generators a fold
     trained alone would have (seeded by config.seed)."""
