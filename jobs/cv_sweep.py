@@ -25,7 +25,7 @@ import ncawss
 from ncawss import environment
 from ncawss.data import dataset_metadata, encode_png, iter_dataset, read_index, select_rows
 from ncawss.method.config import override
-from ncawss.sweep.plan import OptunaStudy, prepare_sweep_data
+from ncawss.sweep.plan import OptunaStudy, sweep_splits
 from ncawss.sweep.space import load_space
 from ncawss.tracking.tracker import SweepTracker, TrackingError
 
@@ -163,10 +163,8 @@ def main() -> int:
                              "named after datasets, so give each its own name (prepare_data.py --name)")
         spec.check_eval_data({d.name: d.masks is not None for d in eval_sets})
         kept, held = ncawss.holdout_split(data.labels, spec.holdout, spec.seed)
+        sweep_splits(spec, data.labels[kept])  # every sample labelled, every fold possible
         tracker.dataset = {"name": data.name, "fingerprint": data.fingerprint, "uri": data.uri}
-        # The holdout leaves here: trials only ever receive the cross-validation part, prepared once.
-        print(f"preparing {len(kept)} images of {data.name} at {spec.image_sizes} px ...", flush=True)
-        cv_data = prepare_sweep_data(spec, select_rows(data.chunks(), kept), data.labels[kept])
     except (TrackingError, ncawss.DataError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -191,15 +189,16 @@ def main() -> int:
                                           "optuna_storage": study.storage, "optuna_study": study.name,
                                           "started": datetime.datetime.now().isoformat(timespec="seconds")}))
     baselines = ", ".join(["the thresholds", *spec.baselines])
-    print(f"sweep {spec.name}: {spec.trials} trials x {spec.folds} folds on {data.name}: {len(cv_data)} images "
+    print(f"sweep {spec.name}: {spec.trials} trials x {spec.folds} folds on {data.name}: {len(kept)} images "
           f"in the folds, {len(held)} held out; baselines: {baselines}; MLflow parent run {parent}")
     if not args.verbose:
         print("worker output: Ray's log files (/tmp/ray/session_latest/logs on each node); --verbose shows it here")
-    example = encode_png(cv_data.images[0])
-    results = run_sweep(spec, cv_data, storage, tracker, output, study, eval_sets,
-                        {"name": data.name, "fingerprint": data.fingerprint}, resume=args.resume,
+    # The holdout leaves here: trials only ever receive the cross-validation part, read chunk by chunk.
+    results = run_sweep(spec, select_rows(data.chunks(), kept), data.labels[kept], storage, tracker, output, study,
+                        eval_sets, {"name": data.name, "fingerprint": data.fingerprint}, resume=args.resume,
                         verbose=args.verbose)
     holdout = data.rows(held)  # read only now, for its score at the end
+    example = encode_png(data.rows(kept[:1]).images[0])
     summary = summarise(spec, results, tracker, output, holdout, example, [d.name for d in eval_sets])
     print(summary)
     print(f"\nbest configuration: {output / 'best_config.yaml'}")

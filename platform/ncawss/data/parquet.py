@@ -198,6 +198,8 @@ def select_rows(chunks: Iterable[Dataset], rows: Iterable[int]) -> Iterator[Data
     ascending order, chunk by chunk (chunks holding none of them are skipped)."""
     wanted, seen = np.unique(np.fromiter(rows, dtype=np.int64)), 0
     for chunk in chunks:
+        if not len(wanted) or seen > wanted[-1]:
+            return
         mine = wanted[(wanted >= seen) & (wanted < seen + len(chunk))] - seen
         seen += len(chunk)
         if len(mine):

@@ -10,7 +10,6 @@ the full images give."""
 from __future__ import annotations
 
 import hashlib
-import logging
 import math
 from dataclasses import dataclass
 from typing import Iterable, Iterator, Sequence
@@ -26,8 +25,6 @@ from .readout.thresholds import threshold_masks
 from .scoring.evaluation import TestSet, cam_inputs
 from .scoring.metrics import AUTHORS_BATCH, iou
 from .training.cnn import CNNBaseline
-
-log = logging.getLogger(__name__)
 
 CHUNK = 256  # test images evaluated at once (rounded to whole batches)
 
@@ -77,33 +74,38 @@ class PreparedSet:
     inputs: dict[int, np.ndarray]       # training size S -> float32 (N, 3, S, S) in [0, 1], resize_images'
     masks: PackedMasks                  # cell masks
     nucleus: PackedMasks | None         # where masks have two levels
-    threshold_iou: np.ndarray           # (N, THRESHOLD_BASELINES, POSTS, TARGETS); NaN where not defined
+    posts: tuple[str, ...]              # the post-processings threshold_iou holds, of POSTS
+    threshold_iou: np.ndarray           # (N, THRESHOLD_BASELINES, posts, TARGETS); NaN where not defined
     images: dict[int, np.ndarray]       # full-resolution images of the samples asked to keep
 
     def __len__(self) -> int:
         return len(self.ids)
 
     @classmethod
-    def from_chunks(cls, chunks: Iterable[Dataset], sizes: Iterable[int],
-                    keep_images: Iterable[int] = ()) -> PreparedSet:
+    def from_chunks(cls, chunks: Iterable[Dataset], sizes: Iterable[int], keep_images: Iterable[int] = (),
+                    posts: Iterable[str] = POSTS) -> PreparedSet:
         """Prepare a dataset given as chunks in order (iter_dataset), at each training size in
-        `sizes`, keeping the full images of samples `keep_images` (indices into the whole)."""
-        sizes, keep = sorted(set(sizes)), set(keep_images)
+        `sizes`, keeping the full images of samples `keep_images` (indices into the whole), with
+        the threshold baselines' IoU under each post-processing in `posts`."""
         digest, parts, seen = hashlib.sha256(), [], 0
         for chunk in chunks:
             chunk.add_to_digest(digest)
-            parts.append(prepare_chunk(chunk, sizes, {i - seen: i for i in keep if seen <= i < seen + len(chunk)}))
+            parts.append(prepare_chunk(chunk, sizes, kept_in(keep_images, seen, len(chunk)), posts))
             seen += len(chunk)
-            log.info("prepared %d images of %s", seen, chunk.name)
+        return cls.join(parts, digest.hexdigest())
+
+    @classmethod
+    def join(cls, parts: list[PreparedSet], fingerprint: str) -> PreparedSet:
+        """Chunks prepared one by one (prepare_chunk) as one set; `fingerprint`: their samples'."""
         if not parts:
             raise DataError("nothing to prepare: the dataset holds no samples")
         first = parts[0]
         return cls(name=first.name, classes=first.classes, ids=[i for p in parts for i in p.ids],
-                   labels=np.concatenate([p.labels for p in parts]), fingerprint=digest.hexdigest(),
-                   inputs={s: np.concatenate([p.inputs[s] for p in parts]) for s in sizes},
+                   labels=np.concatenate([p.labels for p in parts]), fingerprint=fingerprint,
+                   inputs={s: np.concatenate([p.inputs[s] for p in parts]) for s in first.inputs},
                    masks=PackedMasks.join([p.masks for p in parts]),
                    nucleus=None if first.nucleus is None else PackedMasks.join([p.nucleus for p in parts]),
-                   threshold_iou=np.concatenate([p.threshold_iou for p in parts]),
+                   posts=first.posts, threshold_iou=np.concatenate([p.threshold_iou for p in parts]),
                    images={i: image for p in parts for i, image in p.images.items()})
 
     def sized(self, size: int) -> np.ndarray:
@@ -121,28 +123,37 @@ class PreparedSet:
         return TestFold(self, np.asarray(indices, dtype=np.int64))
 
 
-def prepare_chunk(chunk: Dataset, sizes: list[int], keep: dict[int, int]) -> PreparedSet:
-    """One chunk prepared (`keep`: index in the chunk -> index in the whole, of images kept)."""
+def kept_in(keep: Iterable[int], start: int, rows: int) -> dict[int, int]:
+    """Of the samples `keep` (indices into the whole), those in the chunk of `rows` from `start`:
+    index in the chunk -> index in the whole."""
+    return {i - start: i for i in keep if start <= i < start + rows}
+
+
+def prepare_chunk(chunk: Dataset, sizes: Iterable[int], keep: dict[int, int],
+                  posts: Iterable[str] = POSTS) -> PreparedSet:
+    """One chunk prepared, with no fingerprint (`keep`: index in the chunk -> index in the whole,
+    of the images kept)."""
+    posts = tuple(p for p in POSTS if p in set(posts))
     return PreparedSet(
         name=chunk.name, classes=list(chunk.classes), ids=list(chunk.ids),
         labels=np.full(len(chunk), -1) if chunk.labels is None else np.asarray(chunk.labels),
-        fingerprint="", inputs={s: resize_images(chunk.images, s).numpy() for s in sizes},
+        fingerprint="", inputs={s: resize_images(chunk.images, s).numpy() for s in sorted(set(sizes))},
         masks=PackedMasks.pack(chunk.masks or [None] * len(chunk)),
-        nucleus=None if chunk.nucleus is None else PackedMasks.pack(chunk.nucleus),
-        threshold_iou=threshold_ious(chunk), images={whole: chunk.images[i] for i, whole in keep.items()})
+        nucleus=None if chunk.nucleus is None else PackedMasks.pack(chunk.nucleus), posts=posts,
+        threshold_iou=threshold_ious(chunk, posts), images={whole: chunk.images[i] for i, whole in keep.items()})
 
 
-def threshold_ious(chunk: Dataset) -> np.ndarray:
-    """Per sample with a mask, each threshold baseline's IoU under every post-processing against
+def threshold_ious(chunk: Dataset, posts: tuple[str, ...]) -> np.ndarray:
+    """Per sample with a mask, each threshold baseline's IoU under each post-processing against
     every target it has (what TestSet.baseline_iou computes from the masks)."""
-    out = np.full((len(chunk), len(THRESHOLD_BASELINES), len(POSTS), len(TARGETS)), np.nan)
+    out = np.full((len(chunk), len(THRESHOLD_BASELINES), len(posts), len(TARGETS)), np.nan)
     for i, image in enumerate(chunk.images):
         truth = [chunk.masks[i] if chunk.masks else None, chunk.nucleus[i] if chunk.nucleus else None]
         if truth[0] is None:
             continue
         masks = threshold_masks(image)
         for b, name in enumerate(THRESHOLD_BASELINES):
-            for p, post in enumerate(POSTS):
+            for p, post in enumerate(posts):
                 mask = post_process(masks[name], post)
                 for t, target in enumerate(truth):
                     if target is not None:
@@ -202,5 +213,6 @@ class TestFold:
                           cams=cam_inputs(raw, cnns, cam_kinds, device),
                           threshold_iou={(post, target): {name: ious[:, b, p, t]
                                                           for b, name in enumerate(THRESHOLD_BASELINES)}
-                                         for p, post in enumerate(POSTS) for t, target in enumerate(TARGETS)
+                                         for p, post in enumerate(prepared.posts)
+                                         for t, target in enumerate(TARGETS)
                                          if target in truth})

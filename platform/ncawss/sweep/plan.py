@@ -1,16 +1,15 @@
 """The typed records a sweep hands down: the data every trial shares (object-store references)
-and one trial's plan for its fold workers; and that data, prepared once for every trial."""
+and one trial's plan for its fold workers."""
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 
-from ..data import DataError, Dataset, fold_splits
+from ..data import DataError, fold_splits
 from ..method.config import TrainConfig
-from ..method.prepared import PreparedSet
 from .space import SweepSpec
 
 GALLERY_ROWS = 4  # test images a fold's gallery shows (inference.gallery.mask_gallery's rows)
@@ -65,9 +64,7 @@ def sweep_splits(spec: SweepSpec, labels: np.ndarray | None) -> list[tuple[np.nd
     return fold_splits(labels, spec.folds, spec.seed, spec.train_config({}).split)
 
 
-def prepare_sweep_data(spec: SweepSpec, chunks: Iterable[Dataset], labels: np.ndarray) -> PreparedSet:
-    """The sweep's cross-validation data (given as chunks in order, with its `labels`) prepared once
-    for every trial: at each image size the space may train at, keeping the full images of the
-    first samples of each test fold (their galleries) and of the first sample."""
-    shown = {0, *(int(i) for _, test in sweep_splits(spec, labels) for i in test[:2 * GALLERY_ROWS])}
-    return PreparedSet.from_chunks(chunks, spec.image_sizes, keep_images=shown)
+def gallery_rows(spec: SweepSpec, labels: np.ndarray) -> set[int]:
+    """The samples whose full images a sweep keeps: the first of each test fold (their galleries;
+    twice as many as shown, for those without a mask) and the first (the MLflow model's example)."""
+    return {0, *(int(i) for _, test in sweep_splits(spec, labels) for i in test[:2 * GALLERY_ROWS])}

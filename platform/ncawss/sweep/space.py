@@ -20,6 +20,7 @@ from ..method.config import (
     describe_validation_error,
     read_yaml_mapping,
 )
+from ..method.readout.components import POSTS
 from .metrics import ACCURACY, AUTHORS, METRIC, QUALITY, WORST_DOMAIN
 
 # What a sweep may maximise: fold means on the test folds, reported at every evaluation epoch (lift
@@ -226,6 +227,15 @@ class SweepSpec(Options):
             return [self.train_config({}).image_size]
         param = self.search["image_size"]
         return sorted(set(param.values)) if param.type == "choice" else list(range(int(param.low), int(param.high) + 1))
+
+    @property
+    def posts(self) -> tuple[str, ...]:
+        """Every post-processing a trial's read-outs may use (a sweep prepares the thresholds' IoU under each)."""
+        if {"readout", "readout.post", "variants"} & set(self.search):
+            return POSTS
+        config = self.train_config({})
+        used = {config.readout.post, *(r.post for r in config.variant_readouts().values())}
+        return tuple(p for p in POSTS if p in used)
 
     @property
     def max_epochs(self) -> int:

@@ -8,9 +8,12 @@ Tune's checkpoint period): the jobs set them first (ncawss.environment).
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 from pathlib import Path
+from typing import Iterable
 
+import numpy as np
 import optuna
 import ray
 from ray import tune
@@ -18,12 +21,12 @@ from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from ..data import Dataset
-from ..method.prepared import PreparedSet
+from ..method.prepared import PreparedSet, kept_in, prepare_chunk
 from ..tracking.tracker import SweepTracker
-from .callback import TrackingCallback
+from .callback import TrackingCallback, progress
 from .cnn_cache import baseline_cnns
 from .metrics import METRIC, TRIAL_FAILED
-from .plan import OptunaStudy, SharedData, sweep_splits
+from .plan import OptunaStudy, SharedData, gallery_rows, sweep_splits
 from .space import SweepSpec
 from .trial import trainable, tune_domain
 
@@ -77,11 +80,32 @@ def build_tuner(spec: SweepSpec, data: SharedData, storage: str, tracker: SweepT
     )
 
 
-def run_sweep(spec: SweepSpec, dataset: PreparedSet, storage: str, tracker: SweepTracker, output: Path,
-              study: OptunaStudy, eval_sets: list[Dataset] = (), source: dict | None = None, resume: bool = False,
-              verbose: bool = False) -> tune.ResultGrid:
-    """Run (or, with resume, continue) the sweep on `dataset` (the holdout already removed; see
-    plan.prepare_sweep_data);
+def prepare(spec: SweepSpec, chunks: Iterable[Dataset], labels: np.ndarray) -> PreparedSet:
+    """The sweep's cross-validation data (chunks in order, and their labels) prepared once for every
+    trial (method/prepared.py), a chunk per Ray task: at each image size the space may train at, the
+    thresholds' IoU under each post-processing its read-outs may use, the full images of
+    plan.gallery_rows. The chunks' pixels are in memory only while their tasks run."""
+    task, keep = ray.remote(num_cpus=1)(prepare_chunk), gallery_rows(spec, labels)
+    window = 2 * max(1, int(ray.cluster_resources().get("CPU", 1)))
+    digest, refs, running, seen = hashlib.sha256(), [], [], 0
+    for chunk in chunks:
+        chunk.add_to_digest(digest)
+        refs.append(task.remote(chunk, spec.image_sizes, kept_in(keep, seen, len(chunk)), spec.posts))
+        running.append(refs[-1])
+        seen += len(chunk)
+        if len(running) >= window:
+            _, running = ray.wait(running, num_returns=1)
+        progress.info(f"preparing the data: {seen} of {len(labels)} images sent")
+    prepared = PreparedSet.join(ray.get(refs), digest.hexdigest())
+    progress.info(f"prepared {len(prepared)} images at {spec.image_sizes} px for every trial")
+    return prepared
+
+
+def run_sweep(spec: SweepSpec, chunks: Iterable[Dataset], labels: np.ndarray, storage: str, tracker: SweepTracker,
+              output: Path, study: OptunaStudy, eval_sets: list[Dataset] = (), source: dict | None = None,
+              resume: bool = False, verbose: bool = False) -> tune.ResultGrid:
+    """Run (or, with resume, continue) the sweep on the dataset given as `chunks` in order, with
+    its `labels` (the holdout already removed): prepared once (`prepare`), shared with every trial;
     MLflow runs end FAILED if it crashes. `source` (name, fingerprint of the file the data came
     from) is stored with every fold's weights for later evaluation. Workers' output goes to Ray's
     log files unless `verbose`. The Optuna study is written to `study` (a resumed sweep's searcher
@@ -90,7 +114,10 @@ def run_sweep(spec: SweepSpec, dataset: PreparedSet, storage: str, tracker: Swee
         ray.init(log_to_driver=verbose)  # joins the cluster this runs in (ray job submit), else starts a local one
     experiment = f"{storage.rstrip('/')}/{spec.name}"
     try:
+        dataset = prepare(spec, chunks, labels)
         dataset_ref = ray.put(dataset)
+        del dataset  # the object store's copy is the one left
+        dataset = ray.get(dataset_ref)
         cnns = baseline_cnns(spec, dataset, dataset_ref, output / "baselines")
         splits = sweep_splits(spec, dataset.labels)
         data = SharedData(dataset=dataset_ref,

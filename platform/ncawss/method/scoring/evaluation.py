@@ -136,7 +136,11 @@ class TestSet:
     def baseline_iou(self, readout: Readout) -> dict[str, np.ndarray]:
         """Every baseline's per-image IoU under a read-out, thresholds first."""
         truth = self.target_masks(readout.target)
-        prepared = {} if self.threshold_iou is None else self.threshold_iou[readout.post, readout.target]
+        prepared = {}
+        if self.threshold_iou is not None:
+            if (readout.post, readout.target) not in self.threshold_iou:
+                raise ValueError(f"{self.name}: the thresholds' IoU was not prepared for post {readout.post!r}")
+            prepared = self.threshold_iou[readout.post, readout.target]
         return {**prepared, **{b: iou_each(m, truth) for b, m in self.baseline_masks(readout).items()}}
 
 
