@@ -85,6 +85,7 @@ def main() -> None:
     p.add_argument("--n", type=int, nargs="+", default=[1000, 4000, 16000], help="dataset sizes")
     p.add_argument("--size", type=int, default=256, help="crop side in pixels (default 256)")
     p.add_argument("--work", help="folder for the files (default: a temporary one, removed at the end)")
+    p.add_argument("--skip-predict", action="store_true", help="time prepare and the sweep only")
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
         work = Path(args.work or scratch)
@@ -99,8 +100,9 @@ def main() -> None:
                                 "--seed", "0", "--output", str(data)], work / f"prepare-{n}.log")
             sweep = measured(["jobs/cv_sweep.py", "--data", str(data), "--space", str(space(work)),
                               "--output", str(work / f"sweep-{n}")], work / f"sweep-{n}.log")
-            predict = measured(["jobs/predict.py", "--model", str(work / f"sweep-{n}"), "--images", str(data),
-                                "--output", str(work / f"predict-{n}")], work / f"predict-{n}.log")
+            predict = (float("nan"), float("nan")) if args.skip_predict else \
+                measured(["jobs/predict.py", "--model", str(work / f"sweep-{n}"), "--images", str(data),
+                          "--output", str(work / f"predict-{n}")], work / f"predict-{n}.log")
             rows.append((n, prepare, (sweep[0], sweep[1] - ray_idle), predict))
             print(f"N={n}: prepare {prepare[0]:.0f} s +{prepare[1]:.2f} GB, sweep {sweep[0]:.0f} s "
                   f"+{sweep[1] - ray_idle:.2f} GB, predict {predict[0]:.0f} s +{predict[1]:.2f} GB", flush=True)

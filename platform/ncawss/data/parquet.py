@@ -130,9 +130,9 @@ def open_dataset(path_or_uri: str | os.PathLike) -> tuple[pq.ParquetFile, dict]:
     try:
         if "://" in location:
             filesystem, path = pafs.FileSystem.from_uri(location)
-            parquet = pq.ParquetFile(filesystem.open_input_file(path))
+            parquet = pq.ParquetFile(filesystem.open_input_file(path), pre_buffer=False)
         else:
-            parquet = pq.ParquetFile(location)
+            parquet = pq.ParquetFile(location, pre_buffer=False)
     except (OSError, pa.ArrowException) as exc:
         raise DataError(f"{location}: cannot read dataset ({exc})") from None
     raw_meta = (parquet.metadata.metadata or {}).get(METADATA_KEY)

@@ -87,16 +87,26 @@ def prepare(spec: SweepSpec, chunks: Iterable[Dataset], labels: np.ndarray) -> P
     plan.gallery_rows. The chunks' pixels are in memory only while their tasks run."""
     task, keep = ray.remote(num_cpus=1)(prepare_chunk), gallery_rows(spec, labels)
     window = 2 * max(1, int(ray.cluster_resources().get("CPU", 1)))
-    digest, refs, running, seen = hashlib.sha256(), [], [], 0
-    for chunk in chunks:
+    digest, parts, running, seen = hashlib.sha256(), {}, {}, 0
+
+    def collect(wait_for: int) -> None:
+        # Results are fetched as they come and their references dropped: Ray keeps a task's
+        # arguments (a chunk of full images) while a reference to its result lives.
+        done, _ = ray.wait(list(running), num_returns=wait_for)
+        for ref in done:
+            parts[running.pop(ref)] = ray.get(ref)
+
+    for index, chunk in enumerate(chunks):
         chunk.add_to_digest(digest)
-        refs.append(task.remote(chunk, spec.image_sizes, kept_in(keep, seen, len(chunk)), spec.posts))
-        running.append(refs[-1])
+        running[task.remote(chunk, spec.image_sizes, kept_in(keep, seen, len(chunk)), spec.posts)] = index
         seen += len(chunk)
         if len(running) >= window:
-            _, running = ray.wait(running, num_returns=1)
-        progress.info(f"preparing the data: {seen} of {len(labels)} images sent")
-    prepared = PreparedSet.join(ray.get(refs), digest.hexdigest())
+            collect(1)
+        if index % 10 == 0:
+            progress.info(f"preparing the data: {seen} of {len(labels)} images read")
+    if running:
+        collect(len(running))
+    prepared = PreparedSet.join([parts[i] for i in sorted(parts)], digest.hexdigest())
     progress.info(f"prepared {len(prepared)} images at {spec.image_sizes} px for every trial")
     return prepared
 
