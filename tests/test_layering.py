@@ -115,7 +115,8 @@ def test_lower_layers_never_import_higher_ones():
 
 
 # The method layer's rooms, each importing only rooms before it (method/__init__.py draws them).
-METHOD_ROOMS = ["config", "baselines", "images", "nca", "readout", "training", "scoring", "train", "inference"]
+METHOD_ROOMS = ["config", "baselines", "images", "nca", "readout", "training", "scoring", "prepared", "train",
+                "inference"]
 
 
 def test_the_method_rooms_import_only_rooms_before_them():

@@ -9,12 +9,14 @@ import torch
 from ncawss import make_synthetic
 from ncawss.data import Dataset, fold_splits
 from ncawss.method import prepared as prepared_module
+from ncawss.method.baselines import CAM_KINDS, CNN_WIDTHS, baseline_names
 from ncawss.method.config import TrainConfig
 from ncawss.method.images import resize_images
 from ncawss.method.prepared import PackedMasks, PreparedSet
 from ncawss.method.readout.components import POSTS
 from ncawss.method.scoring.evaluation import TestSet
 from ncawss.method.train import train_folds
+from ncawss.method.training.cnn import train_cnns
 
 
 @pytest.fixture(scope="module")
@@ -80,9 +82,14 @@ def test_folds_of_a_prepared_set_train_and_score_as_the_full_images_do(mixed, mo
     config = TrainConfig(channels=6, hidden=8, head_hidden=8, steps=4, image_size=16, epochs=2, batch_size=8,
                          lr=0.02, eval_every=1, precision="fp32", compile=False)
     splits = fold_splits(mixed.labels, 2, 0, config.split)
-    full = train_folds(config, [(mixed.subset(tr), mixed.subset(te)) for tr, te in splits])
+    cnn_config = config.replace(epochs=1)
+    by_size = {size: train_cnns(cnn_config, [mixed.subset(tr) for tr, _ in splits], size) for size in CNN_WIDTHS}
+    cnns = [{size: by_size[size][i] for size in CNN_WIDTHS} for i in range(2)]
+    full = train_folds(config, [(mixed.subset(tr), mixed.subset(te)) for tr, te in splits], cnns=cnns,
+                       cam_kinds=CAM_KINDS)
     prepared = PreparedSet.from_chunks(chunks(mixed, 25), sizes=[16])
-    chunked = train_folds(config, [(prepared.training(tr, 16), prepared.test_fold(te)) for tr, te in splits])
+    chunked = train_folds(config, [(prepared.training(tr, 16), prepared.test_fold(te)) for tr, te in splits],
+                          cnns=cnns, cam_kinds=CAM_KINDS)
     assert min(len(te) for _, te in splits) > 32
     for a, b in zip(full, chunked):
         assert a.test_ids == b.test_ids
@@ -93,7 +100,8 @@ def test_folds_of_a_prepared_set_train_and_score_as_the_full_images_do(mixed, mo
             assert np.array_equal(ea.image_iou, eb.image_iou)
             assert np.array_equal(ea.predictions, eb.predictions)
             assert np.array_equal(ea.image_iou64, eb.image_iou64)
-            assert ea.baseline_image_iou.keys() == eb.baseline_image_iou.keys()
+            assert list(ea.baseline_image_iou) == list(eb.baseline_image_iou)
+            assert set(ea.baseline_image_iou) == set(baseline_names(CAM_KINDS))
             for baseline, values in ea.baseline_image_iou.items():
                 assert np.array_equal(values, eb.baseline_image_iou[baseline]), baseline
             assert ea.scores == eb.scores

@@ -10,6 +10,8 @@ before it (tests/test_layering.py):
 - training/: the execution plan for k folds, the training loop, the CAM baseline CNNs;
 - scoring/: every IoU (metrics.py), evaluation beside the baselines, Scores, fold models and
   their files, a configuration's ensemble of folds;
+- prepared.py: a dataset prepared once for many trainings (a sweep's): its images at each
+  training size, masks packed, the thresholds' IoU computed, test folds read in chunks;
 - train.py: k folds trained and scored start to end (train_folds, train_fold, cross_validate);
 - inference/: predicting new images with a quality score, mask galleries.
 """

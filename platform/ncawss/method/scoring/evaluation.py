@@ -158,7 +158,6 @@ def cam_inputs(raw: torch.Tensor, cnns: dict[str, CNNBaseline] | None, cam_kinds
     return cams
 
 
-@torch.inference_mode()
 def evaluate(model: NCAClassifier, tests: TestSet | Iterable[TestSet], config: TrainConfig,
              device: str | torch.device = "cpu", variants: bool = True) -> PerReadout[Evaluation]:
     """Accuracy, NCA-WSS masks and IoU of the configured read-out and (with `variants`) of every
@@ -169,7 +168,7 @@ def evaluate(model: NCAClassifier, tests: TestSet | Iterable[TestSet], config: T
     images but the last: the stochastic read-outs' noise carries on from chunk to chunk, so the
     values equal those of the whole set at once."""
     model.eval()
-    chunks = iter([tests] if isinstance(tests, TestSet) else tests)
+    chunks = iter([tests] if isinstance(tests, TestSet) else tests)  # made outside inference mode: CAMs need grads
     first = next(chunks)
     wanted = config.variant_readouts() if variants else {}
     for name, r in list(wanted.items()):
@@ -180,8 +179,10 @@ def evaluate(model: NCAClassifier, tests: TestSet | Iterable[TestSet], config: T
     generators = stochastic_generators(readouts, config, device)
     parts = []
     for test in itertools.chain([first], chunks):
-        segments, predictions = read_out(model, test.x, readouts, config, device, generators)
-        parts.append([evaluation(test, r, result, pred) for r, result, pred in zip(readouts, segments, predictions)])
+        with torch.inference_mode():
+            segments, predictions = read_out(model, test.x, readouts, config, device, generators)
+            parts.append([evaluation(test, r, result, pred)
+                          for r, result, pred in zip(readouts, segments, predictions)])
         if len(parts) > 1:  # the first chunk's masks only
             parts[-1] = [replace(e, masks=[], baseline_masks={}, responses=e.responses[:0]) for e in parts[-1]]
     done = [Evaluation.join([p[i] for p in parts]) for i in range(len(readouts))]
