@@ -78,11 +78,10 @@ class Evaluation:
 
 @dataclass(kw_only=True)
 class TestSet:
-    __test__ = False  # not a pytest class
-
     """Test images prepared for evaluation: normalised at the training resolution, their ground
     truth, the baselines' inputs. The threshold baselines come as masks (`thresholds`), or, from a
     prepared set (prepared.py), as their per-image IoU already computed (`threshold_iou`)."""
+    __test__ = False  # not a pytest class: tests import it
     name: str
     ids: list[str]
     labels: np.ndarray                  # -1 where unknown
