@@ -10,6 +10,7 @@ Run it alone on the machine: anything else that allocates memory meanwhile is co
 
     python bench/scale.py                       # N = 1000 4000 16000 at 256 px
     python bench/scale.py --n 1000 4000 --work /tmp/scale
+    python bench/scale.py --n 1000 4000 --work /tmp/scale --jobs predict   # reusing that run's files
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ import yaml
 from common import machine
 
 ROOT = Path(__file__).resolve().parent.parent
+JOBS = ("prepare", "sweep", "predict")
 GB = 1024 ** 3
 
 
@@ -63,8 +65,9 @@ def measured(args: list[str], log: Path) -> tuple[float, float]:
 
 
 def idle_ray() -> float:
-    """GB a local Ray of 2 CPUs holds, idle, 10 s after it started."""
-    script = "import ray, time; ray.init(num_cpus=2, include_dashboard=False); time.sleep(10); ray.shutdown()"
+    """GB a local Ray holds, idle, in the 15 s after it started, started as the sweep starts one
+    (`ray.init()`: every CPU, the dashboard)."""
+    script = "import ray, time; ray.init(log_to_driver=False); time.sleep(15); ray.shutdown()"
     with PeakMemory() as memory:
         subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, check=True)
     return memory.peak / GB
@@ -85,24 +88,26 @@ def main() -> None:
     p.add_argument("--n", type=int, nargs="+", default=[1000, 4000, 16000], help="dataset sizes")
     p.add_argument("--size", type=int, default=256, help="crop side in pixels (default 256)")
     p.add_argument("--work", help="folder for the files (default: a temporary one, removed at the end)")
-    p.add_argument("--skip-predict", action="store_true", help="time prepare and the sweep only")
+    p.add_argument("--jobs", nargs="+", choices=JOBS, default=list(JOBS),
+                   help="the jobs to time (default all); the others' files must be in --work from an earlier run")
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
         work = Path(args.work or scratch)
         work.mkdir(parents=True, exist_ok=True)
-        ray_idle = idle_ray()
+        ray_idle = idle_ray() if "sweep" in args.jobs else float("nan")
         print(f"machine: {machine('cpu')}, {psutil.virtual_memory().total / GB:.0f} GB; "
               f"idle local Ray: {ray_idle:.2f} GB", flush=True)
         rows = []
         for n in args.n:
-            data = work / f"synthetic-{n}.parquet"
-            prepare = measured(["jobs/prepare_data.py", "synthetic", "--n", str(n), "--size", str(args.size),
-                                "--seed", "0", "--output", str(data)], work / f"prepare-{n}.log")
-            sweep = measured(["jobs/cv_sweep.py", "--data", str(data), "--space", str(space(work)),
-                              "--output", str(work / f"sweep-{n}")], work / f"sweep-{n}.log")
-            predict = (float("nan"), float("nan")) if args.skip_predict else \
-                measured(["jobs/predict.py", "--model", str(work / f"sweep-{n}"), "--images", str(data),
-                          "--output", str(work / f"predict-{n}")], work / f"predict-{n}.log")
+            data, model = work / f"synthetic-{n}.parquet", work / f"sweep-{n}"
+            commands = {"prepare": ["jobs/prepare_data.py", "synthetic", "--n", str(n), "--size", str(args.size),
+                                    "--seed", "0", "--output", str(data)],
+                        "sweep": ["jobs/cv_sweep.py", "--data", str(data), "--space", str(space(work)),
+                                  "--output", str(model)],
+                        "predict": ["jobs/predict.py", "--model", str(model), "--images", str(data),
+                                    "--output", str(work / f"predict-{n}")]}
+            prepare, sweep, predict = (measured(commands[job], work / f"{job}-{n}.log") if job in args.jobs
+                                       else (float("nan"), float("nan")) for job in JOBS)
             rows.append((n, prepare, (sweep[0], sweep[1] - ray_idle), predict))
             print(f"N={n}: prepare {prepare[0]:.0f} s +{prepare[1]:.2f} GB, sweep {sweep[0]:.0f} s "
                   f"+{sweep[1] - ray_idle:.2f} GB, predict {predict[0]:.0f} s +{predict[1]:.2f} GB", flush=True)

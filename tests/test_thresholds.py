@@ -49,6 +49,32 @@ def test_each_colour_baseline_is_scikit_image_otsu_on_its_channel_with_the_borde
     assert iou(mask, cell) > 0.9
 
 
+def reference_mask(image, name):
+    """A colour threshold from scikit-image's whole colour conversions and the border rule on a frame."""
+    channel = CHANNEL_OF[name](image).astype(float)
+    if channel.min() == channel.max():
+        return np.zeros(channel.shape, dtype=bool)
+    above = channel > threshold_otsu(channel)
+    frame = np.ones_like(above)
+    frame[1:-1, 1:-1] = False
+    on_frame = int(above[frame].sum())
+    off_frame = int(frame.sum()) - on_frame
+    flip = on_frame > off_frame or (on_frame == off_frame and 2 * int(above.sum()) > above.size)
+    return ~above if flip else above
+
+
+@pytest.mark.parametrize("shape", [(1, 6), (2, 9), (3, 3), (5, 2), (31, 47)])
+def test_threshold_masks_equal_each_baseline_from_scikit_images_own_colour_conversions(shape):
+    image = np.random.default_rng(sum(shape)).integers(0, 256, (*shape, 3), dtype=np.uint8)
+    image[0, 0] = 0  # black: saturation 0 / 0
+    image[-1, -1] = 90  # grey: no saturation
+    masks = threshold_masks(image)
+    np.testing.assert_array_equal(masks["intensity"], intensity_baseline(image))
+    for name in COLOUR_CHANNELS:
+        np.testing.assert_array_equal(masks[name], reference_mask(image, name), err_msg=name)
+        np.testing.assert_array_equal(colour_baseline(image, name), masks[name], err_msg=name)
+
+
 def test_the_border_rule_keeps_the_cell_whether_it_is_darker_or_brighter_than_the_background():
     cell = disc()
     darker = stained((40, 40, 90), (200, 200, 230), cell)

@@ -73,15 +73,28 @@ class Normalisation:
 @dataclass(frozen=True, kw_only=True)
 class TrainingImages:
     """Labelled training images already resized to the training resolution, as resize_images gives
-    them: what training needs of a dataset (a prepared set hands these out, prepared.py)."""
-    raw: torch.Tensor                   # (N, 3, S, S) in [0, 1]
+    them: what training needs of a dataset (a prepared set hands these out, prepared.py).
+
+    They are rows of a larger array (a prepared set's, mapped from shared memory) and are copied
+    out only when read (`raw`): a fold keeps the normalised copy training uses, and no other."""
+    pixels: np.ndarray                  # float32 (M, 3, S, S) in [0, 1]
+    rows: np.ndarray                    # int (N,): the images, rows of pixels
     labels: np.ndarray                  # int (N,), index into classes
     classes: list[str]
     ids: list[str]
     name: str
 
     def __len__(self) -> int:
-        return len(self.raw)
+        return len(self.rows)
+
+    @property
+    def size(self) -> int:
+        return self.pixels.shape[-1]
+
+    @property
+    def raw(self) -> torch.Tensor:
+        """(N, 3, S, S) in [0, 1], a copy."""
+        return torch.from_numpy(self.pixels[self.rows])
 
 
 def normalised_training_set(train: Dataset | TrainingImages, size: int,
@@ -100,8 +113,8 @@ def training_images(train: Dataset | TrainingImages, size: int,
         raise ValueError(f"{train.name}: every training image needs a label")
     if normalise_by not in NORMALISATIONS:
         raise ValueError(f"unknown normalise {normalise_by!r}; choose one of {list(NORMALISATIONS)}")
-    if isinstance(train, TrainingImages) and train.raw.shape[-1] != size:
-        raise ValueError(f"{train.name}: its images were resized to {train.raw.shape[-1]} px, not {size}")
+    if isinstance(train, TrainingImages) and train.size != size:
+        raise ValueError(f"{train.name}: its images were resized to {train.size} px, not {size}")
     raw = train.raw if isinstance(train, TrainingImages) else resize_images(train.images, size)
     if normalise_by == "image":
         normalisation = Normalisation(per_image=True)

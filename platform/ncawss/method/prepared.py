@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import math
 from dataclasses import dataclass
-from typing import Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -39,7 +39,7 @@ class PackedMasks:
     @classmethod
     def pack(cls, masks: Sequence[np.ndarray | None]) -> PackedMasks:
         parts = [np.empty(0, np.uint8) if m is None else np.packbits(m) for m in masks]
-        offsets = np.concatenate([[0], np.cumsum([len(p) for p in parts], dtype=np.int64)]).astype(np.int64)
+        offsets = np.concatenate([[0], np.cumsum([len(p) for p in parts], dtype=np.int64)])
         shapes = np.array([(-1, -1) if m is None else m.shape for m in masks], dtype=np.int64).reshape(-1, 2)
         return cls(np.concatenate(parts) if parts else np.empty(0, np.uint8), offsets, shapes)
 
@@ -83,16 +83,24 @@ class PreparedSet:
 
     @classmethod
     def from_chunks(cls, chunks: Iterable[Dataset], sizes: Iterable[int], keep_images: Iterable[int] = (),
-                    posts: Iterable[str] = POSTS) -> PreparedSet:
+                    posts: Iterable[str] = POSTS, run: ChunkRunner | None = None) -> PreparedSet:
         """Prepare a dataset given as chunks in order (iter_dataset), at each training size in
         `sizes`, keeping the full images of samples `keep_images` (indices into the whole), with
-        the threshold baselines' IoU under each post-processing in `posts`."""
-        digest, parts, seen = hashlib.sha256(), [], 0
-        for chunk in chunks:
-            chunk.add_to_digest(digest)
-            parts.append(prepare_chunk(chunk, sizes, kept_in(keep_images, seen, len(chunk)), posts))
-            seen += len(chunk)
-        return cls.join(parts, digest.hexdigest())
+        the threshold baselines' IoU under each post-processing in `posts`. `run` prepares the
+        chunks (prepare_chunk) and gives their parts in order: by default one after another here;
+        a sweep runs them as Ray tasks."""
+        sizes, keep_images, posts = tuple(sorted(set(sizes))), tuple(keep_images), tuple(posts)
+        digest, seen = hashlib.sha256(), 0
+
+        def jobs() -> Iterator[tuple[Dataset, dict[int, int]]]:
+            nonlocal seen
+            for chunk in chunks:
+                chunk.add_to_digest(digest)
+                yield chunk, kept_in(keep_images, seen, len(chunk))
+                seen += len(chunk)
+
+        parts = list((run or prepare_each)(jobs(), sizes, posts))
+        return cls.join(parts, digest.hexdigest())  # the digest is whole once every chunk was read
 
     @classmethod
     def join(cls, parts: list[PreparedSet], fingerprint: str) -> PreparedSet:
@@ -116,11 +124,22 @@ class PreparedSet:
     def training(self, indices: Sequence[int], size: int) -> TrainingImages:
         """Samples `indices` as training images at `size`."""
         idx = np.asarray(indices, dtype=np.int64)
-        return TrainingImages(raw=torch.from_numpy(self.sized(size)[idx]), labels=self.labels[idx],
+        return TrainingImages(pixels=self.sized(size), rows=idx, labels=self.labels[idx],
                               classes=self.classes, ids=[self.ids[i] for i in idx], name=self.name)
 
     def test_fold(self, indices: Sequence[int]) -> TestFold:
         return TestFold(self, np.asarray(indices, dtype=np.int64))
+
+
+ChunkRunner = Callable[[Iterable[tuple[Dataset, dict[int, int]]], tuple[int, ...], tuple[str, ...]],
+                       Iterable["PreparedSet"]]
+
+
+def prepare_each(jobs: Iterable[tuple[Dataset, dict[int, int]]], sizes: tuple[int, ...],
+                 posts: tuple[str, ...]) -> Iterator[PreparedSet]:
+    """prepare_chunk of each (chunk, kept images) in turn, in this process."""
+    for chunk, keep in jobs:
+        yield prepare_chunk(chunk, sizes, keep, posts)
 
 
 def kept_in(keep: Iterable[int], start: int, rows: int) -> dict[int, int]:

@@ -8,7 +8,7 @@ Tune's checkpoint period): the jobs set them first (ncawss.environment).
 """
 from __future__ import annotations
 
-import hashlib
+import copy
 import logging
 from pathlib import Path
 from typing import Iterable
@@ -20,8 +20,9 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
+from .. import environment
 from ..data import Dataset
-from ..method.prepared import PreparedSet, kept_in, prepare_chunk
+from ..method.prepared import PreparedSet, prepare_chunk
 from ..tracking.tracker import SweepTracker
 from .callback import TrackingCallback, progress
 from .cnn_cache import baseline_cnns
@@ -85,30 +86,39 @@ def prepare(spec: SweepSpec, chunks: Iterable[Dataset], labels: np.ndarray) -> P
     trial (method/prepared.py), a chunk per Ray task: at each image size the space may train at, the
     thresholds' IoU under each post-processing its read-outs may use, the full images of
     plan.gallery_rows. The chunks' pixels are in memory only while their tasks run."""
-    task, keep = ray.remote(num_cpus=1)(prepare_chunk), gallery_rows(spec, labels)
+    prepared = PreparedSet.from_chunks(chunks, spec.image_sizes, gallery_rows(spec, labels), spec.posts,
+                                       run=lambda jobs, sizes, posts: prepare_as_tasks(jobs, sizes, posts, len(labels)))
+    progress.info(f"prepared {len(prepared)} images at {spec.image_sizes} px for every trial")
+    return prepared
+
+
+def prepare_as_tasks(jobs: Iterable[tuple[Dataset, dict[int, int]]], sizes: tuple[int, ...], posts: tuple[str, ...],
+                     total: int) -> list[PreparedSet]:
+    """prepare_chunk of each (chunk, kept images) as a Ray task, twice as many at once as the cluster
+    has CPUs; their results in order."""
+    task = ray.remote(num_cpus=1)(prepare_chunk)
     window = 2 * max(1, int(ray.cluster_resources().get("CPU", 1)))
-    digest, parts, running, seen = hashlib.sha256(), {}, {}, 0
+    parts, running, seen = {}, {}, 0
 
     def collect(wait_for: int) -> None:
         # Results are fetched as they come and their references dropped: Ray keeps a task's
-        # arguments (a chunk of full images) while a reference to its result lives.
+        # arguments (a chunk of full images) while a reference to its result lives. They are
+        # copied out of the object store, whose shared memory, once filled, stays taken for the
+        # whole sweep: only the joined set need be there.
         done, _ = ray.wait(list(running), num_returns=wait_for)
         for ref in done:
-            parts[running.pop(ref)] = ray.get(ref)
+            parts[running.pop(ref)] = copy.deepcopy(ray.get(ref))
 
-    for index, chunk in enumerate(chunks):
-        chunk.add_to_digest(digest)
-        running[task.remote(chunk, spec.image_sizes, kept_in(keep, seen, len(chunk)), spec.posts)] = index
+    for index, (chunk, keep) in enumerate(jobs):
+        running[task.remote(chunk, sizes, keep, posts)] = index
         seen += len(chunk)
         if len(running) >= window:
             collect(1)
         if index % 10 == 0:
-            progress.info(f"preparing the data: {seen} of {len(labels)} images read")
+            progress.info(f"preparing the data: {seen} of {total} images read")
     if running:
         collect(len(running))
-    prepared = PreparedSet.join([parts[i] for i in sorted(parts)], digest.hexdigest())
-    progress.info(f"prepared {len(prepared)} images at {spec.image_sizes} px for every trial")
-    return prepared
+    return [parts[i] for i in sorted(parts)]
 
 
 def run_sweep(spec: SweepSpec, chunks: Iterable[Dataset], labels: np.ndarray, storage: str, tracker: SweepTracker,
@@ -127,6 +137,7 @@ def run_sweep(spec: SweepSpec, chunks: Iterable[Dataset], labels: np.ndarray, st
         dataset = prepare(spec, chunks, labels)
         dataset_ref = ray.put(dataset)
         del dataset  # the object store's copy is the one left
+        environment.return_freed_memory()
         dataset = ray.get(dataset_ref)
         cnns = baseline_cnns(spec, dataset, dataset_ref, output / "baselines")
         splits = sweep_splits(spec, dataset.labels)
