@@ -1,4 +1,5 @@
-"""The environment variables the jobs set for the libraries they drive, in one place.
+"""The environment variables the jobs set for the libraries they drive, in one place, and the
+process's memory handed back after reading a dataset (return_freed_memory).
 
 Ray reads its settings when first imported and MLflow at each request, so a job calls one of
 these first, before anything imports Ray. A user's own value stands, except Train's API
@@ -78,6 +79,7 @@ def return_freed_memory() -> None:
     import pyarrow
 
     pyarrow.default_memory_pool().release_unused()
-    libc = ctypes.util.find_library("c")
-    if libc and hasattr(ctypes.CDLL(libc), "malloc_trim"):  # glibc only
-        ctypes.CDLL(libc).malloc_trim(0)
+    name = ctypes.util.find_library("c")
+    libc = ctypes.CDLL(name) if name else None
+    if hasattr(libc, "malloc_trim"):  # glibc only
+        libc.malloc_trim(0)

@@ -49,13 +49,10 @@ def intensity_baseline(image: np.ndarray) -> np.ndarray:
 
 def border_side(above: np.ndarray) -> np.ndarray:
     """The cell's side of a bool (H, W) split: `above`, or its complement where the border rule says so."""
-    height, width = above.shape
-    if min(height, width) <= 2:  # every pixel is on the outer frame
-        on_frame, frame = int(above.sum()), above.size
-    else:
-        on_frame = int(above[0].sum() + above[-1].sum() + above[1:-1, 0].sum() + above[1:-1, -1].sum())
-        frame = above.size - (height - 2) * (width - 2)
-    off_frame = frame - on_frame
+    frame = np.ones(above.shape, dtype=bool)  # the outer one-pixel frame, as images.border_frame
+    frame[1:-1, 1:-1] = False
+    on_frame = int(above[frame].sum())
+    off_frame = int(frame.sum()) - on_frame
     flip = on_frame > off_frame or (on_frame == off_frame and 2 * int(above.sum()) > above.size)
     return ~above if flip else above
 
