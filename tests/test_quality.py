@@ -5,8 +5,16 @@ import math
 import numpy as np
 import pytest
 import torch
+from scipy import ndimage
+from skimage.measure import regionprops
 
-from ncawss.method.inference.quality import QualitySignals, colour_agreement, combined_quality, mask_shape
+from ncawss.method.inference.quality import (
+    QualitySignals,
+    colour_agreement,
+    combined_quality,
+    convex_area,
+    mask_shape,
+)
 from ncawss.method.readout.pca_otsu import otsu_separability, pca_otsu
 
 
@@ -31,6 +39,30 @@ def test_two_blobs_are_one_region_with_a_low_solidity_and_an_elongated_ellipse()
     shape = mask_shape(disc(41, 41, 20, 8, 5) | disc(41, 41, 20, 32, 5))
     assert shape.solidity < 0.5 and shape.eccentricity > 0.9
     assert shape.centre_offset == pytest.approx(0, abs=1e-9)   # symmetric: the centroid is central
+
+
+def varied_masks(count: int = 160):
+    """Noise, opened noise, ellipses, single pixels and lines, 1 to 60 pixels a side."""
+    rng = np.random.default_rng(3)
+    for n in range(count):
+        h, w = (int(v) for v in rng.integers(1, 61, 2))
+        yy, xx = np.mgrid[:h, :w]
+        mask = [rng.random((h, w)) < 0.3 * rng.random(),
+                ndimage.binary_opening(rng.random((h, w)) < 0.6),
+                ((yy - h / 2) ** 2 / (h * rng.random() + 1) + (xx - w / 2) ** 2 / (w * rng.random() + 1)
+                 < 5 * rng.random()),
+                np.zeros((h, w), bool)][n % 4]
+        mask[rng.integers(h), rng.integers(w)] = True
+        if n % 8 == 3:
+            mask[rng.integers(h)] = True
+        yield mask
+
+
+def test_the_convex_area_and_solidity_are_scikit_images_region_values():
+    for mask in varied_masks():
+        region = regionprops(mask.astype(np.uint8))[0]
+        assert convex_area(mask) == region.area_convex, mask.shape
+        assert mask_shape(mask).solidity == region.solidity
 
 
 def test_an_empty_mask_takes_the_worst_shape_values():

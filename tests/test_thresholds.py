@@ -15,7 +15,7 @@ from ncawss.method.baselines import (
     baseline_names,
     check_cam_kinds,
 )
-from ncawss.method.readout.thresholds import threshold_masks
+from ncawss.method.readout.thresholds import CHANNELS, threshold_masks
 
 CHANNEL_OF = {"otsu_r": lambda im: im[..., 0], "otsu_g": lambda im: im[..., 1], "otsu_b": lambda im: im[..., 2],
               "otsu_s": lambda im: rgb2hsv(im)[..., 1], "otsu_a": lambda im: rgb2lab(im)[..., 1],
@@ -73,6 +73,16 @@ def test_threshold_masks_equal_each_baseline_from_scikit_images_own_colour_conve
     for name in COLOUR_CHANNELS:
         np.testing.assert_array_equal(masks[name], reference_mask(image, name), err_msg=name)
         np.testing.assert_array_equal(colour_baseline(image, name), masks[name], err_msg=name)
+
+
+def test_each_colour_channel_holds_scikit_images_values():
+    image = np.random.default_rng(5).integers(0, 256, (48, 40, 3), dtype=np.uint8)
+    image[:4, :4] = (70, 70, 70)  # grey and black: saturation 0
+    image[-2:, -2:] = 0
+    for name, (space, index) in COLOUR_CHANNELS.items():
+        channel = CHANNELS[space](image)[index]
+        values = channel.table[channel.codes] if isinstance(channel, tuple) else channel
+        np.testing.assert_array_equal(values, CHANNEL_OF[name](image), err_msg=name)
 
 
 def test_the_border_rule_keeps_the_cell_whether_it_is_darker_or_brighter_than_the_background():

@@ -84,7 +84,36 @@ def mask_shape(mask: np.ndarray) -> MaskShape:
     h, w = mask.shape
     cy, cx = region.centroid
     offset = math.hypot(cy - (h - 1) / 2, cx - (w - 1) / 2) / math.hypot((h - 1) / 2, (w - 1) / 2) if h * w > 1 else 0.0
-    return MaskShape(float(mask.mean()), float(region.solidity), float(region.eccentricity), min(offset, 1.0))
+    solidity = int(mask.sum()) / convex_area(mask)  # region.solidity's value
+    return MaskShape(float(mask.mean()), solidity, float(region.eccentricity), min(offset, 1.0))
+
+
+def convex_area(mask: np.ndarray) -> int:
+    """The pixels of a non-empty bool (H, W) mask's convex hull, as scikit-image's
+    convex_hull_image counts them (pixel centres inside or on the hull of the mask pixels' edge
+    midpoints), without drawing the hull: each hull edge bounds each row's run of columns, in
+    integers (coordinates doubled, so that the midpoints are whole). 8x faster at 256 px."""
+    from scipy.spatial import ConvexHull
+
+    rows = np.flatnonzero(mask.any(axis=1))
+    left = mask[rows].argmax(axis=1)
+    right = mask.shape[1] - 1 - mask[rows, ::-1].argmax(axis=1)
+    y = 2 * rows  # a row's outer pixels hold the hull's candidate midpoints
+    points = np.concatenate([np.stack([u, v], axis=1) for u, v in
+                             [(y, 2 * left - 1), (y, 2 * right + 1), (y - 1, 2 * left), (y + 1, 2 * left),
+                              (y - 1, 2 * right), (y + 1, 2 * right)]])
+    corners = points[ConvexHull(points).vertices]
+    u, v = corners[:, :1], corners[:, 1:]
+    du, dv = np.roll(corners[:, 0], -1)[:, None] - u, np.roll(corners[:, 1], -1)[:, None] - v
+    turn = np.sign(np.sum(u[:, 0] * np.roll(v[:, 0], -1) - np.roll(u[:, 0], -1) * v[:, 0]))
+    # pixel (row r, column c) is inside or on edge i where turn * (du (2c - v) - dv (2r - u)) >= 0,
+    # that is a * c >= b per edge and row
+    a = 2 * turn * du
+    b = turn * (du * v + dv * (2 * np.arange(rows[0], rows[-1] + 1)[None, :] - u))
+    lowest = np.where(a > 0, -(-b // np.where(a > 0, a, 1)), -1).max(axis=0)
+    highest = np.where(a < 0, b // np.where(a < 0, a, 1), mask.shape[1]).min(axis=0)
+    blocked = ((a == 0) & (b > 0)).any(axis=0)
+    return int(np.where(blocked, 0, np.clip(highest - lowest + 1, 0, None)).sum())
 
 
 @dataclass(frozen=True, kw_only=True)
