@@ -52,8 +52,8 @@ from ncawss.data import IMAGE_SUFFIXES, DataError, dataset_metadata, encode_png,
 from ncawss.method.inference.gallery import overlay
 from ncawss.method.inference.predict import QUALITY_RUNS, decode_image
 from ncawss.method.inference.quality import rank_by_score, signal_columns
+from ncawss.tracking import TrackingError
 from ncawss.tracking.sources import load_records
-from ncawss.tracking.tracker import TrackingError
 
 FATAL = 255
 COLUMNS = ["id", "source", "label", "probability", "quality", *signal_columns(), "iou", "error"]

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from ncawss import NCAClassifier, TrainConfig, TrainingHooks, make_synthetic, train_cnn, train_fold, train_folds
+from ncawss.method.images import resize_images
 from ncawss.method.nca.model import FoldStack
 from ncawss.method.training import plan
 from ncawss.method.training.cnn import train_cnns
@@ -56,6 +57,21 @@ def test_each_batched_fold_equals_that_fold_trained_alone(uneven_splits):
     # 193 images: 7 optimiser steps an epoch; 192: 6; 64: 2 (none skipped, none added)
     assert [c["scheduler"]["last_epoch"] for c in hooks.saved[-1]] == [14, 12, 4]
     assert [c["optimiser"]["state"][0]["step"].item() for c in hooks.saved[-1]] == [14, 12, 4]
+
+
+@pytest.mark.parametrize("normalise", ["fold", "fixed", "image"])
+def test_a_folds_batches_are_its_whole_training_set_normalised_then_indexed(uneven_splits, normalise):
+    """Batches are normalised as drawn (no normalised copy of the fold is held), with the values
+    the whole fold normalised at once gives."""
+    config = TINY.replace(normalise=normalise, augment=False)
+    train = uneven_splits[0][0]
+    (fold,) = make_folds(config, [NCAClassifier.from_config(config, len(train.classes))], [train], "cpu", fire=True)
+    whole = fold.normalisation(resize_images(train.images, config.image_size))
+    rows = torch.randperm(len(train), generator=torch.Generator().manual_seed(1))[:37]
+    assert torch.equal(fold.images(rows, config), whole[rows])
+    assert torch.equal(fold.y[rows], torch.as_tensor(train.labels)[rows])
+    if normalise == "fold":
+        assert fold.normalisation.mean != (0.0, 0.0, 0.0) and not torch.equal(whole, resize_images(train.images, 12))
 
 
 def trained_stack(splits, fold_by_fold: bool) -> tuple[list[dict], list[list[dict]]]:

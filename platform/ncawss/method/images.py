@@ -75,14 +75,21 @@ class TrainingImages:
     """Labelled training images already resized to the training resolution, as resize_images gives
     them: what training needs of a dataset (a prepared set hands these out, prepared.py).
 
-    They are rows of a larger array (a prepared set's, mapped from shared memory) and are copied
-    out only when read (`raw`): a fold keeps the normalised copy training uses, and no other."""
+    They are rows of an array that may be larger (a prepared set's, mapped from shared memory) and
+    are copied out only as they are read, a batch at a time (`take`): training holds no copy of
+    the whole set."""
     pixels: np.ndarray                  # float32 (M, 3, S, S) in [0, 1]
     rows: np.ndarray                    # int (N,): the images, rows of pixels
     labels: np.ndarray                  # int (N,), index into classes
     classes: list[str]
     ids: list[str]
     name: str
+
+    @classmethod
+    def resized(cls, dataset: Dataset, size: int) -> TrainingImages:
+        """A dataset's images resized to `size` (resize_images)."""
+        return cls(pixels=resize_images(dataset.images, size).numpy(), rows=np.arange(len(dataset)),
+                   labels=dataset.labels, classes=list(dataset.classes), ids=list(dataset.ids), name=dataset.name)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -91,22 +98,26 @@ class TrainingImages:
     def size(self) -> int:
         return self.pixels.shape[-1]
 
+    def take(self, batch: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """Images `batch` (positions in this set) as (B, 3, S, S) in [0, 1], a copy."""
+        return torch.from_numpy(self.pixels[self.rows[np.asarray(batch)]])
+
     @property
     def raw(self) -> torch.Tensor:
-        """(N, 3, S, S) in [0, 1], a copy."""
+        """All the images as (N, 3, S, S) in [0, 1], a copy."""
         return torch.from_numpy(self.pixels[self.rows])
 
 
 def normalised_training_set(train: Dataset | TrainingImages, size: int,
                             normalise_by: str = "fold") -> tuple[torch.Tensor, Normalisation]:
     """Resized, normalised training images and their normalisation (see training_images)."""
-    raw, normalisation = training_images(train, size, normalise_by)
-    return normalisation(raw), normalisation
+    images, normalisation = training_images(train, size, normalise_by)
+    return normalisation(images.raw), normalisation
 
 
 def training_images(train: Dataset | TrainingImages, size: int,
-                    normalise_by: str = "fold") -> tuple[torch.Tensor, Normalisation]:
-    """Resized training images in [0, 1] and their normalisation: by their own channel mean/std
+                    normalise_by: str = "fold") -> tuple[TrainingImages, Normalisation]:
+    """Training images resized to `size`, and their normalisation: by their own channel mean/std
     (the training fold's only, "fold"), by mean = std = 0.5 ("fixed"), or each image by its own
     ("image")."""
     if train.labels is None or (train.labels < 0).any():
@@ -115,15 +126,14 @@ def training_images(train: Dataset | TrainingImages, size: int,
         raise ValueError(f"unknown normalise {normalise_by!r}; choose one of {list(NORMALISATIONS)}")
     if isinstance(train, TrainingImages) and train.size != size:
         raise ValueError(f"{train.name}: its images were resized to {train.size} px, not {size}")
-    raw = train.raw if isinstance(train, TrainingImages) else resize_images(train.images, size)
+    images = train if isinstance(train, TrainingImages) else TrainingImages.resized(train, size)
     if normalise_by == "image":
-        normalisation = Normalisation(per_image=True)
-    elif normalise_by == "fixed":
-        normalisation = Normalisation((FIXED_NORM,) * 3, (FIXED_NORM,) * 3)
-    else:
-        normalisation = Normalisation(tuple(raw.mean(dim=(0, 2, 3)).tolist()),
-                                      tuple(raw.std(dim=(0, 2, 3)).clamp_min(1e-6).tolist()))
-    return raw, normalisation
+        return images, Normalisation(per_image=True)
+    if normalise_by == "fixed":
+        return images, Normalisation((FIXED_NORM,) * 3, (FIXED_NORM,) * 3)
+    raw = images.raw  # a passing copy: the fold's statistics
+    return images, Normalisation(tuple(raw.mean(dim=(0, 2, 3)).tolist()),
+                                 tuple(raw.std(dim=(0, 2, 3)).clamp_min(1e-6).tolist()))
 
 
 def rgb_to_hed(rgb: torch.Tensor) -> torch.Tensor:

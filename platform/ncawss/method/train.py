@@ -99,7 +99,7 @@ def train_folds(config: TrainConfig, splits: list[tuple[Dataset | TrainingImages
         for fold, checkpoint in zip(folds, checkpoints):
             fold.restore(checkpoint)
         log.info("resuming %d folds from epoch %d", len(folds), folds[0].epoch)
-    execution = Execution.plan(config, device, len(folds), images=max(len(fold.x) for fold in folds))
+    execution = Execution.plan(config, device, len(folds), images=max(len(fold) for fold in folds))
     trainer = BatchedTrainer(FoldStack(models, execution.grouped), folds, config, execution, config.fire_rate,
                              config.steps)
     for epoch in range(folds[0].epoch + 1, config.epochs + 1):

@@ -11,7 +11,7 @@ import yaml
 
 from ..data import DataError
 from ..method.scoring.folds import FOLD_WEIGHTS, FoldRecord, read_fold_records
-from .tracker import SweepTracker, TrackingError
+from . import TrackingError
 
 MODEL_URI_SCHEMES = ("models:/", "runs:/")
 
@@ -30,6 +30,8 @@ def load_records(spec: str, uri: str | None, scratch: str) -> tuple[list[FoldRec
     elif spec.startswith(MODEL_URI_SCHEMES):
         folder = download_model(spec, uri, tempfile.mkdtemp(dir=scratch))
     else:
+        from .tracker import SweepTracker  # MLflow, imported only where a model comes from it
+
         folder = SweepTracker(uri, "unused").download_fold_files(spec, tempfile.mkdtemp(dir=scratch))
     records = read_fold_records(folder)
     if not records:

@@ -17,6 +17,7 @@ from mlflow.entities import DatasetInput, InputTag, Metric, Param
 from mlflow.tracking import MlflowClient
 
 from ..method.scoring.scores import fold_key
+from . import TrackingError
 
 if TYPE_CHECKING:
     from .mlflow_model import RegisteredModel
@@ -29,10 +30,6 @@ PARENT_TAG = "mlflow.parentRunId"
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 DIGEST_LENGTH = 36  # MLflow's limit on a dataset digest
 MODEL_METRICS = ("best_", "holdout_")  # the parent run's metrics that describe its registered model
-
-
-class TrackingError(RuntimeError):
-    """The tracking store cannot be used; the message names the URI."""
 
 
 class SweepTracker:

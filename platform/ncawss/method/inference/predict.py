@@ -14,6 +14,8 @@ mean over pairs of its runs.
 from __future__ import annotations
 
 import io
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,9 +26,17 @@ from ...data import DataError
 from ..images import resize_images
 from ..readout.pca_otsu import PCAOtsu, masks_at
 from ..readout.states import read_chunk, segment_state, stochastic_generators
+from ..readout.thresholds import threshold_masks
 from ..scoring.ensemble import Ensemble
 from ..scoring.metrics import majority_vote
-from .quality import QualitySignals, colour_agreement, combined_quality, cross_fold_agreement, mask_shape
+from .quality import (
+    QualitySignals,
+    colour_agreement,
+    combined_quality,
+    cross_fold_agreement,
+    mask_shape,
+    solidity,
+)
 
 IMAGE_FORMATS = {"PNG", "BMP", "TIFF", "JPEG", "MPO"}  # MPO: JPEG with extra frames, as cameras write
 QUALITY_RUNS = 4  # stochastic runs per fold model for the quality score, by default
@@ -100,6 +110,13 @@ class Predictor:
     @torch.inference_mode()
     def chunk(self, images: list[np.ndarray]) -> list[Prediction]:
         """Predictions for up to batch_size (H, W, 3) uint8 images of any sizes."""
+        # The threshold masks of the quality score need no NCA: a second thread computes them while
+        # the folds run (numpy releases the GIL; the folds' forward passes leave a core idle at times).
+        with ThreadPoolExecutor(1) as pool:
+            thresholds = pool.map(threshold_masks, images)
+            return self._chunk(images, thresholds)
+
+    def _chunk(self, images: list[np.ndarray], thresholds: Iterator[dict[str, np.ndarray]]) -> list[Prediction]:
         config, readout = self.ensemble.config, self.ensemble.config.readout
         raw = resize_images(images, config.image_size)
         shapes = [image.shape[:2] for image in images]
@@ -122,11 +139,12 @@ class Predictor:
         share, separability = torch.stack(shares).mean(0), torch.stack(separabilities).mean(0)
         raw_solidities = np.mean(solidities, axis=0)
         out = []
-        for i, mask in enumerate(majority_vote(votes)):
+        for i, (mask, image_thresholds) in enumerate(zip(majority_vote(votes), thresholds)):
             agreement = cross_fold_agreement(np.stack([v[i] for v in votes])[:, None])
             stability = cross_fold_agreement(np.stack([r[i] for r in runs])) if runs else float("nan")
             signals = QualitySignals(stability=stability, fold_agreement=agreement,
-                                     colour_agreement=colour_agreement(images[i], mask, readout.post),
+                                     colour_agreement=colour_agreement(images[i], mask, readout.post,
+                                                                       image_thresholds),
                                      pc1_share=float(share[i]), separability=float(separability[i]),
                                      margin=float(margin[i]), shape=mask_shape(mask),
                                      raw_solidity=float(raw_solidities[i]))
@@ -148,7 +166,7 @@ def raw_solidity(result: PCAOtsu) -> np.ndarray:
     """Per image, the solidity of the read-out's mask before post-processing (at the training
     resolution): the response's high side, which the component choice would hide."""
     raw = (result.response > result.threshold[:, None, None]) & ~result.degenerate[:, None, None]
-    return np.array([mask_shape(m).solidity for m in raw.cpu().numpy()])
+    return np.array([solidity(m) for m in raw.cpu().numpy()])
 
 
 def predict(ensemble: Ensemble, images: list[np.ndarray], device: str | torch.device = "cpu",

@@ -84,8 +84,12 @@ def mask_shape(mask: np.ndarray) -> MaskShape:
     h, w = mask.shape
     cy, cx = region.centroid
     offset = math.hypot(cy - (h - 1) / 2, cx - (w - 1) / 2) / math.hypot((h - 1) / 2, (w - 1) / 2) if h * w > 1 else 0.0
-    solidity = int(mask.sum()) / convex_area(mask)  # region.solidity's value
-    return MaskShape(float(mask.mean()), solidity, float(region.eccentricity), min(offset, 1.0))
+    return MaskShape(float(mask.mean()), solidity(mask), float(region.eccentricity), min(offset, 1.0))
+
+
+def solidity(mask: np.ndarray) -> float:
+    """A bool (H, W) mask's area over its convex hull's (scikit-image's region solidity); 0 if empty."""
+    return int(mask.sum()) / convex_area(mask) if mask.any() else 0.0
 
 
 def convex_area(mask: np.ndarray) -> int:
@@ -143,9 +147,12 @@ def signal_columns() -> list[str]:
             "separability", "margin", *shape, "raw_solidity"]
 
 
-def colour_agreement(image: np.ndarray, mask: np.ndarray, post: str) -> dict[str, float]:
-    """IoU of a mask with each threshold baseline's mask of its (H, W, 3) image, post-processed as the mask was."""
-    return {name: iou(mask, post_process(m, post)) for name, m in threshold_masks(image).items()}
+def colour_agreement(image: np.ndarray, mask: np.ndarray, post: str,
+                     thresholds: dict[str, np.ndarray] | None = None) -> dict[str, float]:
+    """IoU of a mask with each threshold baseline's mask of its (H, W, 3) image, post-processed as
+    the mask was (`thresholds`: the image's threshold_masks, where computed already)."""
+    thresholds = threshold_masks(image) if thresholds is None else thresholds
+    return {name: iou(mask, post_process(m, post)) for name, m in thresholds.items()}
 
 
 def combined_quality(signals: QualitySignals) -> float:

@@ -52,23 +52,27 @@ def make_optimiser(model: nn.Module, config: TrainConfig):
 class Fold:
     """One fold's share of a batched training: its model, optimisation state, data and generators."""
     model: nn.Module
-    x: torch.Tensor                    # (N, 3, S, S) normalised training images, on the device
-    y: torch.Tensor                    # (N,) labels, on the device
-    normalisation: Normalisation       # how x was normalised (evaluation and the fold model do the same)
+    train: TrainingImages              # the training images in [0, 1], read a batch at a time
+    y: torch.Tensor                    # (N,) labels
+    normalisation: Normalisation       # how the images are normalised (evaluation and the fold model do the same)
+    device: torch.device               # where the model trains
     optimiser: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     sample_gen: torch.Generator        # shuffling and augmentation (CPU)
     fire_gen: torch.Generator | None   # fire masks (on the device); None for models without them
     history: list[dict] = field(default_factory=list)
     epoch: int = 0
-    raw: torch.Tensor | None = None    # with colour jitter: the resized RGB images in [0, 1] x came from
+
+    def __len__(self) -> int:
+        return len(self.train)
 
     def images(self, rows: torch.Tensor, config: TrainConfig) -> torch.Tensor:
-        """The fold's training images `rows` as the model sees them, colour-augmented where configured."""
-        if self.raw is None:
-            return self.x[rows]
-        augmented = augment_colours(self.raw[rows].cpu(), config.stain_jitter, config.colour_jitter, self.sample_gen)
-        return self.normalisation(augmented).to(self.x.device)
+        """The fold's training images `rows` as the model sees them, colour-augmented where configured,
+        on the device. Normalised as drawn: the values of the whole fold normalised, then indexed."""
+        raw = self.train.take(rows)
+        if config.augments_colour:
+            raw = augment_colours(raw, config.stain_jitter, config.colour_jitter, self.sample_gen)
+        return self.normalisation(raw).to(self.device)
 
     def checkpoint(self) -> dict:
         return {"epoch": self.epoch, "model": self.model.state_dict(), "optimiser": self.optimiser.state_dict(),
@@ -88,19 +92,17 @@ class Fold:
 
 def make_folds(config: TrainConfig, models: list[nn.Module], trains: list[Dataset | TrainingImages],
                device: torch.device | str, fire: bool) -> list[Fold]:
-    """Each training set's fold state: its images resized and normalised as config says (on the
-    device; the raw ones kept where config jitters colours), labels, and the generators a fold
-    trained alone would have (seeded by config.seed)."""
+    """Each training set's fold state: its images resized and their normalisation as config says,
+    labels, and the generators a fold trained alone would have (seeded by config.seed)."""
     folds = []
     for model, train in zip(models, trains):
-        raw, normalisation = training_images(train, config.image_size, config.normalise)
+        images, normalisation = training_images(train, config.image_size, config.normalise)
         optimiser, scheduler = make_optimiser(model, config)
         fire_gen = torch.Generator(device).manual_seed(config.seed + 1) if fire else None
-        folds.append(Fold(model=model, x=normalisation(raw).to(device),
-                          y=torch.as_tensor(train.labels, dtype=torch.long, device=device),
-                          optimiser=optimiser, scheduler=scheduler, normalisation=normalisation,
-                          sample_gen=torch.Generator().manual_seed(config.seed), fire_gen=fire_gen,
-                          raw=raw if config.augments_colour else None))
+        folds.append(Fold(model=model, train=images, y=torch.as_tensor(images.labels, dtype=torch.long),
+                          normalisation=normalisation, device=torch.device(device), optimiser=optimiser,
+                          scheduler=scheduler, sample_gen=torch.Generator().manual_seed(config.seed),
+                          fire_gen=fire_gen))
     return folds
 
 
@@ -164,7 +166,7 @@ class BatchedTrainer:
                  fire_rate: float | None = None, steps: int = 0):
         self.stack, self.folds, self.config, self.execution = stack, folds, config, execution
         self.fire_rate, self.steps = fire_rate, steps     # fire_rate None: the model draws no fire masks
-        self.device = folds[0].x.device
+        self.device = folds[0].device
         self.graphed: GraphedStep | None = None
         self.parts = [stack.part(i) for i in range(len(folds))] if execution.fold_by_fold else None
         # One compiled graph serves every fold (their parameters are its inputs); batches are padded
@@ -181,16 +183,16 @@ class BatchedTrainer:
     def epoch(self) -> list[dict]:
         """One epoch of every fold; per fold its mean training loss, accuracy and last learning rate."""
         cfg, k, device = self.config, len(self.folds), self.device
-        orders = [torch.randperm(len(f.x), generator=f.sample_gen).to(device) for f in self.folds]
+        orders = [torch.randperm(len(f), generator=f.sample_gen) for f in self.folds]  # rows of host memory
         loss_sum = torch.zeros(k, device=device)
         correct = torch.zeros(k, device=device)
-        for start in range(0, max(len(f.x) for f in self.folds), cfg.batch_size):
+        for start in range(0, max(len(f) for f in self.folds), cfg.batch_size):
             idx = [order[start:start + cfg.batch_size] for order in orders]
             sizes = [len(i) for i in idx]
             per_fold, hits = (self.stacked if self.parts is None else self.fold_by_fold)(idx, sizes)
             loss_sum += per_fold * torch.tensor(sizes, device=device)
             correct += hits
-        n = torch.tensor([len(f.x) for f in self.folds], device=device)
+        n = torch.tensor([len(f) for f in self.folds], device=device)
         losses, accuracies = (loss_sum / n).tolist(), (correct / n).tolist()
         return [{"train_loss": losses[i], "train_accuracy": accuracies[i],
                  "lr": fold.scheduler.get_last_lr()[0]} for i, fold in enumerate(self.folds)]
@@ -233,7 +235,7 @@ class BatchedTrainer:
         of `folds` (default: all)."""
         cfg, folds = self.config, folds or self.folds
         k, width = len(folds), cfg.batch_size if self.execution.compiled else max(sizes)
-        size = folds[0].x.shape[-1]
+        size = folds[0].train.size
         x = torch.zeros(width, k, N_INPUT, size, size, device=self.device)
         y = torch.zeros(width, k, dtype=torch.long, device=self.device)
         weight = torch.zeros(width, k, device=self.device)
