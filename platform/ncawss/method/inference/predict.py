@@ -14,7 +14,6 @@ mean over pairs of its runs.
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -88,6 +87,21 @@ def conversion_note(name: str, mode: str) -> str | None:
     return f"{name}: {what} image converted to RGB ({how})"
 
 
+@dataclass(kw_only=True)
+class FoldOutputs:
+    """What the k fold models give for a chunk of B images: per fold, each image's mask (to vote
+    with) and, per image, its R stochastic runs' masks; over the folds, the mean softmax (B, C),
+    its top two classes' margin, PC1's variance share, Otsu's separability (B,) and the raw
+    masks' solidity (B,)."""
+    votes: list[list[np.ndarray]]
+    runs: list[list[np.ndarray]]
+    probability: torch.Tensor
+    margin: torch.Tensor
+    pc1_share: torch.Tensor
+    separability: torch.Tensor
+    raw_solidity: np.ndarray
+
+
 class Predictor:
     """The k fold models on one device, reading images chunk after chunk. Each fold's generators
     carry on from chunk to chunk, so a run over a dataset in chunks of config.batch_size draws the
@@ -110,13 +124,16 @@ class Predictor:
     @torch.inference_mode()
     def chunk(self, images: list[np.ndarray]) -> list[Prediction]:
         """Predictions for up to batch_size (H, W, 3) uint8 images of any sizes."""
-        # The threshold masks of the quality score need no NCA: a second thread computes them while
-        # the folds run (numpy releases the GIL; the folds' forward passes leave a core idle at times).
-        with ThreadPoolExecutor(1) as pool:
-            thresholds = pool.map(threshold_masks, images)
-            return self._chunk(images, thresholds)
+        # Two threads beside this one: the threshold masks of the quality score need no NCA and are
+        # computed while the folds run, then each image's signals (numpy, which releases the GIL).
+        with ThreadPoolExecutor(2) as pool:
+            thresholds = [pool.submit(threshold_masks, image) for image in images]
+            folds = self.fold_outputs(images)
+            return list(pool.map(lambda i: self.prediction(i, images[i], folds, thresholds[i].result()),
+                                 range(len(images))))
 
-    def _chunk(self, images: list[np.ndarray], thresholds: Iterator[dict[str, np.ndarray]]) -> list[Prediction]:
+    def fold_outputs(self, images: list[np.ndarray]) -> FoldOutputs:
+        """What the k fold models give for a chunk of images."""
         config, readout = self.ensemble.config, self.ensemble.config.readout
         raw = resize_images(images, config.image_size)
         shapes = [image.shape[:2] for image in images]
@@ -133,24 +150,27 @@ class Predictor:
             if self.runs:
                 runs.append(self.quality_masks(model, x, shapes, quality))
         probability = torch.stack(probabilities).mean(0)
-        labels = probability.argmax(1)
         top = probability.topk(min(2, probability.shape[1]), dim=1).values
-        margin = top[:, 0] - top[:, 1] if top.shape[1] > 1 else top[:, 0]
-        share, separability = torch.stack(shares).mean(0), torch.stack(separabilities).mean(0)
-        raw_solidities = np.mean(solidities, axis=0)
-        out = []
-        for i, (mask, image_thresholds) in enumerate(zip(majority_vote(votes), thresholds)):
-            agreement = cross_fold_agreement(np.stack([v[i] for v in votes])[:, None])
-            stability = cross_fold_agreement(np.stack([r[i] for r in runs])) if runs else float("nan")
-            signals = QualitySignals(stability=stability, fold_agreement=agreement,
-                                     colour_agreement=colour_agreement(images[i], mask, readout.post,
-                                                                       image_thresholds),
-                                     pc1_share=float(share[i]), separability=float(separability[i]),
-                                     margin=float(margin[i]), shape=mask_shape(mask),
-                                     raw_solidity=float(raw_solidities[i]))
-            out.append(Prediction(mask=mask, label=int(labels[i]), probability=float(probability[i, labels[i]]),
-                                  quality=combined_quality(signals), agreement=agreement, signals=signals))
-        return out
+        return FoldOutputs(votes=votes, runs=runs, probability=probability,
+                           margin=top[:, 0] - top[:, 1] if top.shape[1] > 1 else top[:, 0],
+                           pc1_share=torch.stack(shares).mean(0), separability=torch.stack(separabilities).mean(0),
+                           raw_solidity=np.mean(solidities, axis=0))
+
+    def prediction(self, i: int, image: np.ndarray, folds: FoldOutputs,
+                   thresholds: dict[str, np.ndarray]) -> Prediction:
+        """Image i of the chunk: the folds' vote, class, and quality signals."""
+        mask = majority_vote([[v[i]] for v in folds.votes])[0]
+        agreement = cross_fold_agreement(np.stack([v[i] for v in folds.votes])[:, None])
+        stability = cross_fold_agreement(np.stack([r[i] for r in folds.runs])) if folds.runs else float("nan")
+        signals = QualitySignals(stability=stability, fold_agreement=agreement,
+                                 colour_agreement=colour_agreement(image, mask, self.ensemble.config.readout.post,
+                                                                   thresholds),
+                                 pc1_share=float(folds.pc1_share[i]), separability=float(folds.separability[i]),
+                                 margin=float(folds.margin[i]), shape=mask_shape(mask),
+                                 raw_solidity=float(folds.raw_solidity[i]))
+        label = int(folds.probability[i].argmax())
+        return Prediction(mask=mask, label=label, probability=float(folds.probability[i, label]),
+                          quality=combined_quality(signals), agreement=agreement, signals=signals)
 
     def quality_masks(self, model, x: torch.Tensor, shapes: list, generator: torch.Generator) -> list[np.ndarray]:
         """Per image, its R stochastic runs' masks as one (R, H, W) array: the R runs of every
