@@ -126,6 +126,7 @@ class Predictor:
         """Predictions for up to batch_size (H, W, 3) uint8 images of any sizes."""
         # Two threads beside this one: the threshold masks of the quality score need no NCA and are
         # computed while the folds run, then each image's signals (numpy, which releases the GIL).
+        # The pool takes tasks in order, so each threshold task has started before a prediction waits on it.
         with ThreadPoolExecutor(2) as pool:
             thresholds = [pool.submit(threshold_masks, image) for image in images]
             folds = self.fold_outputs(images)
