@@ -8,7 +8,8 @@ runs:/ID/model: a sweep's registered model). Each
 model's k fold models segment each --data dataset (masks needed, labels not):
 on the dataset a model was trained on, every fold scores its own test fold (the
 sweep's cross-validation numbers); on any other, the folds' masks are combined
-by majority vote. Prints a table (rows: trained on, columns: tested on; cells:
+by majority vote. Each dataset file is read a chunk at a time (memory does not grow
+with its size). Prints a table (rows: trained on, columns: tested on; cells:
 NCA-WSS IoU / best baseline IoU) and logs it to MLflow with a heat map.
 """
 from __future__ import annotations
@@ -25,7 +26,9 @@ import numpy as np
 
 import ncawss
 from ncawss import environment
-from ncawss.method.scoring.ensemble import fold_scores
+from ncawss.data import dataset_metadata, iter_dataset
+from ncawss.method.scoring.ensemble import own_fold_scores, score_chunks, scored_chunks
+from ncawss.method.scoring.evaluation import chunk_size
 from ncawss.tracking.sources import load_records
 from ncawss.tracking.tracker import SweepTracker, TrackingError
 
@@ -44,16 +47,16 @@ def parse_args() -> argparse.Namespace:
     return p.parse_args()
 
 
-def score(records: list[ncawss.FoldRecord], dataset: ncawss.Dataset, device: str) -> tuple[str, ncawss.Scores]:
-    """How one model was scored on one dataset, and its NCA-WSS and baseline IoU (see the module doc)."""
+def score(records: list[ncawss.FoldRecord], path: str, fingerprint: str, device: str) -> tuple[str, ncawss.Scores]:
+    """How one model was scored on one dataset file, and its NCA-WSS and baseline IoU (see the
+    module doc). The file is read a chunk at a time."""
     ensemble = ncawss.Ensemble.from_records(records)
-    config, kinds = ensemble.config, records[0].cam_kinds
-    if dataset.fingerprint != records[0].source["fingerprint"]:
-        return "majority vote", ncawss.score_dataset(ensemble, dataset, device, kinds).configured
-    position = {image_id: i for i, image_id in enumerate(dataset.ids)}
-    per_fold = [fold_scores(config, r.model, dataset.subset([position[i] for i in r.test_ids]), device, kinds)
-                for r in records]
-    return "own test folds", ncawss.Scores.mean(per_fold)
+    kinds = records[0].cam_kinds
+    if fingerprint != records[0].source["fingerprint"]:
+        chunks = scored_chunks(iter_dataset(path), chunk_size(ensemble.config.batch_size))
+        return "majority vote", score_chunks(ensemble, chunks, device, kinds).configured
+    return "own test folds", own_fold_scores(ensemble, [r.test_ids for r in records], iter_dataset(path), device,
+                                             kinds)
 
 
 def heat_map(table: dict, rows: list[str], columns: list[str]) -> bytes:
@@ -89,24 +92,29 @@ def main() -> int:
     table: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as scratch:
         try:
-            datasets = [ncawss.read_dataset(path) for path in args.data]
+            datasets = [dataset_metadata(path) for path in args.data]
             uri = args.mlflow_uri or os.environ.get("MLFLOW_TRACKING_URI")
             models = [load_records(spec, uri, scratch) for spec in args.model]
         except (ncawss.DataError, TrackingError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
-    for path, dataset in zip(args.data, datasets):
-        if dataset.masks is None:
+    for path, meta in zip(args.data, datasets):
+        if meta.get("mask_levels") is None:
             print(f"error: {path}: evaluation needs ground-truth masks, the dataset has none", file=sys.stderr)
             return 2
-    rows, columns = [], [d.name for d in datasets]
+    rows, columns = [], [meta["name"] for meta in datasets]
     for spec, (records, _) in zip(args.model, models):
         row = f"{records[0].source['name']} [{Path(spec).name if Path(spec).is_dir() else spec}]"
         rows.append(row)
         table[row] = {}
-        for dataset in datasets:
-            mode, scores = score(records, dataset, args.device)
-            table[row][dataset.name] = {"mode": mode, **scores.as_dict(), "best_baseline_name": scores.best_baseline,
+        for path, meta in zip(args.data, datasets):
+            print(f"scoring {row} on {meta['name']} ({meta['rows']} samples) ...", file=sys.stderr, flush=True)
+            try:
+                mode, scores = score(records, path, meta["fingerprint"], args.device)
+            except ncawss.DataError as exc:
+                print(f"error: {path}: {exc}", file=sys.stderr)
+                return 2
+            table[row][meta["name"]] = {"mode": mode, **scores.as_dict(), "best_baseline_name": scores.best_baseline,
                                         "best_baseline": scores.baselines[scores.best_baseline]}
     lines = print_table(table, rows, columns)
     if args.json:

@@ -8,12 +8,12 @@ import torch
 
 from ncawss import make_synthetic
 from ncawss.data import Dataset, fold_splits
-from ncawss.method import prepared as prepared_module
 from ncawss.method.baselines import CAM_KINDS, CNN_WIDTHS, baseline_names
 from ncawss.method.config import TrainConfig
 from ncawss.method.images import resize_images
 from ncawss.method.prepared import PackedMasks, PreparedSet
 from ncawss.method.readout.components import POSTS
+from ncawss.method.scoring import evaluation as evaluation_module
 from ncawss.method.scoring.evaluation import TestSet
 from ncawss.method.train import train_folds
 from ncawss.method.training.cnn import train_cnns
@@ -77,7 +77,7 @@ def replace_norm():
 
 
 def test_folds_of_a_prepared_set_train_and_score_as_the_full_images_do(mixed, monkeypatch):
-    monkeypatch.setattr(prepared_module, "CHUNK", 8)  # a test fold of 44 images in chunks of 32
+    monkeypatch.setattr(evaluation_module, "CHUNK", 8)  # a test fold of 44 images in chunks of 32
     # lr high enough that the stochastic read-out's noise changes the masks (chunks must carry it on)
     config = TrainConfig(channels=6, hidden=8, head_hidden=8, steps=4, image_size=16, epochs=2, batch_size=8,
                          lr=0.02, eval_every=1, precision="fp32", compile=False)

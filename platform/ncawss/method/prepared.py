@@ -10,7 +10,6 @@ the full images give."""
 from __future__ import annotations
 
 import hashlib
-import math
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator, Sequence
 
@@ -22,11 +21,9 @@ from .baselines import THRESHOLD_BASELINES
 from .images import Normalisation, TrainingImages, resize_images
 from .readout.components import POSTS, post_process
 from .readout.thresholds import threshold_masks
-from .scoring.evaluation import TestSet, cam_inputs
-from .scoring.metrics import AUTHORS_BATCH, iou
+from .scoring.evaluation import TestSet, cam_inputs, chunk_size
+from .scoring.metrics import iou
 from .training.cnn import CNNBaseline
-
-CHUNK = 256  # test images evaluated at once (rounded to whole batches)
 
 
 @dataclass(frozen=True)
@@ -217,10 +214,8 @@ class TestFold:
     def test_sets(self, normalisation: Normalisation, size: int, batch_size: int,
                   cnns: dict[str, CNNBaseline] | None = None, cam_kinds: tuple[str, ...] = (),
                   device: str | torch.device = "cpu") -> Iterator[TestSet]:
-        """The fold as TestSets of about CHUNK images, each a whole number of `batch_size` and of
-        the authors' batches (what chunked evaluation needs to equal evaluation at once)."""
-        step = math.lcm(batch_size, AUTHORS_BATCH)
-        step *= max(1, CHUNK // step)
+        """The fold as TestSets of evaluation.chunk_size(batch_size) images (the last fewer)."""
+        step = chunk_size(batch_size)
         prepared, targets = self.prepared, {"cell": self.prepared.masks, "nucleus": self.prepared.nucleus}
         for start in range(0, len(self), step):
             idx = self.indices[start:start + step]

@@ -2,16 +2,18 @@
 folds' majority vote beside each baseline's, every read-out."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ...data import DataError, Dataset
 from ..config import Readout, TrainConfig
-from .evaluation import Evaluation, TestSet, evaluate
+from .evaluation import Evaluation, Evaluator, TestSet, chunk_size, evaluate
 from .folds import FoldModel, FoldRecord, read_fold_records
-from .metrics import vote_iou
+from .metrics import iou_each, majority_vote
 from .scores import PerReadout, Scores
 
 
@@ -50,26 +52,120 @@ def score_dataset(ensemble: Ensemble, dataset: Dataset, device: str | torch.devi
     baseline's majority vote over the folds' CNNs (the thresholds need no training), all on the
     same images and target. Samples with no mask are left out.
     """
-    dataset, config = dataset.scored(), ensemble.config
-    per_fold = [evaluate(fold.nca(config).to(device), fold_test_set(config, fold, dataset, cam_kinds, device), config,
-                         device) for fold in ensemble.folds]
-    variants = config.variant_readouts()
-    return PerReadout(voted([e.configured for e in per_fold], config.readout, dataset),
-                      {name: voted([e.variants[name] for e in per_fold], variants[name], dataset)
-                       for name in per_fold[0].variants})
+    return score_chunks(ensemble, [dataset.scored()], device, cam_kinds)
 
 
-def voted(evaluations: list[Evaluation], readout: Readout, dataset: Dataset) -> Scores:
-    """One read-out's scores of the folds' majority vote, and of each fold alone."""
-    truth = dataset.target_masks(readout.target)
-    baselines = {b: vote_iou([e.baseline_masks[b] for e in evaluations], truth) for b in evaluations[0].baseline_masks}
-    return Scores(iou=vote_iou([e.masks for e in evaluations], truth), baselines=baselines,
-                  fold_iou=[e.scores.iou for e in evaluations])
+def score_chunks(ensemble: Ensemble, chunks: Iterable[Dataset], device: str | torch.device = "cpu",
+                 cam_kinds: tuple[str, ...] = ()) -> PerReadout[Scores]:
+    """score_dataset of the samples with masks of a dataset, given in order as chunks of
+    evaluation.chunk_size (the last fewer; scored_chunks makes them): the same values, with one
+    chunk in memory."""
+    config = ensemble.config
+    evaluators: list[Evaluator] = []
+    parts: list[list[Votes]] = []
+    for chunk in chunks:
+        tests = [fold_test_set(config, fold, chunk, cam_kinds, device) for fold in ensemble.folds]
+        if not evaluators:
+            evaluators = [Evaluator(fold.nca(config).to(device), tests[0], config, device) for fold in ensemble.folds]
+        per_fold = [evaluator(test) for evaluator, test in zip(evaluators, tests)]
+        parts.append([Votes.of([e[r] for e in per_fold], readout, chunk)
+                      for r, readout in enumerate(evaluators[0].readouts)])
+    if not parts:
+        raise DataError("no samples with a mask: nothing to score")
+    scores = [Votes.join([p[r] for p in parts]).scores() for r in range(len(parts[0]))]
+    return PerReadout(scores[0], dict(zip(evaluators[0].names, scores[1:])))
+
+
+@dataclass(frozen=True)
+class Votes:
+    """One read-out's per-image IoU on some images: of the folds' majority vote, of each
+    baseline's vote over the folds, and of each fold alone."""
+    iou: np.ndarray
+    baselines: dict[str, np.ndarray]
+    folds: list[np.ndarray]
+
+    @classmethod
+    def of(cls, evaluations: list[Evaluation], readout: Readout, dataset: Dataset) -> Votes:
+        truth = dataset.target_masks(readout.target)
+        return cls(iou_each(majority_vote([e.masks for e in evaluations]), truth),
+                   {b: iou_each(majority_vote([e.baseline_masks[b] for e in evaluations]), truth)
+                    for b in evaluations[0].baseline_masks},
+                   [e.image_iou for e in evaluations])
+
+    @classmethod
+    def join(cls, parts: list[Votes]) -> Votes:
+        return cls(np.concatenate([p.iou for p in parts]),
+                   {b: np.concatenate([p.baselines[b] for p in parts]) for b in parts[0].baselines},
+                   [np.concatenate(folds) for folds in zip(*(p.folds for p in parts))])
+
+    def scores(self) -> Scores:
+        return Scores(iou=float(self.iou.mean()), baselines={b: float(v.mean()) for b, v in self.baselines.items()},
+                      fold_iou=[float(f.mean()) for f in self.folds])
+
+
+def scored_chunks(chunks: Iterable[Dataset], size: int) -> Iterator[Dataset]:
+    """The samples with masks of a dataset's chunks (of any sizes, in order) as Datasets of `size`
+    samples, in order, the last fewer."""
+    regroup = Regroup(size)
+    for chunk in chunks:
+        yield from regroup.push(chunk)
+    yield from regroup.rest()
+
+
+class Regroup:
+    """Samples with masks, pushed a chunk at a time, handed back in Datasets of `size`."""
+
+    def __init__(self, size: int):
+        self.size, self.held = size, []
+
+    def push(self, chunk: Dataset) -> list[Dataset]:
+        kept = [i for i, mask in enumerate(chunk.masks or []) if mask is not None]
+        if kept:
+            self.held.append(chunk.subset(kept))
+        out = []
+        while sum(len(part) for part in self.held) >= self.size:
+            held = Dataset.join(self.held)
+            out.append(held.subset(range(self.size)))
+            self.held = [held.subset(range(self.size, len(held)))] if len(held) > self.size else []
+        return out
+
+    def rest(self) -> list[Dataset]:
+        return [Dataset.join(self.held)] if self.held else []
 
 
 def fold_test_set(config: TrainConfig, fold: FoldModel, dataset: Dataset, cam_kinds: tuple[str, ...],
                   device: str | torch.device) -> TestSet:
     return TestSet.prepare(dataset, fold.normalisation, config.image_size, fold.cnns, cam_kinds, device)
+
+
+def own_fold_scores(ensemble: Ensemble, test_ids: list[list[str]], chunks: Iterable[Dataset],
+                    device: str | torch.device = "cpu", cam_kinds: tuple[str, ...] = ()) -> Scores:
+    """Each fold's model on its own test samples (`test_ids`, those with masks) of a dataset given
+    as chunks in order, under the configured read-out, beside every baseline; the mean over the
+    folds (Scores.mean). In file order and chunks of evaluation.chunk_size, as a sweep scored its
+    test folds: its cross-validation numbers, with one chunk in memory."""
+    config, size = ensemble.config, chunk_size(ensemble.config.batch_size)
+    wanted = [set(ids) for ids in test_ids]
+    regroups = [Regroup(size) for _ in ensemble.folds]
+    evaluators: list[Evaluator | None] = [None] * len(ensemble.folds)
+    parts: list[list[Evaluation]] = [[] for _ in ensemble.folds]
+
+    def score(f: int, group: Dataset) -> None:
+        test = fold_test_set(config, ensemble.folds[f], group, cam_kinds, device)
+        if evaluators[f] is None:
+            evaluators[f] = Evaluator(ensemble.folds[f].nca(config).to(device), test, config, device, variants=False)
+        parts[f].append(replace(evaluators[f](test)[0], masks=[], baseline_masks={}, responses=np.empty(0)))
+
+    for chunk in chunks:
+        for f, ids in enumerate(wanted):
+            for group in regroups[f].push(chunk.subset([i for i, sample in enumerate(chunk.ids) if sample in ids])):
+                score(f, group)
+    for f, regroup in enumerate(regroups):
+        for group in regroup.rest():
+            score(f, group)
+    if any(not p for p in parts):
+        raise DataError("a fold's test samples are not in the dataset, or none has a mask")
+    return Scores.mean([Evaluation.join(p).scores for p in parts])
 
 
 def fold_scores(config: TrainConfig, fold: FoldModel, dataset: Dataset, device: str | torch.device = "cpu",

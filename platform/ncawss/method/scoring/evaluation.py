@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 from dataclasses import dataclass, field, replace
 from typing import Iterable
 
@@ -20,10 +21,12 @@ from ..readout.pca_otsu import PCAOtsu, masks_at, pca_otsu, read_response
 from ..readout.states import read_out, stochastic_generators
 from ..readout.thresholds import threshold_masks
 from ..training.cnn import CNNBaseline, cam_maps
-from .metrics import AUTHORS_SIZE, at_authors_size, batch_iou, iou_each
+from .metrics import AUTHORS_BATCH, AUTHORS_SIZE, at_authors_size, batch_iou, iou_each
 from .scores import PerReadout, Scores
 
 log = logging.getLogger(__name__)
+
+CHUNK = 256  # test images evaluated at once, about (chunk_size)
 
 # How a CAM kind's maps become a response: Grad-CAM's map is one; EigenCAM is PCA-Otsu itself on
 # the last block's activations.
@@ -157,6 +160,40 @@ def cam_inputs(raw: torch.Tensor, cnns: dict[str, CNNBaseline] | None, cam_kinds
     return cams
 
 
+def chunk_size(batch_size: int) -> int:
+    """Test images evaluated at once: about CHUNK, a whole number of `batch_size` and of the authors'
+    batches (what chunked evaluation needs to equal evaluation at once)."""
+    step = math.lcm(batch_size, AUTHORS_BATCH)
+    return step * max(1, CHUNK // step)
+
+
+class Evaluator:
+    """A fold model's read-outs (the configured one and, with `variants`, every variant whose target
+    the test images have) evaluated on test chunks in order. The stochastic read-outs' noise
+    carries on from chunk to chunk, so chunks of a multiple of config.batch_size and of 32 images
+    (but the last) give the values of the whole set at once."""
+
+    def __init__(self, model: NCAClassifier, first: TestSet, config: TrainConfig,
+                 device: str | torch.device = "cpu", variants: bool = True):
+        model.eval()
+        wanted = config.variant_readouts() if variants else {}
+        for name, r in list(wanted.items()):
+            if r.target not in first.truth:
+                log.warning("%s: read-out %r skipped: no nucleus masks", first.name, name)
+                del wanted[name]
+        self.model, self.config, self.device = model, config, device
+        self.names = list(wanted)
+        self.readouts = [config.readout, *wanted.values()]
+        self.generators = stochastic_generators(self.readouts, config, device)
+
+    def __call__(self, test: TestSet) -> list[Evaluation]:
+        """One chunk's evaluation under each read-out (the configured one first)."""
+        with torch.inference_mode():
+            segments, predictions = read_out(self.model, test.x, self.readouts, self.config, self.device,
+                                             self.generators)
+            return [evaluation(test, r, result, pred) for r, result, pred in zip(self.readouts, segments, predictions)]
+
+
 def evaluate(model: NCAClassifier, tests: TestSet | Iterable[TestSet], config: TrainConfig,
              device: str | torch.device = "cpu", variants: bool = True) -> PerReadout[Evaluation]:
     """Accuracy, NCA-WSS masks and IoU of the configured read-out and (with `variants`) of every
@@ -166,26 +203,16 @@ def evaluate(model: NCAClassifier, tests: TestSet | Iterable[TestSet], config: T
     `tests`: one TestSet, or its chunks in order, each a multiple of config.batch_size and of 32
     images but the last: the stochastic read-outs' noise carries on from chunk to chunk, so the
     values equal those of the whole set at once."""
-    model.eval()
     chunks = iter([tests] if isinstance(tests, TestSet) else tests)  # made outside inference mode: CAMs need grads
     first = next(chunks)
-    wanted = config.variant_readouts() if variants else {}
-    for name, r in list(wanted.items()):
-        if r.target not in first.truth:
-            log.warning("%s: read-out %r skipped: no nucleus masks", first.name, name)
-            del wanted[name]
-    readouts = [config.readout, *wanted.values()]
-    generators = stochastic_generators(readouts, config, device)
+    evaluator = Evaluator(model, first, config, device, variants)
     parts = []
     for test in itertools.chain([first], chunks):
-        with torch.inference_mode():
-            segments, predictions = read_out(model, test.x, readouts, config, device, generators)
-            parts.append([evaluation(test, r, result, pred)
-                          for r, result, pred in zip(readouts, segments, predictions)])
+        parts.append(evaluator(test))
         if len(parts) > 1:  # the first chunk's masks only
             parts[-1] = [replace(e, masks=[], baseline_masks={}, responses=e.responses[:0]) for e in parts[-1]]
-    done = [Evaluation.join([p[i] for p in parts]) for i in range(len(readouts))]
-    return PerReadout(done[0], dict(zip(wanted, done[1:])))
+    done = [Evaluation.join([p[i] for p in parts]) for i in range(len(evaluator.readouts))]
+    return PerReadout(done[0], dict(zip(evaluator.names, done[1:])))
 
 
 def evaluation(test: TestSet, readout: Readout, result: PCAOtsu, predictions: np.ndarray) -> Evaluation:

@@ -72,11 +72,6 @@ def majority_vote(fold_masks: list[list[np.ndarray]]) -> list[np.ndarray]:
     return [np.sum(stack, axis=0) * 2 > k for stack in zip(*fold_masks)]
 
 
-def vote_iou(fold_masks: list[list[np.ndarray]], truth: list[np.ndarray]) -> float:
-    """Mean IoU of the folds' majority-vote masks."""
-    return float(iou_each(majority_vote(fold_masks), truth).mean())
-
-
 def as_bool_array(mask) -> np.ndarray:
     if isinstance(mask, torch.Tensor):
         mask = mask.detach().cpu().numpy()
