@@ -11,7 +11,7 @@ from PIL import Image
 
 from conftest import ROOT
 from ncawss import DataError, convert, holdout_split, make_synthetic, read_dataset, stratified_folds, write_dataset
-from ncawss.data import Dataset, DatasetWriter, dataset_metadata, iter_dataset
+from ncawss.data import Dataset, DatasetWriter, dataset_metadata, iter_dataset, layouts
 from ncawss.data.synthetic import synthetic_chunks
 
 
@@ -115,6 +115,27 @@ def test_a_writer_that_fails_midway_leaves_no_file_and_keeps_the_earlier_one(tmp
         with DatasetWriter(target, name="x", classes=["a"], mask_levels=2):
             pass
     assert target.read_bytes() == b"earlier" and [p.name for p in tmp_path.iterdir()] == ["d.parquet"]
+
+
+@pytest.mark.parametrize("layout", ["folder", "zheng2018"])
+def test_a_layout_is_decoded_a_chunk_at_a_time_into_the_file_one_piece_gives(tmp_path, monkeypatch, layout):
+    root = make_folder(tmp_path / "raw", n=5) if layout == "folder" else make_zheng(tmp_path / "raw", n=5)
+    whole = convert(layout, root, tmp_path / "whole.parquet")
+    events = []
+    decode, write = layouts.Listing.decode, DatasetWriter.write
+    monkeypatch.setattr(layouts, "ROWS_PER_GROUP", 2)
+    monkeypatch.setattr(layouts.Listing, "decode", lambda self, samples: events.append(len(samples))
+                        or decode(self, samples))
+    monkeypatch.setattr(DatasetWriter, "write", lambda self, chunk: events.append("write") or write(self, chunk))
+    chunked = convert(layout, root, tmp_path / "chunked.parquet")
+    assert events == [2, "write", 2, "write", 1, "write"]  # never more than a chunk decoded ahead of the file
+    assert pq.ParquetFile(chunked).metadata.num_row_groups == 3
+    assert pq.read_table(chunked).equals(pq.read_table(whole))
+    assert dataset_metadata(chunked) == dataset_metadata(whole)
+    (root / ("images/cell4.png" if layout == "folder" else "Dataset 1/005.bmp")).write_bytes(b"broken")
+    with pytest.raises(DataError, match=r"(cell4\.png|005\.bmp): cannot read image"):
+        convert(layout, root, chunked)  # the last chunk fails: the earlier file stays, whole
+    assert pq.read_table(chunked).equals(pq.read_table(whole)) and len(os.listdir(tmp_path)) == 3
 
 
 def test_dataset_without_masks_or_labels_round_trips_as_none(tmp_path):

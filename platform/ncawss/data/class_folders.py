@@ -5,6 +5,7 @@ null mask: it trains, it is not scored.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from dataclasses import dataclass
@@ -12,8 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .dataset import DataError, Dataset
-from .files import IMAGE_SUFFIXES, STRAY_SHARE, binary_mask, check_unique, read_image, read_mask
+from .dataset import DataError
+from .files import IMAGE_SUFFIXES, STRAY_SHARE, binary_mask, check_unique, read_mask
+from .listing import Listing, RawSample
 
 log = logging.getLogger(__name__)
 
@@ -66,30 +68,22 @@ def warn_orphans(masks: dict[str, Path], stems: list[str]) -> None:
                     masks[orphans[0]].name)
 
 
-def read_samples(samples: list[Sample], classes: list[str], root: Path, name: str, provenance: dict,
-                 max_stray: float) -> Dataset:
+def listing(samples: list[Sample], classes: list[str], root: Path, name: str, provenance: dict,
+            max_stray: float) -> Listing:
     if not samples:
         raise DataError(f"{root}: no images found, the dataset would be empty")
     unknown = sorted({s.label for s in samples} - set(classes))
     if unknown:
         raise DataError(f"{root}: classes {unknown} found but not in the given classes {classes}")
-    images, masks, moved = [], [], []
-    for sample in samples:
-        image = read_image(sample.image)
-        images.append(image)
-        mask, count = (None, 0) if sample.mask is None else binarised_mask(sample.mask, image.shape[:2], max_stray)
-        masks.append(mask)
-        moved.append(count)
-    missing = sum(m is None for m in masks)
+    missing = sum(s.mask is None for s in samples)
     if missing:
         log.warning("%s: %d of %d images have no mask: they train, they are not scored", root, missing, len(samples))
-    record = {"mask_threshold": MASK_THRESHOLD, "binarised_pixels": int(sum(moved)),
-              "binarised_masks": int(sum(c > 0 for c in moved)), "max_stray": max_stray, "missing_masks": missing}
-    return Dataset(images=images, masks=None if missing == len(masks) else masks,
-                   labels=np.array([classes.index(s.label) for s in samples]), classes=list(classes),
-                   ids=[s.id for s in samples],
-                   name=name, sources=[str(s.image.relative_to(root)) for s in samples],
-                   provenance={**provenance, **record})
+    raw = [RawSample(s.id, s.image, s.mask, classes.index(s.label), str(s.image.relative_to(root))) for s in samples]
+    return Listing(raw, name=name, classes=list(classes), labelled=True,
+                   mask_levels=None if missing == len(samples) else 1,
+                   read_mask=functools.partial(binarised_mask, max_stray=max_stray),
+                   provenance={**provenance, "mask_threshold": MASK_THRESHOLD, "max_stray": max_stray,
+                               "missing_masks": missing}, moved="binarised")
 
 
 def folder_of(root: Path, name: str, layout: str) -> Path:
@@ -99,9 +93,9 @@ def folder_of(root: Path, name: str, layout: str) -> Path:
     return folder
 
 
-def read_imagefolder(source: str | os.PathLike, images: str = "images", masks: str = "GT_masks",
+def list_imagefolder(source: str | os.PathLike, images: str = "images", masks: str = "GT_masks",
                      classes: list[str] | None = None, name: str | None = None,
-                     max_stray: float = STRAY_SHARE) -> Dataset:
+                     max_stray: float = STRAY_SHARE) -> Listing:
     """Images under <source>/<images>/<class>/, masks mirrored under <source>/<masks>/<class>/ with
     the same stem (torchvision's ImageFolder; the authors' Raabin-WBC). Classes: the folder names,
     sorted, unless given in label order. Ids are <class>/<stem>."""
@@ -122,13 +116,13 @@ def read_imagefolder(source: str | os.PathLike, images: str = "images", masks: s
         check_unique(stems, image_root / label, "image stem (ids are <class>/<stem>)")
         warn_orphans(by_stem, stems)
         samples += [Sample(f"{label}/{p.stem}", label, p, by_stem.get(p.stem)) for p in files]
-    return read_samples(samples, list(classes) if classes else found, root, name or root.resolve().name,
+    return listing(samples, list(classes) if classes else found, root, name or root.resolve().name,
                         {"layout": "imagefolder", "images": images, "masks": masks}, max_stray)
 
 
-def read_prefix(source: str | os.PathLike, images: str = "image", masks: str = "masks", separator: str = "_",
+def list_prefix(source: str | os.PathLike, images: str = "image", masks: str = "masks", separator: str = "_",
                 classes: list[str] | None = None, name: str | None = None,
-                max_stray: float = STRAY_SHARE) -> Dataset:
+                max_stray: float = STRAY_SHARE) -> Listing:
     """One folder <source>/<images>/ of <class><separator><rest> files, masks in <source>/<masks>/
     with the same stem (the authors' Matek19 subset). Classes: the prefixes, sorted, unless given
     in label order. Ids are the stems."""
@@ -147,5 +141,5 @@ def read_prefix(source: str | os.PathLike, images: str = "image", masks: str = "
     check_unique(stems, image_root, "image stem")
     warn_orphans(by_stem, stems)
     found = sorted({s.label for s in samples})
-    return read_samples(samples, list(classes) if classes else found, root, name or root.resolve().name,
+    return listing(samples, list(classes) if classes else found, root, name or root.resolve().name,
                         {"layout": "prefix", "images": images, "masks": masks, "separator": separator}, max_stray)

@@ -1,17 +1,19 @@
-"""Readers from raw dataset layouts to a Dataset, and convert() to Parquet."""
+"""Raw dataset layouts, listed (`Listing`), and convert() to Parquet a chunk at a time."""
 from __future__ import annotations
 
 import csv
+import functools
 import os
 from pathlib import Path
 
 import numpy as np
 
-from .class_folders import read_imagefolder, read_prefix
-from .dataset import DataError, Dataset
-from .files import IMAGE_SUFFIXES, STRAY_SHARE, binary_mask, check_unique, read_image, read_mask, snap_to_levels
-from .parquet import write_chunks, write_dataset
-from .synthetic import make_synthetic, synthetic_chunks
+from .class_folders import list_imagefolder, list_prefix
+from .dataset import DataError
+from .files import IMAGE_SUFFIXES, STRAY_SHARE, binary_mask, check_unique, read_mask, snap_to_levels
+from .listing import Listing, RawSample
+from .parquet import ROWS_PER_GROUP, DatasetWriter, write_chunks
+from .synthetic import synthetic_chunks
 
 ZHENG_CLASSES = ["neutrophil", "lymphocyte", "monocyte", "eosinophil", "basophil"]
 ZHENG_MASK_VALUES = {0, 128, 255}  # background, cytoplasm, nucleus
@@ -30,7 +32,11 @@ def read_csv_rows(path: Path, columns: int = 2) -> list[list[str]]:
     return [[cell.strip() for cell in row] for row in rows[1:]]
 
 
-def read_zheng2018(source: str | os.PathLike, subset: int = 1, max_stray: float = STRAY_SHARE) -> Dataset:
+def zheng_mask(path: Path, shape: tuple[int, int], max_stray: float) -> tuple[np.ndarray, int]:
+    return snap_to_levels(read_mask(path, shape), ZHENG_MASK_VALUES, path, max_stray)
+
+
+def list_zheng2018(source: str | os.PathLike, subset: int = 1, max_stray: float = STRAY_SHARE) -> Listing:
     """Zheng et al. 2018: `Dataset N/NNN.bmp` images, `NNN.png` masks, `Class Labels of Dataset N.csv`.
     Mask values other than 0/128/255 on at most `max_stray` of a mask's pixels are snapped to the
     nearest of them (Dataset 2 has anti-aliased edges); more is an error."""
@@ -54,35 +60,24 @@ def read_zheng2018(source: str | os.PathLike, subset: int = 1, max_stray: float 
         if image_id not in image_files:
             raise DataError(f"{label_file}: label row for image {image_id}, "
                             f"but {folder / (image_id + '.bmp')} is missing")
-    images, masks, nucleus, ids, sources, snapped = [], [], [], [], [], []
+    samples = []
     for image_id in sorted(image_files):
         path = image_files[image_id]
         if image_id not in labels:
             raise DataError(f"{path}: no label row in {label_file}")
-        image = read_image(path)
-        mask_path = path.with_suffix(".png")
-        if not mask_path.exists():
-            raise DataError(f"{mask_path}: mask not found for image {path.name}")
-        levels, count = snap_to_levels(read_mask(mask_path, image.shape[:2]), ZHENG_MASK_VALUES, mask_path, max_stray)
-        snapped.append(count)
-        masks.append(levels > 0)
-        nucleus.append(levels == 255)
-        images.append(image)
-        ids.append(image_id)
-        sources.append(f"Dataset {subset}/{path.name}")
-    if not images:
-        raise DataError(f"{folder}: no images found, the dataset would be empty")
-    return Dataset(images=images, masks=masks, labels=np.array([labels[i] for i in ids]), classes=list(ZHENG_CLASSES),
-                   ids=ids,
-                   name=f"zheng2018-dataset{subset}", sources=sources,
+        if not path.with_suffix(".png").exists():
+            raise DataError(f"{path.with_suffix('.png')}: mask not found for image {path.name}")
+        samples.append(RawSample(image_id, path, path.with_suffix(".png"), labels[image_id],
+                                 f"Dataset {subset}/{path.name}"))
+    return Listing(samples, name=f"zheng2018-dataset{subset}", classes=list(ZHENG_CLASSES), labelled=True,
+                   mask_levels=2, read_mask=functools.partial(zheng_mask, max_stray=max_stray),
                    provenance={"layout": "zheng2018", "subset": subset,
                                "origin": "Zheng et al. 2018, Micron 107:55-71 (segmentation_WBC)",
-                               **snap_record(snapped, max_stray)},
-                   nucleus=nucleus)
+                               "max_stray": max_stray})
 
 
-def read_folder(source: str | os.PathLike, classes: list[str] | None = None, name: str | None = None,
-                max_stray: float = STRAY_SHARE) -> Dataset:
+def list_folder(source: str | os.PathLike, classes: list[str] | None = None, name: str | None = None,
+                max_stray: float = STRAY_SHARE) -> Listing:
     """Generic layout: images/ (PNG, BMP, TIFF, JPEG), optional masks/ (same file stem; any
     nonzero value = cell, so 0/255 and 0/1 both work), optional labels.csv (header id,label;
     label = class name). A binary mask's stray grey values (anti-aliased 0/255 edges) on at most
@@ -96,37 +91,21 @@ def read_folder(source: str | os.PathLike, classes: list[str] | None = None, nam
     if not paths:
         raise DataError(f"{image_dir}: no images found, the dataset would be empty")
     ids = [p.stem for p in paths]
-    labels = None
+    labels = np.full(len(ids), -1)
     if label_file.exists():
         labels, classes = read_folder_labels(label_file, ids, classes)
-    masks = None
+    masks: dict[str, Path | None] = dict.fromkeys(ids)
     if mask_dir.is_dir():
-        mask_files = {p.stem: p for p in mask_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
-        masks = []
-    images, snapped = [], []
-    for path in paths:
-        image = read_image(path)
-        images.append(image)
-        if masks is not None:
-            if path.stem not in mask_files:
+        masks = {p.stem: p for p in mask_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
+        for path in paths:
+            if path.stem not in masks:
                 raise DataError(f"{mask_dir}: no mask for image {path.name}")
-            values, count = binary_mask(mask_files[path.stem], image.shape[:2], max_stray)
-            masks.append(values > 0)
-            snapped.append(count)
-    return Dataset(images=images, masks=masks, labels=labels, classes=list(classes or []), ids=ids,
-                   name=name or root.resolve().name,
-                   sources=[str(p.relative_to(root)) for p in paths],
-                   provenance={"layout": "folder", **snap_record(snapped, max_stray)})
-
-
-def snap_record(counts: list[int], max_stray: float) -> dict:
-    """What the dataset's metadata keeps of snapping: pixels and masks snapped, and the limit."""
-    return {"snapped_pixels": int(sum(counts)), "snapped_masks": int(sum(c > 0 for c in counts)),
-            "max_stray": max_stray}
-
-
-def read_synthetic(source: None, **options) -> Dataset:
-    return make_synthetic(**options)  # generated, there is no source to read
+    samples = [RawSample(p.stem, p, masks[p.stem], int(label), str(p.relative_to(root)))
+               for p, label in zip(paths, labels)]
+    return Listing(samples, name=name or root.resolve().name, classes=list(classes or []),
+                   labelled=label_file.exists(), mask_levels=1 if mask_dir.is_dir() else None,
+                   read_mask=functools.partial(binary_mask, max_stray=max_stray),
+                   provenance={"layout": "folder", "max_stray": max_stray})
 
 
 def read_folder_labels(label_file: Path, ids: list[str], classes: list[str] | None) -> tuple[np.ndarray, list[str]]:
@@ -147,20 +126,22 @@ def read_folder_labels(label_file: Path, ids: list[str], classes: list[str] | No
     return np.array([classes.index(by_id[i]) for i in ids]), classes
 
 
-LAYOUTS = {"zheng2018": read_zheng2018, "folder": read_folder, "imagefolder": read_imagefolder, "prefix": read_prefix,
-           "synthetic": read_synthetic}
+LAYOUTS = {"zheng2018": list_zheng2018, "folder": list_folder, "imagefolder": list_imagefolder,
+           "prefix": list_prefix}
 
 
-def load_layout(layout: str, source: str | os.PathLike | None, **options) -> Dataset:
+def list_layout(layout: str, source: str | os.PathLike | None, **options) -> Listing:
+    """A raw layout's samples, listed and checked; nothing decoded yet."""
     if layout not in LAYOUTS:
-        raise ValueError(f"unknown layout {layout!r}; choose one of {sorted(LAYOUTS)}")
-    if source is None and layout != "synthetic":
+        raise ValueError(f"unknown layout {layout!r}; choose one of {sorted([*LAYOUTS, 'synthetic'])}")
+    if source is None:
         raise ValueError(f"layout {layout!r} needs a source folder")
     return LAYOUTS[layout](source, **options)
 
 
 def convert(layout: str, source: str | os.PathLike | None, destination: str | os.PathLike, **options) -> Path:
-    """Read a raw layout and write it as one Parquet dataset file; returns the file's path.
+    """Read a raw layout and write it as one Parquet dataset file, a row group at a time: memory
+    holds one chunk of images, not the dataset. Returns the file's path; a failure leaves no file.
 
     Options: zheng2018: subset (1 or 2), max_stray; folder: classes, name, max_stray; imagefolder:
     images, masks, classes, name, max_stray; prefix: images, masks, separator, classes, name,
@@ -168,4 +149,10 @@ def convert(layout: str, source: str | os.PathLike | None, destination: str | os
     """
     if layout == "synthetic":  # generated chunk by chunk, written as it is drawn
         return write_chunks(synthetic_chunks(**options), destination)
-    return write_dataset(load_layout(layout, source, **options), destination)
+    listing = list_layout(layout, source, **options)
+    with DatasetWriter(destination, name=listing.name, classes=listing.classes, mask_levels=listing.mask_levels,
+                       provenance=listing.provenance) as writer:
+        for chunk in listing.chunks(ROWS_PER_GROUP):
+            writer.write(chunk)
+        writer.provenance.update(listing.record())
+    return writer.destination
