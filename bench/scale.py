@@ -11,6 +11,7 @@ Run it alone on the machine: anything else that allocates memory meanwhile is co
     python bench/scale.py                       # N = 1000 4000 16000 at 256 px
     python bench/scale.py --n 1000 4000 --work /tmp/scale
     python bench/scale.py --n 1000 4000 --work /tmp/scale --jobs predict   # reusing that run's files
+    python bench/scale.py --n 1000 --work /tmp/scale --jobs sweep --eval-data OTHER.parquet  # sweep + eval set
 """
 from __future__ import annotations
 
@@ -88,6 +89,8 @@ def main() -> None:
     p.add_argument("--n", type=int, nargs="+", default=[1000, 4000, 16000], help="dataset sizes")
     p.add_argument("--size", type=int, default=256, help="crop side in pixels (default 256)")
     p.add_argument("--work", help="folder for the files (default: a temporary one, removed at the end)")
+    p.add_argument("--eval-data", nargs="+", default=[], metavar="PATH",
+                   help="the sweep's --eval-data sets (default none)")
     p.add_argument("--jobs", nargs="+", choices=JOBS, default=list(JOBS),
                    help="the jobs to time (default all); the others' files must be in --work from an earlier run")
     args = p.parse_args()
@@ -103,7 +106,7 @@ def main() -> None:
             commands = {"prepare": ["jobs/prepare_data.py", "synthetic", "--n", str(n), "--size", str(args.size),
                                     "--seed", "0", "--output", str(data)],
                         "sweep": ["jobs/cv_sweep.py", "--data", str(data), "--space", str(space(work)),
-                                  "--output", str(model)],
+                                  "--output", str(model), *(["--eval-data", *args.eval_data] * bool(args.eval_data))],
                         "predict": ["jobs/predict.py", "--model", str(model), "--images", str(data),
                                     "--output", str(work / f"predict-{n}")]}
             prepare, sweep, predict = (measured(commands[job], work / f"{job}-{n}.log") if job in args.jobs

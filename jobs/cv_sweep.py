@@ -156,12 +156,12 @@ def main() -> int:
             tracker.check()
         check_optuna_storage(study.storage)
         data = DataSource.open(args.data, spec)
-        eval_sets = [ncawss.read_dataset(path) for path in args.eval_data]
-        names = [d.name for d in eval_sets]
+        eval_sets = [dataset_metadata(path) for path in args.eval_data]  # read a chunk at a time by the workers
+        names = [meta["name"] for meta in eval_sets]
         if len(set(names)) < len(names):
             raise ValueError(f"--eval-data: datasets {args.eval_data} share a name ({names}); metrics are "
                              "named after datasets, so give each its own name (prepare_data.py --name)")
-        spec.check_eval_data({d.name: d.masks is not None for d in eval_sets})
+        spec.check_eval_data({meta["name"]: meta.get("mask_levels") is not None for meta in eval_sets})
         kept, held = ncawss.holdout_split(data.labels, spec.holdout, spec.seed)
         sweep_splits(spec, data.labels[kept])  # every sample labelled, every fold possible
         tracker.dataset = {"name": data.name, "fingerprint": data.fingerprint, "uri": data.uri}
@@ -182,7 +182,7 @@ def main() -> int:
                 **{f"search.{k}": v.model_dump(exclude_none=True) for k, v in spec.search.items()}},
         tags={"dataset": data.name, "dataset.fingerprint": data.fingerprint, "git.commit": git_commit(),
               "optuna.storage": study.storage, "optuna.study": study.name,
-              "space.file": Path(args.space).name, "eval_data": ",".join(d.name for d in eval_sets)},
+              "space.file": Path(args.space).name, "eval_data": ",".join(names)},
         files={"search_space.yaml": Path(args.space).read_text(), "holdout_ids.txt": "\n".join(holdout_ids)})
     state_file.write_text(yaml.safe_dump({"name": spec.name, "mlflow_uri": uri, "parent_run_id": parent,
                                           "storage": storage, "space": str(args.space),
@@ -195,11 +195,11 @@ def main() -> int:
         print("worker output: Ray's log files (/tmp/ray/session_latest/logs on each node); --verbose shows it here")
     # The holdout leaves here: trials only ever receive the cross-validation part, read chunk by chunk.
     results = run_sweep(spec, select_rows(data.chunks(), kept), data.labels[kept], storage, tracker, output, study,
-                        eval_sets, {"name": data.name, "fingerprint": data.fingerprint}, resume=args.resume,
+                        args.eval_data, {"name": data.name, "fingerprint": data.fingerprint}, resume=args.resume,
                         verbose=args.verbose)
     holdout = data.rows(held)  # read only now, for its score at the end
     example = encode_png(data.rows(kept[:1]).images[0])
-    summary = summarise(spec, results, tracker, output, holdout, example, [d.name for d in eval_sets])
+    summary = summarise(spec, results, tracker, output, holdout, example, names)
     print(summary)
     print(f"\nbest configuration: {output / 'best_config.yaml'}")
     if spec.search:

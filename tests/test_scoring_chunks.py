@@ -8,6 +8,8 @@ import pytest
 
 from ncawss import make_synthetic
 from ncawss.data import iter_dataset, read_dataset, write_dataset
+from ncawss.method.inference.domain import fold_on_dataset
+from ncawss.method.inference.predict import predict
 from ncawss.method.scoring import evaluation
 from ncawss.method.scoring.ensemble import fold_scores, own_fold_scores, score_chunks, score_dataset, scored_chunks
 from ncawss.method.scoring.scores import Scores
@@ -50,3 +52,15 @@ def test_each_folds_own_test_samples_read_a_chunk_at_a_time_score_as_the_whole_s
     chunked = own_fold_scores(ensemble, test_ids, iter_dataset(dataset_file, rows=13))
     np.testing.assert_equal(chunked.as_dict(), whole.as_dict())
     assert chunked.accuracy == whole.accuracy and not np.isnan(chunked.iou64_pooled)
+
+
+def test_a_fold_on_another_dataset_read_a_chunk_at_a_time_has_the_whole_sets_quality_and_scores(dataset_file,
+                                                                                                 small_chunks):
+    ensemble = random_ensemble(fire_rate=0.5, k=1, size=16)
+    config, fold = ensemble.config, ensemble.folds[0]
+    data = read_dataset(dataset_file)
+    quality, scores = fold_on_dataset(config, fold, ensemble.classes, iter_dataset(dataset_file, rows=13))
+    assert quality == float(np.mean([p.quality for p in predict(ensemble, data.images, runs=0)]))
+    np.testing.assert_equal(scores.as_dict(), fold_scores(config, fold, data).as_dict())
+    unmasked = write_dataset(replace(data, masks=None, nucleus=None), dataset_file.parent / "unmasked.parquet")
+    assert fold_on_dataset(config, fold, ensemble.classes, iter_dataset(unmasked, rows=13)) == (quality, None)

@@ -16,6 +16,7 @@ import json
 import logging
 import os
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -166,11 +167,36 @@ def read_dataset(path_or_uri: str | os.PathLike) -> Dataset:
 def iter_dataset(path_or_uri: str | os.PathLike, rows: int = ROWS_PER_GROUP) -> Iterator[Dataset]:
     """A dataset file as Datasets of at most `rows` samples, in file order: memory holds one chunk.
     Their concatenation equals read_dataset's (the chunks' fingerprints chain to the file's)."""
+    for chunk in iter_encoded(path_or_uri, rows):
+        yield chunk.decode()
+
+
+@dataclass(frozen=True)
+class EncodedChunk:
+    """Some rows of a dataset file as it stores them (PNG bytes): what a process holds to hand the
+    rows on, a fraction of their decoded size. `decode()` gives their Dataset."""
+    rows: pa.RecordBatch
+    meta: dict
+    labelled: bool
+    file: str  # the file they come from, for messages
+
+    def __len__(self) -> int:
+        return self.rows.num_rows
+
+    def decode(self) -> Dataset:
+        try:
+            return chunk_from(self.rows.to_pydict(), self.meta, self.labelled)
+        except (OSError, pa.ArrowException) as exc:  # Pillow's error for bytes that are not a PNG is an OSError
+            raise DataError(f"{self.file}: cannot read dataset ({exc})") from None
+
+
+def iter_encoded(path_or_uri: str | os.PathLike, rows: int = ROWS_PER_GROUP) -> Iterator[EncodedChunk]:
+    """A dataset file's rows as stored, at most `rows` at a time, in file order."""
     parquet, meta = open_dataset(path_or_uri)
     try:
         labelled = parquet.read(columns=["label"]).column("label").null_count < parquet.metadata.num_rows
         for batch in parquet.iter_batches(batch_size=rows):
-            yield chunk_from(batch.to_pydict(), meta, labelled)
+            yield EncodedChunk(batch, meta, labelled, str(path_or_uri))
     except (OSError, pa.ArrowException) as exc:
         raise DataError(f"{path_or_uri}: cannot read dataset ({exc})") from None
 

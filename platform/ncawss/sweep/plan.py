@@ -22,6 +22,15 @@ class OptunaStudy:
     name: str
 
 
+@dataclass(frozen=True)
+class EvalSet:
+    """An --eval-data set as its fold workers read it: its file's rows as stored (EncodedChunks of
+    a row group each, a fraction of their decoded size), decoded a chunk at a time where scored."""
+    name: str
+    masked: bool                         # whether its samples have masks (then it is scored on them)
+    chunks: list[Any]                    # ObjectRefs of its EncodedChunks, in file order
+
+
 @dataclass(frozen=True, kw_only=True)
 class SharedData:
     """Ray object references, put once per sweep and fetched once per node. Nested in this record,
@@ -30,7 +39,7 @@ class SharedData:
     source: dict[str, str]               # name and fingerprint of the file the data came from
     splits: list[tuple[list[int], list[int]]]  # the k folds' (train, test) indices, the same for every trial
     cnns: Any | None = None              # ObjectRef of per-fold {size: CNNBaseline}, where CAM baselines run
-    eval_sets: list[Any] = field(default_factory=list)  # ObjectRefs of the --eval-data Datasets
+    eval_sets: list[EvalSet] = field(default_factory=list)  # the --eval-data sets
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -21,13 +21,13 @@ from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from .. import environment
-from ..data import Dataset
+from ..data import Dataset, dataset_metadata, iter_encoded
 from ..method.prepared import PreparedSet, prepare_chunk
 from ..tracking.tracker import SweepTracker
 from .callback import TrackingCallback, progress
 from .cnn_cache import baseline_cnns
 from .metrics import METRIC, TRIAL_FAILED
-from .plan import OptunaStudy, SharedData, gallery_rows, sweep_splits
+from .plan import EvalSet, OptunaStudy, SharedData, gallery_rows, sweep_splits
 from .space import SweepSpec
 from .trial import trainable, tune_domain
 
@@ -121,13 +121,20 @@ def prepare_as_tasks(jobs: Iterable[tuple[Dataset, dict[int, int]]], sizes: tupl
     return [parts[i] for i in sorted(parts)]
 
 
+def shared_eval_set(path: str) -> EvalSet:
+    """An --eval-data file's rows put in the object store as stored, a row group at a time."""
+    meta = dataset_metadata(path)
+    return EvalSet(meta["name"], meta.get("mask_levels") is not None, [ray.put(c) for c in iter_encoded(path)])
+
+
 def run_sweep(spec: SweepSpec, chunks: Iterable[Dataset], labels: np.ndarray, storage: str, tracker: SweepTracker,
-              output: Path, study: OptunaStudy, eval_sets: list[Dataset] = (), source: dict | None = None,
+              output: Path, study: OptunaStudy, eval_data: Iterable[str] = (), source: dict | None = None,
               resume: bool = False, verbose: bool = False) -> tune.ResultGrid:
     """Run (or, with resume, continue) the sweep on the dataset given as `chunks` in order, with
     its `labels` (the holdout already removed): prepared once (`prepare`), shared with every trial;
     MLflow runs end FAILED if it crashes. `source` (name, fingerprint of the file the data came
-    from) is stored with every fold's weights for later evaluation. Workers' output goes to Ray's
+    from) is stored with every fold's weights for later evaluation. `eval_data`: the files (paths or
+    URIs) of the --eval-data sets, put in the object store as stored. Workers' output goes to Ray's
     log files unless `verbose`. The Optuna study is written to `study` (a resumed sweep's searcher
     state, restored by Tune, names the same one)."""
     if not ray.is_initialized():
@@ -144,7 +151,8 @@ def run_sweep(spec: SweepSpec, chunks: Iterable[Dataset], labels: np.ndarray, st
         data = SharedData(dataset=dataset_ref,
                           source=source or {"name": dataset.name, "fingerprint": dataset.fingerprint},
                           splits=[(train.tolist(), test.tolist()) for train, test in splits],
-                          cnns=ray.put(cnns) if cnns is not None else None, eval_sets=[ray.put(d) for d in eval_sets])
+                          cnns=ray.put(cnns) if cnns is not None else None,
+                          eval_sets=[shared_eval_set(path) for path in eval_data])
         if resume:
             tuner = tune.Tuner.restore(experiment, trainable=trainable(spec, data, storage), resume_errored=True)
         else:

@@ -17,7 +17,6 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import psutil
 import pyarrow.fs as pafs
 import ray
@@ -26,13 +25,11 @@ import ray.train.torch
 import torch
 import torch.distributed as dist
 
-from ..data import Dataset
 from ..method.config import TrainConfig
 from ..method.images import TrainingImages
+from ..method.inference.domain import fold_on_dataset
 from ..method.inference.gallery import mask_gallery
-from ..method.inference.predict import predict
 from ..method.prepared import PreparedSet, TestFold
-from ..method.scoring.ensemble import Ensemble, fold_scores
 from ..method.scoring.folds import FoldRecord
 from ..method.scoring.scores import majority_accuracy
 from ..method.train import FoldResult, TrainingHooks, train_folds
@@ -162,15 +159,13 @@ def fold_worker(plan: TrialPlan) -> None:
 
 def eval_scores(plan: TrialPlan, result: FoldResult, classes: list[str], device) -> dict[str, DomainScores]:
     """The fold's model on each --eval-data dataset, by name: the mean quality of its masks (no
-    stochastic runs), and where the set has masks, its IoU beside the baselines'."""
-    ensemble = Ensemble(config=plan.config, folds=[result.model], classes=classes)
+    stochastic runs), and where the set has masks, its IoU beside the baselines'. Each set is
+    fetched and decoded a chunk at a time."""
     scores = {}
-    for ref in plan.data.eval_sets:
-        other: Dataset = ray.get(ref)
-        quality = float(np.mean([p.quality for p in predict(ensemble, other.images, device, runs=0)]))
-        masked = fold_scores(plan.config, result.model, other, device, plan.cam_kinds) \
-            if other.masks is not None else None
-        scores[other.name] = DomainScores(quality, masked)
+    for shared in plan.data.eval_sets:
+        chunks = (ray.get(ref).decode() for ref in shared.chunks)
+        scores[shared.name] = DomainScores(*fold_on_dataset(plan.config, result.model, classes, chunks, device,
+                                                            plan.cam_kinds))
     return scores
 
 

@@ -113,13 +113,15 @@ def scored_chunks(chunks: Iterable[Dataset], size: int) -> Iterator[Dataset]:
 
 
 class Regroup:
-    """Samples with masks, pushed a chunk at a time, handed back in Datasets of `size`."""
+    """Samples pushed a chunk at a time (by default those with masks; `scored=False`: every one),
+    handed back in Datasets of `size`."""
 
-    def __init__(self, size: int):
-        self.size, self.held = size, []
+    def __init__(self, size: int, scored: bool = True):
+        self.size, self.scored, self.held = size, scored, []
 
     def push(self, chunk: Dataset) -> list[Dataset]:
-        kept = [i for i, mask in enumerate(chunk.masks or []) if mask is not None]
+        kept = [i for i, mask in enumerate(chunk.masks or []) if mask is not None] if self.scored \
+            else range(len(chunk))
         if kept:
             self.held.append(chunk.subset(kept))
         out = []
@@ -138,34 +140,50 @@ def fold_test_set(config: TrainConfig, fold: FoldModel, dataset: Dataset, cam_ki
     return TestSet.prepare(dataset, fold.normalisation, config.image_size, fold.cnns, cam_kinds, device)
 
 
+class FoldScorer:
+    """One fold's model on a dataset's samples with masks, pushed in order as chunks of
+    evaluation.chunk_size (the last fewer), under the configured read-out beside every baseline:
+    the read-out noise carries on from chunk to chunk, so the scores are the whole set's."""
+
+    def __init__(self, config: TrainConfig, fold: FoldModel, device: str | torch.device = "cpu",
+                 cam_kinds: tuple[str, ...] = ()):
+        self.config, self.fold, self.device, self.cam_kinds = config, fold, device, cam_kinds
+        self.evaluator: Evaluator | None = None
+        self.parts: list[Evaluation] = []
+
+    def push(self, chunk: Dataset) -> None:
+        test = fold_test_set(self.config, self.fold, chunk, self.cam_kinds, self.device)
+        if self.evaluator is None:
+            self.evaluator = Evaluator(self.fold.nca(self.config).to(self.device), test, self.config, self.device,
+                                       variants=False)
+        self.parts.append(replace(self.evaluator(test)[0], masks=[], baseline_masks={}, responses=np.empty(0)))
+
+    def scores(self) -> Scores:
+        if not self.parts:
+            raise DataError("no samples with a mask: nothing to score")
+        return Evaluation.join(self.parts).scores
+
+
 def own_fold_scores(ensemble: Ensemble, test_ids: list[list[str]], chunks: Iterable[Dataset],
                     device: str | torch.device = "cpu", cam_kinds: tuple[str, ...] = ()) -> Scores:
     """Each fold's model on its own test samples (`test_ids`, those with masks) of a dataset given
     as chunks in order, under the configured read-out, beside every baseline; the mean over the
     folds (Scores.mean). In file order and chunks of evaluation.chunk_size, as a sweep scored its
     test folds: its cross-validation numbers, with one chunk in memory."""
-    config, size = ensemble.config, chunk_size(ensemble.config.batch_size)
+    size = chunk_size(ensemble.config.batch_size)
     wanted = [set(ids) for ids in test_ids]
     regroups = [Regroup(size) for _ in ensemble.folds]
-    evaluators: list[Evaluator | None] = [None] * len(ensemble.folds)
-    parts: list[list[Evaluation]] = [[] for _ in ensemble.folds]
-
-    def score(f: int, group: Dataset) -> None:
-        test = fold_test_set(config, ensemble.folds[f], group, cam_kinds, device)
-        if evaluators[f] is None:
-            evaluators[f] = Evaluator(ensemble.folds[f].nca(config).to(device), test, config, device, variants=False)
-        parts[f].append(replace(evaluators[f](test)[0], masks=[], baseline_masks={}, responses=np.empty(0)))
-
+    scorers = [FoldScorer(ensemble.config, fold, device, cam_kinds) for fold in ensemble.folds]
     for chunk in chunks:
-        for f, ids in enumerate(wanted):
-            for group in regroups[f].push(chunk.subset([i for i, sample in enumerate(chunk.ids) if sample in ids])):
-                score(f, group)
-    for f, regroup in enumerate(regroups):
+        for ids, regroup, scorer in zip(wanted, regroups, scorers):
+            for group in regroup.push(chunk.subset([i for i, sample in enumerate(chunk.ids) if sample in ids])):
+                scorer.push(group)
+    for regroup, scorer in zip(regroups, scorers):
         for group in regroup.rest():
-            score(f, group)
-    if any(not p for p in parts):
+            scorer.push(group)
+    if any(not scorer.parts for scorer in scorers):
         raise DataError("a fold's test samples are not in the dataset, or none has a mask")
-    return Scores.mean([Evaluation.join(p).scores for p in parts])
+    return Scores.mean([scorer.scores() for scorer in scorers])
 
 
 def fold_scores(config: TrainConfig, fold: FoldModel, dataset: Dataset, device: str | torch.device = "cpu",
