@@ -85,9 +85,10 @@ def binary_mask(path: Path, shape: tuple[int, int], max_stray: float) -> tuple[n
         return values, 0
 
 
-def encode_png(array: np.ndarray) -> bytes:
+def encode_png(array: np.ndarray, compress_level: int = 6) -> bytes:
+    """PNG bytes of a uint8 array; zlib's `compress_level` trades size for time (1: fastest)."""
     buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG")
+    Image.fromarray(array).save(buffer, format="PNG", compress_level=compress_level)
     return buffer.getvalue()
 
 
