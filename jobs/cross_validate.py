@@ -24,8 +24,12 @@ import numpy as np
 import torch
 
 import ncawss
+from ncawss.data import DataFile, write_chunks
 from ncawss.method.baselines import CAM_KINDS
 from ncawss.method.config import override
+from ncawss.method.prepared import PreparedSet
+from ncawss.method.scoring.ensemble import score_chunks, scored_chunks
+from ncawss.method.scoring.evaluation import chunk_size
 from ncawss.method.scoring.scores import HINDSIGHT
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -68,45 +72,55 @@ def main() -> int:
         for option, value in overrides.items():
             if value is not None:
                 config = override(config, option, value)
-        dataset = ncawss.read_dataset(args.data) if args.data else ncawss.make_synthetic(n=200, size=config.image_size)
-        kept, held = ncawss.holdout_split(dataset.labels, args.holdout, args.seed)
+        source = DataFile.open(args.data) if args.data else \
+            DataFile.of(ncawss.make_synthetic(n=200, size=config.image_size), "synthetic:n=200,seed=0")
+        kept, held = ncawss.holdout_split(source.labels, args.holdout, args.seed)
+        dataset = prepared(source, kept, config)
     except (ncawss.ConfigError, ncawss.DataError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if args.threads:
         torch.set_num_threads(args.threads)
     cam_kinds = tuple(b for b in CAM_KINDS if b in args.baselines)
-    print(f"NCA-WSS {args.folds}-fold cross-validation on {dataset.name}: {len(kept)} images in the folds, "
+    print(f"NCA-WSS {args.folds}-fold cross-validation on {source.name}: {len(kept)} images in the folds, "
           f"{len(held)} held out")
     print("config:", config.model_dump_json())
     started = time.perf_counter()
-    result = ncawss.cross_validate(config, dataset.subset(kept), k=args.folds, seed=args.seed,
+    result = ncawss.cross_validate(config, dataset, k=args.folds, seed=args.seed,
                                    device=args.device, cam_kinds=cam_kinds, batched=not args.sequential)
     seconds = time.perf_counter() - started
     holdout = None
     if len(held):
-        ensemble = ncawss.Ensemble(config=config, folds=[f.model for f in result.folds], classes=dataset.classes)
-        holdout = ncawss.score_dataset(ensemble, dataset.subset(held), args.device, cam_kinds)
+        ensemble = ncawss.Ensemble(config=config, folds=[f.model for f in result.folds], classes=source.classes)
+        holdout = score_chunks(ensemble, scored_chunks(source.rows(held), chunk_size(config.batch_size)),
+                               args.device, cam_kinds)
     print_report(config, result, holdout)
     execution = result.folds[0].execution
     print(f"\ncross-validation wall time: {seconds:.1f} s ({'sequential' if args.sequential else 'batched'} folds, "
           f"{args.device}, {execution.precision}{', compiled' if execution.compiled else ''} (precision: "
           f"{config.precision}, compile: {config.compile}), baselines trained and every read-out evaluated included)")
     if args.json:
-        write_json(args, config, dataset, result, holdout, seconds)
+        write_json(args, config, source, result, holdout, seconds)
     if args.save:
-        save_models(Path(args.save), config, dataset, result, dataset.subset(held), cam_kinds)
+        save_models(Path(args.save), config, source, result, held, cam_kinds)
     return 0
 
 
-def save_models(folder: Path, config, dataset, result, held, cam_kinds) -> None:
+def prepared(source: DataFile, indices, config) -> PreparedSet:
+    """The samples `indices` at the training resolution, with the thresholds' IoU under every
+    post-processing of the read-outs: what the folds train and are scored on, with the values the
+    full images give and a chunk of them in memory at a time."""
+    return PreparedSet.from_chunks(source.rows(indices), [config.image_size], posts=config.posts)
+
+
+def save_models(folder: Path, config, source: DataFile, result, held, cam_kinds) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    source = {"name": dataset.name, "fingerprint": dataset.fingerprint}
     for i, fold in enumerate(result.folds):
-        ncawss.FoldRecord(model=fold.model, config=config, classes=dataset.classes, fold=i, test_ids=fold.test_ids,
-                          source=source, cam_kinds=cam_kinds).save(folder)
+        ncawss.FoldRecord(model=fold.model, config=config, classes=source.classes, fold=i, test_ids=fold.test_ids,
+                          source={"name": source.name, "fingerprint": source.fingerprint},
+                          cam_kinds=cam_kinds).save(folder)
     if len(held):
-        ncawss.write_dataset(held, folder / "holdout.parquet")
+        write_chunks(source.rows(held), folder / "holdout.parquet")
     print(f"wrote {len(result.folds)} fold models{' and holdout.parquet' if len(held) else ''} to {folder}")
 
 
@@ -154,11 +168,11 @@ def variant_table(config, result: ncawss.CVResult) -> dict[str, ncawss.Scores]:
     return rows
 
 
-def write_json(args, config, dataset, result, holdout, seconds: float) -> None:
+def write_json(args, config, source: DataFile, result, holdout, seconds: float) -> None:
     record = {
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, {args.device}",
-        "dataset": dataset.name, "fingerprint": dataset.fingerprint, "folds": args.folds, "seed": args.seed,
+        "dataset": source.name, "fingerprint": source.fingerprint, "folds": args.folds, "seed": args.seed,
         "holdout": args.holdout, "config": config.model_dump(), "epochs": config.epochs,
         "fold_iou": result.scores.fold_iou, "fold_baseline_iou": [f.scores.baselines for f in result.folds],
         "fold_accuracy": [f.scores.accuracy for f in result.folds], "wall_seconds": seconds,

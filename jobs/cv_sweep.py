@@ -14,16 +14,14 @@ import logging
 import os
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Iterable
 
-import numpy as np
 import yaml
 
 import ncawss
 from ncawss import environment
-from ncawss.data import dataset_metadata, encode_png, iter_dataset, read_index, select_rows
+from ncawss.data import DataFile, dataset_metadata, encode_png
 from ncawss.method.config import override
 from ncawss.sweep.plan import OptunaStudy, sweep_splits
 from ncawss.sweep.space import load_space
@@ -60,29 +58,17 @@ def parse_args() -> argparse.Namespace:
     return p.parse_args()
 
 
-@dataclass(frozen=True)
-class DataSource:
+def open_data(path: str | None, spec) -> DataFile:
     """The sweep's dataset: a file read chunk by chunk, or the built-in synthetic crops."""
-    name: str
-    fingerprint: str
-    uri: str
-    ids: list[str]
-    labels: np.ndarray | None
-    chunks: Callable[[], Iterable[ncawss.Dataset]]
+    if path is None:
+        synthetic = ncawss.make_synthetic(n=200, size=spec.train.get("image_size", 64))
+        return DataFile.of(synthetic, "synthetic:n=200,seed=0")
+    return DataFile.open(path)
 
-    @classmethod
-    def open(cls, path: str | None, spec) -> DataSource:
-        if path is None:
-            synthetic = ncawss.make_synthetic(n=200, size=spec.train.get("image_size", 64))
-            return cls(synthetic.name, synthetic.fingerprint, "synthetic:n=200,seed=0", synthetic.ids,
-                       synthetic.labels, lambda: [synthetic])
-        meta = dataset_metadata(path)
-        ids, labels = read_index(path)
-        return cls(meta["name"], meta["fingerprint"], data_uri(path), ids, labels, lambda: iter_dataset(path))
 
-    def rows(self, indices) -> ncawss.Dataset | None:
-        chunks = list(select_rows(self.chunks(), indices))
-        return ncawss.Dataset.join(chunks) if chunks else None
+def joined(chunks: Iterable[ncawss.Dataset]) -> ncawss.Dataset | None:
+    chunks = list(chunks)
+    return ncawss.Dataset.join(chunks) if chunks else None
 
 
 def git_commit() -> str:
@@ -91,10 +77,6 @@ def git_commit() -> str:
         return out.stdout.strip() or "unknown"
     except OSError:
         return "unknown"
-
-
-def data_uri(path: str) -> str:
-    return path if "://" in path else Path(path).resolve().as_uri()
 
 
 def quiet_console(verbose: bool) -> None:
@@ -155,7 +137,7 @@ def main() -> int:
         with environment.tracking_fails_fast():  # during the sweep MLflow retries with backoff
             tracker.check()
         check_optuna_storage(study.storage)
-        data = DataSource.open(args.data, spec)
+        data = open_data(args.data, spec)
         eval_sets = [dataset_metadata(path) for path in args.eval_data]  # read a chunk at a time by the workers
         names = [meta["name"] for meta in eval_sets]
         if len(set(names)) < len(names):
@@ -194,11 +176,11 @@ def main() -> int:
     if not args.verbose:
         print("worker output: Ray's log files (/tmp/ray/session_latest/logs on each node); --verbose shows it here")
     # The holdout leaves here: trials only ever receive the cross-validation part, read chunk by chunk.
-    results = run_sweep(spec, select_rows(data.chunks(), kept), data.labels[kept], storage, tracker, output, study,
+    results = run_sweep(spec, data.rows(kept), data.labels[kept], storage, tracker, output, study,
                         args.eval_data, {"name": data.name, "fingerprint": data.fingerprint}, resume=args.resume,
                         verbose=args.verbose)
-    holdout = data.rows(held)  # read only now, for its score at the end
-    example = encode_png(data.rows(kept[:1]).images[0])
+    holdout = joined(data.rows(held))  # read only now, for its score at the end
+    example = encode_png(joined(data.rows(kept[:1])).images[0])
     summary = summarise(spec, results, tracker, output, holdout, example, names)
     print(summary)
     print(f"\nbest configuration: {output / 'best_config.yaml'}")

@@ -15,7 +15,7 @@ from ncawss.method.prepared import PackedMasks, PreparedSet
 from ncawss.method.readout.components import POSTS
 from ncawss.method.scoring import evaluation as evaluation_module
 from ncawss.method.scoring.evaluation import TestSet
-from ncawss.method.train import train_folds
+from ncawss.method.train import cross_validate, train_folds
 from ncawss.method.training.cnn import train_cnns
 
 
@@ -110,3 +110,15 @@ def test_folds_of_a_prepared_set_train_and_score_as_the_full_images_do(mixed, mo
         assert all(np.array_equal(x, y) for x, y in zip(a.evaluation.masks, b.evaluation.masks))
         for key, value in a.model.state_dict.items():
             assert torch.equal(value, b.model.state_dict[key]), key
+
+
+def test_cross_validation_of_a_set_prepared_with_its_configs_posts_scores_as_the_full_images_do(mixed):
+    config = TrainConfig(channels=6, hidden=8, head_hidden=8, steps=4, image_size=16, epochs=1, batch_size=8,
+                         precision="fp32", compile=False, variants={"kept": {"post": "largest"}})
+    assert config.posts == ("none", "largest")  # the configured read-out's and the variant's
+    prepared = PreparedSet.from_chunks(chunks(mixed, 25), sizes=[16], posts=config.posts)
+    full, chunked = cross_validate(config, mixed, k=2), cross_validate(config, prepared, k=2)
+    for a, b in zip(full.folds, chunked.folds):
+        assert a.test_ids == b.test_ids
+        assert a.evaluations.map(lambda e: e.scores) == b.evaluations.map(lambda e: e.scores)
+    assert set(full.folds[0].evaluations.variants) == {"kept"}

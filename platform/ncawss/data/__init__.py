@@ -15,11 +15,11 @@ from .parquet import (
     write_chunks,
     write_dataset,
 )
+from .source import DataFile
 from .splits import fold_splits, holdout_split, stratified_folds
 from .synthetic import make_synthetic
 
-__all__ = ["IMAGE_SUFFIXES", "STRAY_SHARE", "TARGETS", "DataError", "Dataset", "DatasetWriter", "EncodedChunk",
-           "convert", "dataset_metadata", "decode_png", "encode_png", "fold_splits", "holdout_split", "iter_dataset",
-           "iter_encoded",
-           "make_synthetic", "read_dataset", "read_index", "replace_atomically", "select_rows", "stratified_folds",
-           "write_chunks", "write_dataset"]
+__all__ = ["IMAGE_SUFFIXES", "STRAY_SHARE", "TARGETS", "DataError", "DataFile", "Dataset", "DatasetWriter",
+           "EncodedChunk", "convert", "dataset_metadata", "decode_png", "encode_png", "fold_splits", "holdout_split",
+           "iter_dataset", "iter_encoded", "make_synthetic", "read_dataset", "read_index", "replace_atomically",
+           "select_rows", "stratified_folds", "write_chunks", "write_dataset"]

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, Self, TypeVar
+from typing import Any, Literal, Self, TypeVar, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -165,6 +165,12 @@ class TrainConfig(Options):
     def augments_colour(self) -> bool:
         """Whether training batches get stain or colour jitter."""
         return self.stain_jitter > 0 or self.colour_jitter > 0
+
+    @property
+    def posts(self) -> tuple[str, ...]:
+        """The post-processings of the read-out and its variants, in the order Readout.post lists them."""
+        used = {self.readout.post, *(r.post for r in self.variant_readouts().values())}
+        return tuple(p for p in get_args(Readout.model_fields["post"].annotation) if p in used)
 
     def variant_readouts(self) -> dict[str, Readout]:
         """Every variant, resolved against the configured read-out (which is `readout`, not one of them)."""

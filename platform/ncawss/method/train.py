@@ -16,7 +16,7 @@ from .baselines import CNN_WIDTHS
 from .config import TrainConfig
 from .images import Normalisation, TrainingImages
 from .nca.model import FoldStack, NCAClassifier
-from .prepared import TestFold
+from .prepared import PreparedSet, TestFold
 from .scoring.evaluation import Evaluation, TestSet, evaluate
 from .scoring.folds import FoldModel
 from .scoring.scores import PerReadout, Scores
@@ -75,6 +75,14 @@ class CVResult:
     def std(self, baseline: str | None = None) -> float:
         """The spread (std) over folds of NCA-WSS's IoU, or of a baseline's."""
         return float(np.std([f.scores.baselines[baseline] if baseline else f.scores.iou for f in self.folds]))
+
+
+def split_of(dataset: Dataset | PreparedSet, train: np.ndarray, test: np.ndarray,
+             size: int) -> tuple[Dataset | TrainingImages, Dataset | TestFold]:
+    """A fold's training and test samples, by index."""
+    if isinstance(dataset, PreparedSet):
+        return dataset.training(train, size), dataset.test_fold(test)
+    return dataset.subset(train), dataset.subset(test)
 
 
 def train_folds(config: TrainConfig, splits: list[tuple[Dataset | TrainingImages, Dataset | TestFold]],
@@ -156,13 +164,15 @@ def train_fold(config: TrainConfig, train: Dataset, test: Dataset, hooks: Traini
     return train_folds(config, [(train, test)], hooks, device, [cnns] if cnns else None, cam_kinds)[0]
 
 
-def cross_validate(config: TrainConfig, dataset: Dataset, k: int = 5, seed: int = 0,
+def cross_validate(config: TrainConfig, dataset: Dataset | PreparedSet, k: int = 5, seed: int = 0,
                    device: str | torch.device = "cpu", cam_kinds: tuple[str, ...] = (),
                    batched: bool = True) -> CVResult:
     """k-fold cross-validation (config.split: stratified or plain KFold); with `cam_kinds` (gradcam,
     eigencam) each fold also trains the two CNN baselines. batched: all folds as one model (default),
-    else one after another."""
-    splits = [(dataset.subset(tr), dataset.subset(te)) for tr, te in fold_splits(dataset.labels, k, seed, config.split)]
+    else one after another. A prepared set (PreparedSet, prepared at config.image_size with the
+    posts of its read-outs) gives the values its full images give."""
+    splits = [split_of(dataset, train, test, config.image_size)
+              for train, test in fold_splits(dataset.labels, k, seed, config.split)]
     groups = [splits] if batched else [[s] for s in splits]
     result = CVResult()
     for group in groups:

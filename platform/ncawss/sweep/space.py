@@ -233,9 +233,7 @@ class SweepSpec(Options):
         """Every post-processing a trial's read-outs may use (a sweep prepares the thresholds' IoU under each)."""
         if {"readout", "readout.post", "variants"} & set(self.search):
             return POSTS
-        config = self.train_config({})
-        used = {config.readout.post, *(r.post for r in config.variant_readouts().values())}
-        return tuple(p for p in POSTS if p in used)
+        return self.train_config({}).posts
 
     @property
     def max_epochs(self) -> int:
