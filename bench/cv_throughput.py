@@ -11,7 +11,8 @@ every fold's training images once per epoch. Rows:
 - on CPU also fold by fold under a bf16 autocast, bf16 with torch.compile, and what
   `precision: auto` and `compile: auto` choose there (the rows above run fp32, eagerly);
 - on CUDA also both with the step loop replayed as a CUDA graph, bf16 autocast
-  (with graph), and the Triton step kernel (kernel: triton), fp32 and bf16.
+  (with graph), the Triton step kernel (kernel: triton), fp32 and bf16, and torch.compile of the
+  forward pass without the graph, fp32 and bf16 (`--skip compiled` leaves these out).
 Each row's share of the device's limits: the paper's FLOPs over the measured
 matmul rate (bf16 on GPUs, fp32 on CPU), and the bytes a once-per-step kernel
 must move (common.fused_bytes_per_image) over the measured copy bandwidth.
@@ -86,7 +87,7 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=2, help="timed epochs per row, after one warm-up epoch")
     p.add_argument("--images", type=int, default=240, help="synthetic images in the folds (default 240)")
     p.add_argument("--data", help="a dataset Parquet file instead of synthetic images")
-    p.add_argument("--skip", nargs="*", default=[], choices=["sequential", "grouped", "evaluation"],
+    p.add_argument("--skip", nargs="*", default=[], choices=["sequential", "grouped", "evaluation", "compiled"],
                    help="parts to leave out")
     args = p.parse_args()
     device = torch.device(args.device)
@@ -125,6 +126,11 @@ def main() -> None:
         rows.append(("triton + CUDA graph", time_training(triton, splits, device, args.epochs)))
         rows.append(("triton + CUDA graph, bf16", time_training(triton.replace(precision="bf16"),
                                                                splits, device, args.epochs)))
+        if "compiled" not in args.skip:  # what compile: auto would weigh on CUDA (it does not compile there)
+            compiled = config.replace(cuda_graph=False, compile=True)
+            rows.append(("batched, compiled, no CUDA graph", time_training(compiled, splits, device, args.epochs)))
+            rows.append(("batched, compiled, no CUDA graph, bf16",
+                         time_training(compiled.replace(precision="bf16"), splits, device, args.epochs)))
     epoch_seconds = min(s for _, s in rows) / args.epochs
 
     evaluation = None if "evaluation" in args.skip else time_evaluation(config, dataset, splits, device)

@@ -32,11 +32,13 @@ step() {  # step NAME SECONDS COMMAND...: run with a time limit, log to $OUT/NAM
 wanted() { [[ " $STEPS " == *" $1 "* ]]; }
 # At most 10 minutes in all (the limits add up to 590 s).
 wanted tests && step tests 120 python3 -m pytest -q -p no:cacheprovider tests/test_batched.py tests/test_nca.py tests/test_triton.py tests/test_components.py
-wanted cv_throughput && step cv_throughput 110 python3 bench/cv_throughput.py --device cuda --folds 5 --epochs 3 --data "$DATA"
+wanted cv_throughput && step cv_throughput 110 python3 bench/cv_throughput.py --device cuda --folds 5 --epochs 3 --data "$DATA" --skip compiled
 wanted nca_throughput && step nca_throughput 60 python3 bench/nca_throughput.py --device cuda --triton
 wanted cv_triton && step cv_triton 100 "${CV[@]}" --kernel triton --json "$OUT/cv_triton.json"
 wanted cv_baselines && step cv_baselines 200 "${CV[@]}" --baselines gradcam eigencam --json "$OUT/cv_baselines.json"
-# Not in the default run (named to run): the torch path's CV in bf16 and fp32.
+# Not in the default run (named to run): torch.compile on CUDA against the CUDA graph (compile: auto
+# does not compile on CUDA, unmeasured), and the torch path's CV in bf16 and fp32.
+wanted cv_compile && step cv_compile 300 python3 bench/cv_throughput.py --device cuda --folds 5 --epochs 3 --data "$DATA" --skip sequential grouped evaluation
 wanted cv_bf16 && step cv_bf16 240 "${CV[@]}" --precision bf16 --json "$OUT/cv_bf16.json"
 wanted cv_fp32 && step cv_fp32 240 "${CV[@]}" --json "$OUT/cv_fp32.json"
 exit 0
