@@ -70,6 +70,7 @@ def score_chunks(ensemble: Ensemble, chunks: Iterable[Dataset], device: str | to
         per_fold = [evaluator(test) for evaluator, test in zip(evaluators, tests)]
         parts.append([Votes.of([e[r] for e in per_fold], readout, chunk)
                       for r, readout in enumerate(evaluators[0].readouts)])
+        del tests, per_fold  # every fold's masks of this chunk: gone before the next is read
     if not parts:
         raise DataError("no samples with a mask: nothing to score")
     scores = [Votes.join([p[r] for p in parts]).scores() for r in range(len(parts[0]))]

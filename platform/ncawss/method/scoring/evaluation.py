@@ -93,8 +93,8 @@ class TestSet:
     thresholds: dict[str, list[np.ndarray]]  # threshold baselines' masks at the images' resolution
     cams: dict[str, tuple[str, torch.Tensor]]  # CAM baseline name (gradcam, eigencam_large, ...) -> kind, maps
     threshold_iou: dict[tuple[str, str], dict[str, np.ndarray]] | None = None  # (post, target) -> name -> IoU
-    # Baseline masks per (smooth, orient, post): they never change while the NCA trains.
-    baseline_cache: dict[tuple, dict[str, list[np.ndarray]]] = field(default_factory=dict)
+    # Baseline masks per (smooth, orient, post), the thresholds' per post: they never change while the NCA trains.
+    baseline_cache: dict[tuple | str, dict[str, list[np.ndarray]]] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -128,11 +128,13 @@ class TestSet:
         IoU came prepared."""
         key = (readout.smooth, readout.orient, readout.post)
         if key not in self.baseline_cache:
+            if readout.post not in self.baseline_cache:  # the thresholds depend on the post-processing alone
+                self.baseline_cache[readout.post] = {name: [post_process(m, readout.post) for m in masks]
+                                                     for name, masks in self.thresholds.items()}
             shapes = [m.shape for m in self.truth["cell"]]
-            out = {name: [post_process(m, readout.post) for m in masks] for name, masks in self.thresholds.items()}
-            for name, (kind, maps) in self.cams.items():
-                out[name] = masks_at(CAM_READERS[kind](maps, readout), shapes, readout.post)
-            self.baseline_cache[key] = out
+            self.baseline_cache[key] = {**self.baseline_cache[readout.post],
+                                        **{name: masks_at(CAM_READERS[kind](maps, readout), shapes, readout.post)
+                                           for name, (kind, maps) in self.cams.items()}}
         return self.baseline_cache[key]
 
     def baseline_iou(self, readout: Readout) -> dict[str, np.ndarray]:
