@@ -75,6 +75,7 @@ def main() -> int:
         source = DataFile.open(args.data) if args.data else \
             DataFile.of(ncawss.make_synthetic(n=200, size=config.image_size), "synthetic:n=200,seed=0")
         kept, held = ncawss.holdout_split(source.labels, args.holdout, args.seed)
+        print(f"preparing {len(kept)} images of {source.name} at {config.image_size} px, a chunk at a time")
         dataset = prepared(source, kept, config)
     except (ncawss.ConfigError, ncawss.DataError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -27,7 +27,6 @@ class EvalSet:
     """An --eval-data set as its fold workers read it: its file's rows as stored (EncodedChunks of
     a row group each, a fraction of their decoded size), decoded a chunk at a time where scored."""
     name: str
-    masked: bool                         # whether its samples have masks (then it is scored on them)
     chunks: list[Any]                    # ObjectRefs of its EncodedChunks, in file order
 
 

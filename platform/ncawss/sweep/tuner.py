@@ -123,8 +123,7 @@ def prepare_as_tasks(jobs: Iterable[tuple[Dataset, dict[int, int]]], sizes: tupl
 
 def shared_eval_set(path: str) -> EvalSet:
     """An --eval-data file's rows put in the object store as stored, a row group at a time."""
-    meta = dataset_metadata(path)
-    return EvalSet(meta["name"], meta.get("mask_levels") is not None, [ray.put(c) for c in iter_encoded(path)])
+    return EvalSet(dataset_metadata(path)["name"], [ray.put(c) for c in iter_encoded(path)])
 
 
 def run_sweep(spec: SweepSpec, chunks: Iterable[Dataset], labels: np.ndarray, storage: str, tracker: SweepTracker,
