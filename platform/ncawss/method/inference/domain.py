@@ -27,15 +27,15 @@ def fold_on_dataset(config: TrainConfig, fold: FoldModel, classes: list[str], ch
     # Regrouped as predict() and evaluation cut a whole set, so that the read-out noise falls alike.
     batches, scored = Regroup(predictor.batch_size, scored=False), Regroup(chunk_size(config.batch_size))
     qualities: list[float] = []
-    masked = None
-    for chunk in chunks:
-        masked = chunk.masks is not None if masked is None else masked
+    masked = False
+    for chunk in chunks:  # a chunk without masks gives the scored regroup nothing
+        masked |= chunk.masks is not None
         for batch in batches.push(chunk):
             qualities += [p.quality for p in predictor.chunk(batch.images)]
-        for group in scored.push(chunk) if masked else ():
+        for group in scored.push(chunk):
             scorer.push(group)
     for batch in batches.rest():
         qualities += [p.quality for p in predictor.chunk(batch.images)]
-    for group in scored.rest() if masked else ():
+    for group in scored.rest():
         scorer.push(group)
     return float(np.mean(qualities)), scorer.scores() if masked else None
