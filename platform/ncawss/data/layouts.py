@@ -69,6 +69,8 @@ def list_zheng2018(source: str | os.PathLike, subset: int = 1, max_stray: float 
             raise DataError(f"{path.with_suffix('.png')}: mask not found for image {path.name}")
         samples.append(RawSample(image_id, path, path.with_suffix(".png"), labels[image_id],
                                  f"Dataset {subset}/{path.name}"))
+    if not samples:
+        raise DataError(f"{folder}: no images found, the dataset would be empty")
     return Listing(samples, name=f"zheng2018-dataset{subset}", classes=list(ZHENG_CLASSES), labelled=True,
                    mask_levels=2, read_mask=functools.partial(zheng_mask, max_stray=max_stray),
                    provenance={"layout": "zheng2018", "subset": subset,

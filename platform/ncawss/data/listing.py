@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .dataset import DataError, Dataset
+from .dataset import Dataset
 from .files import read_image
 
 # A mask file's values (nonzero = cell; with two levels, 255 = nucleus) and how many of its pixels
@@ -38,10 +38,6 @@ class Listing:
     provenance: dict
     moved: str = "snapped"   # provenance keys <moved>_pixels and <moved>_masks
     moved_counts: list[int] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        if not self.samples:
-            raise DataError(f"{self.name}: no images found, the dataset would be empty")
 
     def chunks(self, rows: int) -> Iterator[Dataset]:
         for start in range(0, len(self.samples), rows):
