@@ -28,8 +28,7 @@ from ncawss.data import DataFile, write_chunks
 from ncawss.method.baselines import CAM_KINDS
 from ncawss.method.config import override
 from ncawss.method.prepared import PreparedSet
-from ncawss.method.scoring.ensemble import score_chunks, scored_chunks
-from ncawss.method.scoring.evaluation import chunk_size
+from ncawss.method.scoring.ensemble import score_chunks
 from ncawss.method.scoring.scores import HINDSIGHT
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -93,8 +92,7 @@ def main() -> int:
     holdout = None
     if len(held):
         ensemble = ncawss.Ensemble(config=config, folds=[f.model for f in result.folds], classes=source.classes)
-        holdout = score_chunks(ensemble, scored_chunks(source.rows(held), chunk_size(config.batch_size)),
-                               args.device, cam_kinds)
+        holdout = score_chunks(ensemble, source.rows(held), args.device, cam_kinds)
     print_report(config, result, holdout)
     execution = result.folds[0].execution
     print(f"\ncross-validation wall time: {seconds:.1f} s ({'sequential' if args.sequential else 'batched'} folds, "

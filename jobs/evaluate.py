@@ -27,8 +27,7 @@ import numpy as np
 import ncawss
 from ncawss import environment
 from ncawss.data import dataset_metadata, iter_dataset
-from ncawss.method.scoring.ensemble import own_fold_scores, score_chunks, scored_chunks
-from ncawss.method.scoring.evaluation import chunk_size
+from ncawss.method.scoring.ensemble import own_fold_scores, score_chunks
 from ncawss.tracking.sources import load_records
 from ncawss.tracking.tracker import SweepTracker, TrackingError
 
@@ -53,8 +52,7 @@ def score(records: list[ncawss.FoldRecord], path: str, fingerprint: str, device:
     ensemble = ncawss.Ensemble.from_records(records)
     kinds = records[0].cam_kinds
     if fingerprint != records[0].source["fingerprint"]:
-        chunks = scored_chunks(iter_dataset(path), chunk_size(ensemble.config.batch_size))
-        return "majority vote", score_chunks(ensemble, chunks, device, kinds).configured
+        return "majority vote", score_chunks(ensemble, iter_dataset(path), device, kinds).configured
     return "own test folds", own_fold_scores(ensemble, [r.test_ids for r in records], iter_dataset(path), device,
                                              kinds)
 

@@ -41,6 +41,8 @@ def test_the_folds_vote_read_a_chunk_at_a_time_scores_as_the_whole_set(dataset_f
     for name in whole.variants:
         np.testing.assert_equal(chunked.variants[name].as_dict(), whole.variants[name].as_dict())
     assert len(set(whole.configured.fold_iou)) == 3  # the folds differ
+    as_read = score_chunks(ensemble, iter_dataset(dataset_file, rows=13))  # regrouped inside: the same values
+    np.testing.assert_equal(as_read.configured.as_dict(), whole.configured.as_dict())
 
 
 def test_each_folds_own_test_samples_read_a_chunk_at_a_time_score_as_the_whole_set(dataset_file, small_chunks):

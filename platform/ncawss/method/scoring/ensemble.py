@@ -57,13 +57,13 @@ def score_dataset(ensemble: Ensemble, dataset: Dataset, device: str | torch.devi
 
 def score_chunks(ensemble: Ensemble, chunks: Iterable[Dataset], device: str | torch.device = "cpu",
                  cam_kinds: tuple[str, ...] = ()) -> PerReadout[Scores]:
-    """score_dataset of the samples with masks of a dataset, given in order as chunks of
-    evaluation.chunk_size (the last fewer; scored_chunks makes them): the same values, with one
-    chunk in memory."""
+    """score_dataset of a dataset given as chunks in order, of any sizes: its samples with masks,
+    regrouped to evaluation.chunk_size (scored_chunks), give the same values, with one chunk in
+    memory."""
     config = ensemble.config
     evaluators: list[Evaluator] = []
     parts: list[list[Votes]] = []
-    for chunk in chunks:
+    for chunk in scored_chunks(chunks, chunk_size(config.batch_size)):
         tests = [fold_test_set(config, fold, chunk, cam_kinds, device) for fold in ensemble.folds]
         if not evaluators:
             evaluators = [Evaluator(fold.nca(config).to(device), tests[0], config, device) for fold in ensemble.folds]
